@@ -1,0 +1,1 @@
+"""The `convergence` command line: the front door for every job."""

@@ -1,0 +1,3 @@
+from convergence.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Embedded local stack: Pub/Sub and BigQuery emulators on loopback ports (see devstack.stack)."""

@@ -1,0 +1,65 @@
+"""ps_type `a.b` -> module `processors/a/b.py` -> `get_engine()`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import threading
+from typing import Any, Protocol, runtime_checkable
+
+from pipeline.context import RunContext
+from pipeline.errors import ConfigError
+from pipeline.models import StepConfig
+
+_PS_TYPE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """What a processor's engine offers. It returns `{status, rows_processed, ...free fields}`."""
+
+    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]: ...
+
+
+class UnknownProcessor(ConfigError):
+    code = "UNKNOWN_PROCESSOR"
+
+
+class ProcessorRegistry:
+    def __init__(self, package: str = "processors"):
+        self.package = package
+        self._engines: dict[str, Processor] = {}
+        self._lock = threading.Lock()
+
+    def module_name(self, ps_type: str) -> str:
+        if not _PS_TYPE.match(ps_type):
+            raise UnknownProcessor(f"ps_type {ps_type!r} must look like 'provider.domain' (lowercase)")
+        provider, domain = ps_type.split(".")
+        return f"{self.package}.{provider}.{domain}"
+
+    def exists(self, ps_type: str) -> bool:
+        try:
+            return importlib.util.find_spec(self.module_name(ps_type)) is not None
+        except (ModuleNotFoundError, UnknownProcessor):
+            return False
+
+    def resolve(self, ps_type: str) -> Processor:
+        with self._lock:
+            engine = self._engines.get(ps_type)
+        if engine is not None:
+            return engine
+        name = self.module_name(ps_type)
+        if not self.exists(ps_type):
+            raise UnknownProcessor(f"unknown ps_type {ps_type!r}: no module {name.replace('.', '/')}.py")
+        module = importlib.import_module(name)
+        factory = getattr(module, "get_engine", None)
+        if factory is None:
+            raise UnknownProcessor(f"processor module {name} has no get_engine()")
+        engine = factory()
+        if not inspect.iscoroutinefunction(getattr(engine, "execute", None)):
+            raise UnknownProcessor(f"{name}.get_engine() must return an object with `async def execute(step, context)`")
+        with self._lock:
+            self._engines[ps_type] = engine
+        return engine

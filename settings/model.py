@@ -1,0 +1,160 @@
+"""Settings model (pydantic-settings).
+
+Every external address (emulators, KMS, provider base URLs) is a setting so that the embedded local
+stack and production differ only in environment variables.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+    @property
+    def dataset_suffix(self) -> str:
+        """Suffix of per-org datasets: `{org_slug}_{suffix}` (spec: `acme_prod`)."""
+        return {"local": "local", "development": "dev", "staging": "stage", "production": "prod"}[self.value]
+
+
+class SettingsError(RuntimeError):
+    """Settings are missing or invalid; the message lists every problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    environment: Environment = Environment.DEVELOPMENT
+    gcp_project_id: str = "convergence-local"
+    bigquery_location: str = "US"
+    central_dataset: str = "organizations"
+
+    # Emulators: set by the local stack, never in production.
+    pubsub_emulator_host: str | None = None
+    bigquery_emulator_host: str | None = None
+
+    # Pub/Sub resources.
+    requests_topic: str = "pipeline-requests"
+    requests_subscription: str = "pipeline-requests-worker"
+    events_topic: str = "pipeline-events"
+    ticks_topic: str = "scheduler-ticks"
+    ticks_subscription: str = "scheduler-ticks-worker"
+    dead_letter_topic: str = "pipeline-requests-dead-letter"
+    dead_letter_subscription: str = "pipeline-requests-dead-letter-worker"
+    max_delivery_attempts: int = Field(default=5, ge=5, le=100)
+    retry_min_backoff_seconds: int = Field(default=10, ge=0, le=600)
+    retry_max_backoff_seconds: int = Field(default=600, ge=0, le=600)
+    ack_deadline_seconds: int = Field(default=60, ge=10, le=600)
+
+    # Consumer: concurrency and flow control.
+    consumer_workers: int = Field(default=8, ge=1, le=256)
+    per_org_concurrency: int = Field(default=2, ge=1, le=256)
+    max_lease_extension_seconds: int = Field(default=90, ge=10, le=600)
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    metrics_port: int | None = None
+
+    # Pipelines.
+    configs_dir: Path = REPO_ROOT / "configs"
+    write_batch_size: int = Field(default=1000, ge=1, le=50_000)
+    streaming_insert_threshold: int = Field(default=100, ge=1)
+
+    # Credentials.
+    kms_key_name: str | None = None
+    kms_endpoint: str | None = None
+    local_keyring_path: Path = REPO_ROOT / ".state" / "keyring.key"
+
+    # HTTP door and security (spec 001, 004).
+    ca_root_api_key: SecretStr | None = None
+    disable_auth: bool = False
+    rate_limit_enabled: bool = True
+    rate_limit_requests_per_minute: int = Field(default=100, ge=1)
+    rate_limit_global_requests_per_minute: int = Field(default=10_000, ge=1)
+    push_verify_token: bool = True
+    push_audience: str | None = None
+    push_service_account_email: str | None = None
+    http_host: str = "0.0.0.0"  # noqa: S104 - containers listen on all interfaces
+    http_port: int = 8080
+
+    # Logging.
+    log_level: str = "INFO"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    # External providers: base URLs are settings so stand-in servers can replace them.
+    openai_base_url: str = "https://api.openai.com"
+    anthropic_base_url: str = "https://api.anthropic.com"
+
+    @field_validator(
+        "requests_topic", "requests_subscription", "events_topic", "ticks_topic", "ticks_subscription",
+        "dead_letter_topic", "dead_letter_subscription",
+    )
+    @classmethod
+    def _pubsub_name(cls, value: str) -> str:
+        if not _RESOURCE_NAME.match(value) or value.lower().startswith("goog"):
+            raise ValueError(
+                f"{value!r} is not a valid Pub/Sub resource name "
+                "(3-255 chars, starts with a letter, not 'goog')"
+            )
+        return value
+
+    @field_validator("gcp_project_id")
+    @classmethod
+    def _project_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9\-]{4,28}[a-z0-9]", value):
+            raise ValueError(f"{value!r} is not a valid GCP project id")
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def bigquery_endpoint(self) -> str | None:
+        return f"http://{self.bigquery_emulator_host}" if self.bigquery_emulator_host else None
+
+    def org_dataset(self, org_slug: str) -> str:
+        return f"{org_slug}_{self.environment.dataset_suffix}"
+
+    def topic_path(self, topic: str) -> str:
+        return f"projects/{self.gcp_project_id}/topics/{topic}"
+
+    def subscription_path(self, subscription: str) -> str:
+        return f"projects/{self.gcp_project_id}/subscriptions/{subscription}"
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for item in error.errors():
+        name = ".".join(str(p) for p in item["loc"]).upper() or "(settings)"
+        lines.append(f"  - {name}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment; raise SettingsError with every problem listed."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(_format_validation_error(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and the local stack change the environment)."""
+    get_settings.cache_clear()
