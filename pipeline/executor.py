@@ -8,6 +8,7 @@ no retries inside one delivery: a retryable failure is reported as such and Pub/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -80,8 +81,9 @@ class Executor:
             s.step_id: asyncio.get_running_loop().create_future() for s in config.steps
         }
         tasks = [
-            asyncio.create_task(self._run_step(step, engines[step.step_id], context, results, done),
-                                name=f"step:{step.step_id}")
+            asyncio.create_task(
+                self._run_step(step, engines[step.step_id], context, results, done), name=f"step:{step.step_id}"
+            )
             for step in config.steps
         ]
         pipeline_timed_out = False
@@ -100,10 +102,15 @@ class Executor:
         status, error = self._overall(config, results, pipeline_timed_out)
         ended_at = datetime.now(UTC)
         result = PipelineResult(
-            pipeline_id=config.pipeline_id, run_id=context.run_id, org_slug=context.org_slug,
-            status=status, started_at=started_at, ended_at=ended_at,
+            pipeline_id=config.pipeline_id,
+            run_id=context.run_id,
+            org_slug=context.org_slug,
+            status=status,
+            started_at=started_at,
+            ended_at=ended_at,
             duration_ms=int((time.perf_counter() - clock) * 1000),
-            steps=[results[s.step_id] for s in config.steps], error=error,
+            steps=[results[s.step_id] for s in config.steps],
+            error=error,
         )
         await self.observer.pipeline_finished(result, context)
         return result
@@ -115,14 +122,19 @@ class Executor:
             if not all(deps_ok):
                 result.status = StepStatus.SKIPPED
                 failed = [d for d, ok in zip(step.depends_on, deps_ok, strict=True) if not ok]
-                result.error = ErrorInfo(code="UPSTREAM_FAILED", message=f"skipped: {', '.join(failed)} did not succeed")
+                result.error = ErrorInfo(
+                    code="UPSTREAM_FAILED", message=f"skipped: {', '.join(failed)} did not succeed"
+                )
                 await self.observer.step_finished(result, context)
                 return
             await self._execute(step, engine, context, result)
         except asyncio.CancelledError:
             if result.status is StepStatus.RUNNING:
-                self._finish(result, StepStatus.TIMEOUT,
-                             ErrorInfo(code="PIPELINE_TIMEOUT", message="pipeline timeout reached while step was running"))
+                self._finish(
+                    result,
+                    StepStatus.TIMEOUT,
+                    ErrorInfo(code="PIPELINE_TIMEOUT", message="pipeline timeout reached while step was running"),
+                )
                 await _quietly(self.observer.step_finished(result, context))
             elif result.status is StepStatus.PENDING:
                 result.status = StepStatus.SKIPPED
@@ -141,9 +153,12 @@ class Executor:
             async with asyncio.timeout(step.timeout_seconds):
                 output = await engine.execute(step, context)
         except TimeoutError:
-            self._finish(result, StepStatus.TIMEOUT,
-                         ErrorInfo(code="STEP_TIMEOUT", message=f"step exceeded timeout of {step.timeout_minutes:g} min"),
-                         clock)
+            self._finish(
+                result,
+                StepStatus.TIMEOUT,
+                ErrorInfo(code="STEP_TIMEOUT", message=f"step exceeded timeout of {step.timeout_minutes:g} min"),
+                clock,
+            )
         except asyncio.CancelledError:
             result.duration_ms = int((time.perf_counter() - clock) * 1000)
             raise
@@ -181,20 +196,22 @@ class Executor:
         ordered = [results[s.step_id] for s in config.steps]
         for step in ordered:
             if step.status is StepStatus.TIMEOUT:
-                return RunStatus.TIMEOUT, ErrorInfo(code=step.error.code, message=f"{step.step_id}: {step.error.message}")
+                return RunStatus.TIMEOUT, ErrorInfo(
+                    code=step.error.code, message=f"{step.step_id}: {step.error.message}"
+                )
         failed = [s for s in ordered if s.status is StepStatus.FAILED]
         if failed:
             first = failed[0]
             assert first.error is not None
             return RunStatus.FAILED, ErrorInfo(
-                code=first.error.code, message=f"{first.step_id}: {first.error.message}",
+                code=first.error.code,
+                message=f"{first.step_id}: {first.error.message}",
                 retryable=all(s.error is not None and s.error.retryable for s in failed),
             )
         return RunStatus.SUCCESS, None
 
 
 async def _quietly(awaitable: Any) -> None:
-    try:
+    # Reporting must never mask the cancellation.
+    with contextlib.suppress(Exception):
         await awaitable
-    except Exception:  # noqa: BLE001, S110 - reporting must never mask the cancellation
-        pass

@@ -55,7 +55,9 @@ def reference_problems(config: PipelineConfig, base_dir: Path, file: str) -> lis
                 continue  # depends on run parameters: checked when the run starts
             target = (base_dir / str(resolved)).resolve()
             if not target.is_relative_to(base_dir.resolve()):
-                problems.append(ConfigProblem(f"{raw!r} points outside the project", f"steps.{index}.config.{key}", file))
+                problems.append(
+                    ConfigProblem(f"{raw!r} points outside the project", f"steps.{index}.config.{key}", file)
+                )
             elif not target.exists():
                 problems.append(ConfigProblem(f"file not found: {resolved}", f"steps.{index}.config.{key}", file))
     return problems

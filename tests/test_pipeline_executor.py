@@ -4,7 +4,16 @@ import asyncio
 
 import pytest
 
-from pipeline import ConfigError, Executor, PipelineConfig, ProcessorRegistry, RunContext, RunStatus, StepConfig, StepStatus
+from pipeline import (
+    ConfigError,
+    Executor,
+    PipelineConfig,
+    ProcessorRegistry,
+    RunContext,
+    RunStatus,
+    StepConfig,
+    StepStatus,
+)
 from pipeline.executor import RunObserver
 from tests.fake_processors.sample import sleep as sleep_module
 

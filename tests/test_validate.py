@@ -16,14 +16,25 @@ STEP = "  - step_id: {sid}\n    ps_type: {ps}\n"
 BAD = {
     "unknown_key": (HEADER + STEP + "    retries: 2\n", "unknown key"),
     "bad_yaml": ("pipeline_id: [unclosed\n", "invalid YAML"),
-    "cycle": (HEADER + STEP.replace("{sid}", "a") + "    depends_on: b\n"
-              + STEP.replace("{sid}", "b") + "    depends_on: a\n", "dependency cycle"),
+    "cycle": (
+        HEADER
+        + STEP.replace("{sid}", "a")
+        + "    depends_on: b\n"
+        + STEP.replace("{sid}", "b")
+        + "    depends_on: a\n",
+        "dependency cycle",
+    ),
     "self_dependency": (HEADER + STEP + "    depends_on: s1\n", "depends on itself"),
     "unknown_dependency": (HEADER + STEP + "    depends_on: ghost\n", "unknown step 'ghost'"),
     "duplicate_step": (HEADER + STEP + STEP, "duplicate step_id"),
     "unknown_ps_type": (HEADER + STEP.replace("{ps}", "nowhere.nothing"), "unknown ps_type 'nowhere.nothing'"),
-    "missing_schema_file": (HEADER + STEP + "    config:\n      schema_file: '{schema_dir}/missing.json'\n"
-                            + "variables:\n  schema_dir: configs/demo/schemas\n", "file not found: configs/demo/schemas/missing.json"),
+    "missing_schema_file": (
+        HEADER
+        + STEP
+        + "    config:\n      schema_file: '{schema_dir}/missing.json'\n"
+        + "variables:\n  schema_dir: configs/demo/schemas\n",
+        "file not found: configs/demo/schemas/missing.json",
+    ),
     "path_escape": (HEADER + STEP + "    config:\n      sql_file: ../../etc/passwd\n", "points outside the project"),
 }
 

@@ -1,0 +1,35 @@
+# One image, two roles: `convergence consume` (worker pool) or `convergence serve` (push + HTTP door).
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml README.md ./
+COPY convergence convergence
+COPY pipeline pipeline
+COPY processors processors
+COPY consumer consumer
+COPY publisher publisher
+COPY schemas schemas
+COPY settings settings
+COPY observability observability
+COPY warehouse warehouse
+COPY tenancy tenancy
+COPY kms kms
+COPY infra infra
+COPY devstack devstack
+# No dev or local-stack extras in the image: production talks to real Pub/Sub, BigQuery and KMS.
+RUN pip install .
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 convergence
+COPY --from=build /opt/venv /opt/venv
+COPY configs /app/configs
+WORKDIR /app
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 CONFIGS_DIR=/app/configs ENVIRONMENT=production \
+    LOG_FORMAT=json HTTP_PORT=8080
+USER convergence
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
+  CMD python -c "import os,urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"HTTP_PORT\",\"8080\")}/health', timeout=4)"
+ENTRYPOINT ["convergence"]
+CMD ["serve"]

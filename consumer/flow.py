@@ -1,0 +1,42 @@
+"""Flow control and lease settings derived from the worker count and the longest pipeline timeout.
+
+`max_lease_duration` counts from when a message enters the client, not from when its run starts, so
+it must cover the wait for a slot plus the longest run; otherwise Pub/Sub delivers a second copy of a
+message that is still running (shared/research/pubsub_consumer.md, 1.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.cloud.pubsub_v1.types import FlowControl
+
+
+@dataclass(frozen=True)
+class FlowPlan:
+    max_messages: int
+    max_bytes: int
+    max_lease_duration: int
+    max_lease_extension: int
+    backlog_per_org: int
+
+    @classmethod
+    def derive(cls, *, workers: int, per_org: int, longest_timeout_seconds: float,
+               max_lease_extension: int, max_bytes: int = 10 * 1024 * 1024) -> FlowPlan:
+        # Each org may keep `per_org` runs waiting here besides its running ones; beyond that its
+        # messages are handed off so they cannot fill flow control and starve other orgs.
+        backlog_per_org = per_org
+        max_messages = workers * 2
+        # A waiting message waits at most for one full run of the slot ahead of it.
+        lease = int(2 * longest_timeout_seconds + 300)
+        return cls(max_messages, max_bytes, lease, max_lease_extension, backlog_per_org)
+
+    def flow_control(self) -> FlowControl:
+        return FlowControl(
+            max_messages=self.max_messages,
+            max_bytes=self.max_bytes,
+            max_lease_duration=self.max_lease_duration,
+            # Bounded extensions: a crashed worker's messages come back within this many seconds.
+            max_duration_per_lease_extension=self.max_lease_extension,
+            min_duration_per_lease_extension=min(60, self.max_lease_extension),
+        )

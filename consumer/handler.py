@@ -1,0 +1,163 @@
+"""One run request, start to finish: decode -> validate -> already done? -> org gate -> load config ->
+execute -> run log and events -> an Outcome that the pool or the push endpoint turns into ack/nack.
+
+Shared by streaming pull and push delivery, so both follow exactly the same ack policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from consumer.observers import CompositeObserver, EventObserver, RunLogObserver
+from consumer.outcome import Outcome, OutcomeKind
+from observability.logging import run_context
+from pipeline import ConfigError, Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
+from schemas import EventType, MessageRejected, PipelineEvent, RunRequest, decode_run_request
+from schemas.events import EventError
+
+log = structlog.get_logger(__name__)
+
+# Rows of rejected messages whose org cannot be trusted are filed under this reserved slug.
+UNKNOWN_ORG = "__unknown"
+
+Notifier = Callable[[Outcome], Awaitable[None]]
+
+
+class RunHandler:
+    def __init__(self, *, services: Any, loader: PipelineLoader, registry: ProcessorRegistry | None = None,
+                 notify: Notifier | None = None,
+                 hand_off: Callable[[bytes, Mapping[str, str]], Awaitable[None]] | None = None):
+        self.services = services
+        self.settings = services.settings
+        self.loader = loader
+        self.registry = registry or ProcessorRegistry()
+        self.notify = notify
+        self.hand_off = hand_off
+        self._inflight: dict[str, asyncio.Future[Outcome]] = {}
+
+    async def handle(self, data: bytes, attributes: Mapping[str, str], message_id: str,
+                     delivery_attempt: int | None, *, deadline_seconds: float | None = None) -> Outcome:
+        attempt = delivery_attempt or 1
+        try:
+            request = decode_run_request(data, attributes)
+        except MessageRejected as error:
+            return await self._reject_undecodable(attributes, message_id, attempt, error)
+        with run_context(run_id=request.run_id, org_slug=request.org_slug, trace_id=request.trace_id,
+                         pipeline=request.pipeline, attempt=attempt):
+            running = self._inflight.get(request.run_id)
+            if running is not None:
+                # Same run_id already running in this process: never run it twice in parallel.
+                first = await asyncio.shield(running)
+                log.info("duplicate delivery of a running run", first_outcome=first.kind.value)
+                if first.kind is OutcomeKind.RETRY:
+                    return first
+                return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code="DUPLICATE_RUN")
+            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            self._inflight[request.run_id] = future
+            try:
+                outcome = await self._handle_request(request, data, attributes, attempt, deadline_seconds)
+            except Exception as error:  # noqa: BLE001 - infrastructure trouble: retry later, never lose it
+                log.exception("run request failed before the run finished; nacking")
+                outcome = Outcome(OutcomeKind.RETRY, request.run_id, request.org_slug,
+                                  code="INFRASTRUCTURE_ERROR", message=f"{type(error).__name__}: {error}")
+            finally:
+                self._inflight.pop(request.run_id, None)
+            future.set_result(outcome)
+            log.info("run request handled", outcome=outcome.kind.value, code=outcome.code)
+            return outcome
+
+    async def _handle_request(self, request: RunRequest, data: bytes, attributes: Mapping[str, str],
+                              attempt: int, deadline_seconds: float | None) -> Outcome:
+        runlog = self.services.runlog
+        if await asyncio.to_thread(runlog.has_succeeded, request.run_id, request.org_slug):
+            return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code="ALREADY_SUCCEEDED")
+
+        decision = await asyncio.to_thread(self.services.gate.check, request.org_slug)
+        if not decision.allowed:
+            return await self._reject(request, attempt, decision.code, decision.message)
+
+        try:
+            config = self.loader.load(request.pipeline)
+        except ConfigError as error:
+            return await self._reject(request, attempt, error.code, str(error))
+
+        if deadline_seconds is not None and config.timeout_seconds > deadline_seconds and self.hand_off:
+            # Push must answer within the ack deadline: long pipelines go to the pull topic, same run_id.
+            await self.hand_off(data, attributes)
+            return Outcome(OutcomeKind.HANDED_OFF, request.run_id, request.org_slug, code="HANDED_OFF_TO_PULL")
+
+        if attempt == 1:
+            await asyncio.to_thread(self.services.gate.record_run, request.org_slug)
+        context = RunContext(
+            org_slug=request.org_slug, run_id=request.run_id, pipeline_id=config.pipeline_id,
+            parameters=dict(request.parameters), trigger=request.trigger, attempt=attempt,
+            trace_id=request.trace_id, services=self.services,
+        )
+        observer = CompositeObserver([
+            RunLogObserver(runlog, request, attempt), EventObserver(self.services.events, request, attempt),
+        ])
+        executor = Executor(self.registry, observer=observer, classifiers=self.services.error_classifiers)
+        result = await executor.run(config, context)
+        if result.status is RunStatus.SUCCESS:
+            return Outcome(OutcomeKind.SUCCEEDED, request.run_id, request.org_slug)
+        error = result.error
+        code = error.code if error else "UNKNOWN"
+        message = error.message if error else ""
+        if result.retryable:
+            return Outcome(OutcomeKind.RETRY, request.run_id, request.org_slug, code=code, message=message)
+        kind = OutcomeKind.TIMED_OUT if result.status is RunStatus.TIMEOUT else OutcomeKind.FAILED
+        outcome = Outcome(kind, request.run_id, request.org_slug, code=code, message=message)
+        await self._notify(outcome)
+        return outcome
+
+    async def _reject(self, request: RunRequest, attempt: int, code: str, message: str) -> Outcome:
+        log.warning("run request rejected", code=code, reason=message)
+        await asyncio.to_thread(
+            self.services.runlog.record_rejected, run_id=request.run_id, org_slug=request.org_slug,
+            pipeline=request.pipeline, trigger=request.trigger, attempt=attempt, code=code, message=message,
+            parameters=dict(request.parameters), trace_id=request.trace_id,
+        )
+        self._publish_rejected(PipelineEvent.for_request(
+            EventType.REQUEST_REJECTED, request, attempt=attempt, status="REJECTED",
+            error=EventError(code=code, message=message)))
+        return Outcome(OutcomeKind.REJECTED, request.run_id, request.org_slug, code=code, message=message)
+
+    async def _reject_undecodable(self, attributes: Mapping[str, str], message_id: str, attempt: int,
+                                  error: MessageRejected) -> Outcome:
+        org = attributes.get("org_slug", "")
+        org = org if _looks_like_slug(org) else UNKNOWN_ORG
+        run_id = attributes.get("run_id", "")
+        run_id = run_id if _looks_like_run_id(run_id) else f"msg_{message_id}"
+        with run_context(run_id=run_id, org_slug=org, message_id=message_id):
+            log.warning("malformed run request rejected", code=error.code, reason=str(error))
+            await asyncio.to_thread(
+                self.services.runlog.record_rejected, run_id=run_id, org_slug=org, pipeline=None,
+                trigger=None, attempt=attempt, code=error.code, message=str(error), parameters=None, trace_id=None,
+            )
+            self._publish_rejected(PipelineEvent(
+                event_type=EventType.REQUEST_REJECTED, run_id=run_id, org_slug=org, pipeline=None,
+                attempt=attempt, status="REJECTED", error=EventError(code=error.code, message=str(error))))
+        return Outcome(OutcomeKind.REJECTED, run_id, org, code=error.code, message=str(error))
+
+    def _publish_rejected(self, event: PipelineEvent) -> None:
+        self.services.events.publish_event(event)
+
+    async def _notify(self, outcome: Outcome) -> None:
+        if self.notify is None:
+            return
+        try:
+            await self.notify(outcome)
+        except Exception:  # noqa: BLE001 - a broken notifier must not change the ack decision
+            log.exception("failure notification failed")
+
+
+def _looks_like_slug(value: str) -> bool:
+    return 3 <= len(value) <= 50 and all(c.isdigit() or c == "_" or "a" <= c <= "z" for c in value)
+
+
+def _looks_like_run_id(value: str) -> bool:
+    return 8 <= len(value) <= 128 and all(c.isalnum() or c in "_-:." for c in value)
