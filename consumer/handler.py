@@ -93,7 +93,7 @@ class RunHandler:
         if attempt == 1:
             await asyncio.to_thread(self.services.gate.record_run, request.org_slug)
         context = RunContext(
-            org_slug=request.org_slug, run_id=request.run_id, pipeline_id=config.pipeline_id,
+            org_slug=request.org_slug, run_id=request.run_id, pipeline_id=config.run_pipeline_id(request.org_slug),
             parameters=dict(request.parameters), trigger=request.trigger, attempt=attempt,
             trace_id=request.trace_id, services=self.services,
         )

@@ -94,7 +94,8 @@ def create_app(settings: Settings, handler: MessageHandler, readiness: Readiness
                lifecycle: Sequence[Lifecycle] = ()) -> web.Application:
     """The push/probe app. Raises PushConfigError when push could not be verified safely."""
     verifier = build_verifier(settings)
-    budget = push_budget_seconds(settings.ack_deadline_seconds, settings.push_deadline_margin_seconds)
+    # The push subscription's ack deadline is also the push request timeout.
+    budget = push_budget_seconds(settings.push_ack_deadline_seconds, settings.push_deadline_margin_seconds)
     endpoint = PushEndpoint(
         handler,
         budget_seconds=budget,
@@ -131,17 +132,17 @@ def build_verifier(settings: Settings) -> PushTokenVerifier | None:
         log.warning("push token verification is OFF (allowed outside production only)",
                     environment=settings.environment.value)
         return None
-    missing = [name for name, value in (("PUSH_AUDIENCE", settings.push_audience),
-                                        ("PUSH_SERVICE_ACCOUNT_EMAIL", settings.push_service_account_email))
-               if not value]
-    if missing:
+    # Pub/Sub's default OIDC audience is the push endpoint URL (infra leaves it unset unless asked).
+    audience = settings.push_audience or settings.push_endpoint
+    email = settings.push_service_account_email
+    missing = [name for name, value in (("PUSH_AUDIENCE (or PUSH_ENDPOINT)", audience),
+                                        ("PUSH_SERVICE_ACCOUNT_EMAIL", email)) if not value]
+    if missing or not audience or not email:
         raise PushConfigError(
             f"push token verification needs {' and '.join(missing)} (the push subscription's OIDC "
             "audience and service account); set PUSH_VERIFY_TOKEN=false only outside production"
         )
-    assert settings.push_audience and settings.push_service_account_email
-    return PushTokenVerifier(settings.push_audience, settings.push_service_account_email,
-                             certs_url=settings.push_certs_url)
+    return PushTokenVerifier(audience, email, certs_url=settings.push_certs_url)
 
 
 def _register_lifecycle(app: web.Application, state: ServingState, endpoint: PushEndpoint,

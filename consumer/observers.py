@@ -56,7 +56,7 @@ class EventObserver(RunObserver):
         self.publisher.publish_event(event)
 
     async def pipeline_started(self, config: PipelineConfig, context: RunContext) -> None:
-        self._publish(EventType.PIPELINE_STARTED, pipeline_id=config.pipeline_id, status="RUNNING",
+        self._publish(EventType.PIPELINE_STARTED, pipeline_id=context.pipeline_id, status="RUNNING",
                       details={"steps": [s.step_id for s in config.steps], "trigger": context.trigger})
 
     async def step_started(self, step: StepConfig, context: RunContext) -> None:
@@ -94,7 +94,7 @@ class RunLogObserver(RunObserver):
     async def pipeline_started(self, config: PipelineConfig, context: RunContext) -> None:
         await asyncio.to_thread(
             self.runlog.run_started, run_id=self.request.run_id, org_slug=self.request.org_slug,
-            pipeline=self.request.pipeline, pipeline_id=config.pipeline_id, trigger=self.request.trigger.value,
+            pipeline=self.request.pipeline, pipeline_id=context.pipeline_id, trigger=self.request.trigger.value,
             attempt=self.attempt, parameters=dict(self.request.parameters), trace_id=self.request.trace_id,
         )
 

@@ -11,7 +11,7 @@ import click
 from settings import SettingsError, get_settings
 
 
-def _settings():
+def load_settings_or_exit():
     try:
         return get_settings()
     except SettingsError as error:
@@ -21,7 +21,7 @@ def _settings():
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Convergence: cloud, LLM and SaaS usage into cost data in BigQuery, driven by Pub/Sub."""
-    settings = _settings()
+    settings = load_settings_or_exit()
     from observability.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, settings.gcp_project_id)
@@ -33,7 +33,7 @@ def validate(path: Path | None) -> None:
     """Check every pipeline under configs/: models, DAG, processors, referenced files."""
     from pipeline.validation import validate_tree
 
-    root = path or _settings().configs_dir
+    root = path or load_settings_or_exit().configs_dir
     count, problems = validate_tree(root)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
@@ -45,9 +45,9 @@ def validate(path: Path | None) -> None:
 
 def _add_command_groups() -> None:
     # Command modules keep heavy imports (google clients) inside their functions: `--help` stays fast.
-    from convergence.dev import dev
+    from convergence.commands import all_commands
 
-    for command in (dev,):
+    for command in all_commands():
         cli.add_command(command)
 
 

@@ -36,15 +36,10 @@ class RunContext:
     services: Any = field(default=None, repr=False)
 
     def lookup(self) -> dict[str, Any]:
-        """Names a placeholder may use; parameters override variables (runtime beats defaults)."""
-        names: dict[str, Any] = {
-            "org_slug": self.org_slug,
-            "run_id": self.run_id,
-            "pipeline_id": self.pipeline_id,
-            "trigger": self.trigger,
-        }
-        names.update(self.variables)
-        names.update(self.parameters)
+        """Names a placeholder may use. Parameters override variables (runtime beats defaults); the run's
+        identity is applied last, so no parameter or variable can point `{org_slug}` at another org."""
+        names: dict[str, Any] = {**self.variables, **self.parameters}
+        names.update(org_slug=self.org_slug, run_id=self.run_id, pipeline_id=self.pipeline_id, trigger=self.trigger)
         return names
 
     def resolve(self, value: Any) -> Any:

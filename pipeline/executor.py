@@ -102,7 +102,7 @@ class Executor:
         status, error = self._overall(config, results, pipeline_timed_out)
         ended_at = datetime.now(UTC)
         result = PipelineResult(
-            pipeline_id=config.pipeline_id,
+            pipeline_id=context.pipeline_id,
             run_id=context.run_id,
             org_slug=context.org_slug,
             status=status,

@@ -41,6 +41,9 @@ class Schedule(_Strict):
     time: str = "02:00"
     timezone: str = "UTC"
     day_of_month: int = Field(default=1, ge=1, le=28)
+    # Default run parameters for scheduled runs; may use the slot placeholders of publisher.schedule
+    # ({slot_date}, {yesterday}, {month_start}, {previous_month_start}, ...).
+    parameters: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("time")
     @classmethod
@@ -66,7 +69,8 @@ class Execution(_Strict):
 
 
 class PipelineConfig(_Strict):
-    pipeline_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-{}]{1,127}$")
+    # May use {org_slug} (spec: `{org}-{provider}-{domain}`); see run_pipeline_id().
+    pipeline_id: str = Field(pattern=r"^[a-z0-9{][a-z0-9_\-{}]{1,127}$")
     name: str
     description: str = ""
     version: str = "1.0"
@@ -90,6 +94,9 @@ class PipelineConfig(_Strict):
     @property
     def timeout_seconds(self) -> float:
         return self.timeout_minutes * 60
+
+    def run_pipeline_id(self, org_slug: str) -> str:
+        return self.pipeline_id.replace("{org_slug}", org_slug)
 
     def step(self, step_id: str) -> StepConfig:
         for step in self.steps:

@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Any
 
 import aiohttp
+import structlog
 
 from httpclient import AddressGuard, HttpClient, RetryPolicy
 from settings import Settings
@@ -84,6 +85,18 @@ class Services:
         return RequestPublisher(self.settings)
 
     @cached_property
+    def handoff(self) -> Any:
+        """Publisher to the topic the pull workers read when push delivery hands a long run over."""
+        from publisher.requests import RequestPublisher
+
+        return RequestPublisher(self.settings, topic=self.settings.handoff_topic)
+
+    @property
+    def notifier(self) -> Any:
+        """Async callable for failure notifications (email/Slack when configured, else the log)."""
+        return _log_notifier
+
+    @cached_property
     def error_classifiers(self) -> list[Any]:
         from warehouse.errors import classify_google_error
 
@@ -109,8 +122,15 @@ class Services:
 
     def close(self) -> None:
         """Flush buffered logs and events; close clients that were created."""
-        for name in ("runlog", "events", "requests"):
+        for name in ("runlog", "events", "requests", "handoff"):
             if name in self.__dict__:
                 closer = getattr(self.__dict__[name], "close", None)
                 if closer:
                     closer()
+
+
+async def _log_notifier(outcome: Any) -> None:
+    structlog.get_logger("notifications").error(
+        "pipeline run failed", run_id=outcome.run_id, org_slug=outcome.org_slug, code=outcome.code,
+        reason=outcome.message,
+    )

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     retry_min_backoff_seconds: int = Field(default=10, ge=0, le=600)
     retry_max_backoff_seconds: int = Field(default=600, ge=0, le=600)
     ack_deadline_seconds: int = Field(default=60, ge=10, le=600)
+    # Failed scheduler ticks get their own dead-letter topic: the requests DLQ holds run requests only.
+    ticks_dead_letter_topic: str = "scheduler-ticks-dead-letter"
+    ticks_dead_letter_subscription: str = "scheduler-ticks-dead-letter-hold"
+    # Push mode (Cloud Run): set push_endpoint to create a push subscription on the requests topic. The pull
+    # subscription then reads handoff_topic, where the push handler forwards runs too long for a push request.
+    push_endpoint: str | None = None
+    push_subscription: str = "pipeline-requests-push"
+    push_ack_deadline_seconds: int = Field(default=600, ge=10, le=600)
+    handoff_topic: str = "pipeline-requests-handoff"
 
     # Consumer: concurrency and flow control.
     consumer_workers: int = Field(default=8, ge=1, le=256)
@@ -85,6 +94,12 @@ class Settings(BaseSettings):
     push_verify_token: bool = True
     push_audience: str | None = None
     push_service_account_email: str | None = None
+    # Where the OIDC signing certs ({kid: PEM}) come from; a setting so tests serve their own.
+    push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    # A 10 MB message is ~13.4 MB once base64'd in the push envelope; 14 MiB leaves room for attributes.
+    push_max_body_bytes: int = Field(default=14 * 1024 * 1024, ge=1024)
+    # Time kept back from the ack deadline for answering a push; None: 10% of it, between 2 and 15 s.
+    push_deadline_margin_seconds: float | None = Field(default=None, ge=0)
     http_host: str = "0.0.0.0"  # noqa: S104 - containers listen on all interfaces
     http_port: int = 8080
 
@@ -95,6 +110,8 @@ class Settings(BaseSettings):
     # External providers: base URLs are settings so stand-in servers can replace them.
     openai_base_url: str = "https://api.openai.com"
     anthropic_base_url: str = "https://api.anthropic.com"
+    # Hosts processors may call even when they resolve to non-public addresses (production SSRF guard).
+    outbound_allowed_hosts: list[str] = Field(default_factory=list)
 
     @field_validator(
         "requests_topic", "requests_subscription", "events_topic", "ticks_topic", "ticks_subscription",
@@ -107,6 +124,15 @@ class Settings(BaseSettings):
                 f"{value!r} is not a valid Pub/Sub resource name "
                 "(3-255 chars, starts with a letter, not 'goog')"
             )
+        return value
+
+    @field_validator(
+        "ticks_dead_letter_topic", "ticks_dead_letter_subscription", "push_subscription", "handoff_topic"
+    )
+    @classmethod
+    def _more_pubsub_names(cls, value: str) -> str:
+        if not _RESOURCE_NAME.match(value) or value.lower().startswith("goog"):
+            raise ValueError(f"{value!r} is not a valid Pub/Sub resource name")
         return value
 
     @field_validator("gcp_project_id")

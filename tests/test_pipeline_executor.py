@@ -183,3 +183,9 @@ async def test_processor_without_async_execute_is_refused():
     config = make_config([{"step_id": "s", "ps_type": "sample.nonasync"}])
     with pytest.raises(ConfigError, match="async def execute"):
         await run(config)
+
+
+async def test_parameters_cannot_override_the_run_identity():
+    config = make_config([sleep_step("s", 0, echo="{org_slug}/{run_id}")], variables={"org_slug": "victim"})
+    result = await run(config, context(parameters={"org_slug": "other_org", "run_id": "forged"}))
+    assert result.step("s").result["echo"] == "acme/run-1"

@@ -1,0 +1,14 @@
+"""CLI command groups, one module per job. Modules import heavy clients inside their functions."""
+
+from __future__ import annotations
+
+import click
+
+
+def all_commands() -> list[click.Command]:
+    from convergence.commands.consume import consume
+    from convergence.commands.dev import dev
+    from convergence.commands.infra import infra
+    from convergence.commands.serve import serve
+
+    return [consume, dev, infra, serve]

@@ -1,0 +1,25 @@
+"""`convergence consume`: run the worker pool until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+
+@click.command()
+@click.option("--no-dead-letters", is_flag=True, help="Do not drain the dead-letter subscription here.")
+def consume(no_dead_letters: bool) -> None:
+    """Pull run requests (and dead letters) and run their pipelines."""
+    from settings.production import validate_for_startup
+
+    from consumer.service import ConsumerService
+    from convergence.cli import load_settings_or_exit
+    from runtime import Services
+
+    settings = load_settings_or_exit()
+    validate_for_startup(settings)
+    services = Services(settings)
+    service = ConsumerService(settings, services, notify=services.notifier,
+                              with_dead_letters=not no_dead_letters)
+    asyncio.run(service.run())

@@ -1,0 +1,93 @@
+"""Publish pipeline events: ordered per run (ordering key = run_id), fire-and-forget with flush()."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from types import TracebackType
+from typing import Self
+
+import structlog
+from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1 import types
+from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException
+
+from infra.clients import close_publisher, publisher_client
+from schemas import PipelineEvent, validate_pipeline_event
+from settings.model import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class EventPublisher:
+    """Events of one run keep their order for followers whose subscription enables ordering.
+
+    The model already guarantees the event's shape; ``strict_schema`` adds the full JSON Schema check
+    (tests use it, production skips the cost).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: pubsub_v1.PublisherClient | None = None,
+        *,
+        ordered: bool = True,
+        strict_schema: bool = False,
+        topic: str | None = None,
+    ) -> None:
+        self.topic_path = settings.topic_path(topic or settings.events_topic)
+        self.ordered = ordered
+        self.strict_schema = strict_schema
+        self._owns_client = client is None
+        self._client = client or publisher_client(
+            settings, publisher_options=types.PublisherOptions(enable_message_ordering=ordered)
+        )
+        self._pending: set[futures.Future[str]] = set()
+        self._lock = threading.Lock()
+
+    def publish_event(self, event: PipelineEvent) -> futures.Future[str]:
+        data = event.to_json()
+        if self.strict_schema:
+            validate_pipeline_event(event.to_dict())
+        key = (event.run_id or "") if self.ordered else ""
+        try:
+            future = self._client.publish(self.topic_path, data, ordering_key=key, **event.attributes())
+        except PublishToPausedOrderingKeyException:
+            # An earlier event of this run failed and its callback has not resumed the key yet.
+            self._client.resume_publish(self.topic_path, key)
+            future = self._client.publish(self.topic_path, data, ordering_key=key, **event.attributes())
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(lambda done: self._finished(done, event, key))
+        return future
+
+    def _finished(self, future: futures.Future[str], event: PipelineEvent, key: str) -> None:
+        with self._lock:
+            self._pending.discard(future)
+        error = future.exception()
+        if error is None:
+            return
+        log.error("event not published", event_type=event.event_type.value, run_id=event.run_id,
+                  error=f"{type(error).__name__}: {error}")  # fmt: skip
+        if key:
+            # After a failure the client pauses this ordering key; later events of the run must still go out.
+            self._client.resume_publish(self.topic_path, key)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for every event published so far; True if all were settled within the timeout."""
+        with self._lock:
+            pending = list(self._pending)
+        _, not_done = futures.wait(pending, timeout=timeout)
+        return not not_done
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        self.flush(timeout)
+        if self._owns_client:
+            close_publisher(self._client)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()

@@ -1,0 +1,26 @@
+"""Why a message was refused. The consumer acks such messages and records REJECTED with the code."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RejectCode(StrEnum):
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    MALFORMED_JSON = "MALFORMED_JSON"  # not UTF-8, not JSON, duplicate keys, NaN/Infinity
+    SCHEMA_INVALID = "SCHEMA_INVALID"
+    UNSUPPORTED_SCHEMA_VERSION = "UNSUPPORTED_SCHEMA_VERSION"
+    INVALID_PIPELINE_PATH = "INVALID_PIPELINE_PATH"
+    ATTRIBUTE_MISMATCH = "ATTRIBUTE_MISMATCH"  # an attribute contradicts the body
+
+
+class MessageRejected(ValueError):
+    """A message that can never succeed: never retried. The message is short and safe to log."""
+
+    def __init__(self, code: RejectCode | str, message: str) -> None:
+        super().__init__(message)  # str(error) is the message alone: callers log the code separately
+        self.code = RejectCode(code)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"MessageRejected({self.code.value!r}, {self.message!r})"

@@ -1,0 +1,70 @@
+"""Shared fixtures. The session fixture `local_stack` (devstack.LocalStack) comes from the local-stack work."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+# ---- Pub/Sub helpers (schemas/publisher/infra tests; usable by consumer tests) ----
+
+PUBSUB_NAME_FIELDS = (
+    "requests_topic", "requests_subscription", "events_topic", "ticks_topic", "ticks_subscription",
+    "dead_letter_topic", "dead_letter_subscription", "ticks_dead_letter_topic",
+    "ticks_dead_letter_subscription", "push_subscription", "handoff_topic",
+)  # fmt: skip
+
+
+@pytest.fixture
+def pubsub_settings(local_stack: Any) -> Callable[..., Any]:
+    """Factory: Settings on the emulator whose topic and subscription names are unique to each call, so
+    tests never see each other's messages. Keyword arguments override any setting."""
+    from settings.model import Settings, load_settings
+
+    def make(**overrides: Any) -> Settings:
+        suffix = uuid.uuid4().hex[:8]
+        names = {name: f"{Settings.model_fields[name].default}-{suffix}" for name in PUBSUB_NAME_FIELDS}
+        base = {"pubsub_emulator_host": local_stack.pubsub.host, "gcp_project_id": local_stack.project}
+        return load_settings(**{**base, **names, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def pull_messages(local_stack: Any) -> Iterator[Callable[..., list[Any]]]:
+    """pull(settings, subscription, count, timeout=10.0, ack=True) -> up to `count` received messages.
+
+    Synchronous pull: returns as soon as `count` arrived, or what came within `timeout` (an empty
+    emulator subscription holds each pull about 4 s, so calls are capped at 2 s and repeated)."""
+    from google.api_core import exceptions
+
+    from infra.clients import subscriber_client
+
+    clients: list[Any] = []
+
+    def pull(settings: Any, subscription: str, count: int, timeout: float = 10.0, ack: bool = True) -> list[Any]:
+        subscriber = subscriber_client(settings)
+        clients.append(subscriber)
+        path = settings.subscription_path(subscription)
+        received: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(received) < count and (left := deadline - time.monotonic()) > 0:
+            try:
+                response = subscriber.pull(
+                    request={"subscription": path, "max_messages": min(1000, count - len(received))},
+                    timeout=min(left, 2.0),
+                )
+            except exceptions.DeadlineExceeded:
+                continue
+            batch = list(response.received_messages)
+            if batch and ack:
+                subscriber.acknowledge(request={"subscription": path, "ack_ids": [m.ack_id for m in batch]})
+            received.extend(batch)
+        return received
+
+    yield pull
+    for subscriber in clients:
+        subscriber.close()
