@@ -1,4 +1,4 @@
-"""Shared fixtures. The session fixture `local_stack` (devstack.LocalStack) comes from the local-stack work."""
+"""Shared fixtures: the embedded local stack (one per test session), settings and clients on it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,29 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+# ---- The local stack: both emulators, started once per session ----
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[Any]:
+    from devstack.stack import LocalStack
+    from settings import reset_settings
+
+    stack = LocalStack()
+    stack.start()
+    stack.apply_env()
+    reset_settings()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def bq_client(local_stack: Any) -> Any:
+    return local_stack.bigquery_client()
+
 
 # ---- Pub/Sub helpers (schemas/publisher/infra tests; usable by consumer tests) ----
 
