@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -28,7 +29,8 @@ class DeadLetterHandler:
         self.notify = notify
 
     async def handle(self, data: bytes, attributes: Mapping[str, str], message_id: str,
-                     delivery_attempt: int | None, *, deadline_seconds: float | None = None) -> Outcome:
+                     delivery_attempt: int | None, *, deadline_seconds: float | None = None,
+                     publish_time: datetime | None = None) -> Outcome:
         count = _int(attributes.get(DELIVERY_COUNT))
         try:
             request = decode_run_request(data, {k: v for k, v in attributes.items() if not k.startswith("Cloud")})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -34,13 +35,14 @@ class RunHandler:
         self.services = services
         self.settings = services.settings
         self.loader = loader
-        self.registry = registry or ProcessorRegistry()
+        self.registry = registry or ProcessorRegistry(self.settings.processor_packages)
         self.notify = notify
         self.hand_off = hand_off
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
 
     async def handle(self, data: bytes, attributes: Mapping[str, str], message_id: str,
-                     delivery_attempt: int | None, *, deadline_seconds: float | None = None) -> Outcome:
+                     delivery_attempt: int | None, *, deadline_seconds: float | None = None,
+                     publish_time: datetime | None = None) -> Outcome:
         attempt = delivery_attempt or 1
         try:
             request = decode_run_request(data, attributes)

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 import structlog
@@ -32,7 +33,8 @@ log = structlog.get_logger(__name__)
 
 class MessageHandler(Protocol):
     async def handle(self, data: bytes, attributes: Mapping[str, str], message_id: str,
-                     delivery_attempt: int | None, *, deadline_seconds: float | None = None) -> Outcome: ...
+                     delivery_attempt: int | None, *, deadline_seconds: float | None = None,
+                     publish_time: datetime | None = None) -> Outcome: ...
 
 
 HandOff = Callable[[bytes, Mapping[str, str]], Awaitable[None]]
@@ -148,7 +150,8 @@ class SubscriberPool:
             async with self.slots.acquire(org):
                 self._started.add(task)
                 outcome = await self.handler.handle(
-                    message.data, dict(message.attributes), message.message_id, message.delivery_attempt
+                    message.data, dict(message.attributes), message.message_id, message.delivery_attempt,
+                    publish_time=message.publish_time,
                 )
                 disposition = outcome.disposition
         except OrgBacklogFull:

@@ -71,10 +71,12 @@ class ConsumerService:
         future = publisher.publish_raw(data, {**attributes, "deferrals": str(deferrals)})
         await asyncio.wrap_future(future)
 
-    async def run(self) -> None:
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Until SIGTERM/SIGINT (or stop()). Signal handlers need the main thread; tests pass False."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
         log.info("consumer starting", workers=self.settings.consumer_workers,
                  per_org=self.settings.per_org_concurrency, max_messages=self.plan.max_messages,
                  max_lease_duration=self.plan.max_lease_duration)

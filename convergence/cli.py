@@ -31,10 +31,12 @@ def cli() -> None:
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 def validate(path: Path | None) -> None:
     """Check every pipeline under configs/: models, DAG, processors, referenced files."""
+    from pipeline import ProcessorRegistry
     from pipeline.validation import validate_tree
 
-    root = path or load_settings_or_exit().configs_dir
-    count, problems = validate_tree(root)
+    settings = load_settings_or_exit()
+    root = path or settings.configs_dir
+    count, problems = validate_tree(root, ProcessorRegistry(settings.processor_packages))
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:

@@ -67,12 +67,29 @@ class BigQueryEmulator:
         return anonymous_bigquery_client(self.endpoint, project or self.project)
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting, so another emulator can boot meanwhile."""
         self._work_dir = WorkDir("convergence-bigquery-", self._work_dir_arg)
-        argv = [sys.executable, "-m", "devstack.bqemulator_launcher", "--port", str(self.port), "--project", self.project]
+        argv = [
+            sys.executable,
+            "-m",
+            "devstack.bqemulator_launcher",
+            f"--port={self.port}",
+            f"--project={self.project}",
+        ]
         if self._data_dir is not None:
-            argv += ["--data-dir", str(self._data_dir)]
-        self._process = ManagedProcess("BigQuery emulator", argv, self._work_dir.path / "bigquery-emulator.log", _child_env())
+            argv.append(f"--data-dir={self._data_dir}")
+        log_path = self._work_dir.path / "bigquery-emulator.log"
+        self._process = ManagedProcess("BigQuery emulator", argv, log_path, _child_env())
         self._process.start()
+
+    def wait_ready(self) -> None:
+        """Block until the REST API answers; on failure stop it and raise with its log tail."""
+        if self._process is None:
+            raise RuntimeError("launch() the BigQuery emulator first")
         try:
             wait_until_ready(self._process, self._api_answers, self._startup_timeout, "its REST API to answer")
         except BaseException:
@@ -92,10 +109,14 @@ class BigQueryEmulator:
     def _api_answers(self) -> bool:
         url = f"{self.endpoint}/bigquery/v2/projects/{self.project}/datasets"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (fixed http URL)
+            with _DIRECT.open(url, timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
+
+
+# Loopback must not go through an HTTP(S)_PROXY from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _child_env() -> dict[str, str]:

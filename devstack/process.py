@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,8 +20,11 @@ log = structlog.get_logger(__name__)
 class ManagedProcess:
     """One command run in its own process group, its output sent to a log file.
 
-    The group matters: the Pub/Sub emulator's launcher (and gcloud) start a JVM
-    as a child, and stopping only the launcher would leave that JVM running.
+    The group matters: gcloud starts the Pub/Sub emulator's JVM as a child, and
+    stopping only gcloud would leave that JVM running. Where util-linux's
+    ``setpriv`` exists the child also gets SIGTERM when the thread that started
+    it ends, so a killed test run does not leave emulators behind; start it from
+    a thread that lives as long as the process should (normally the main thread).
     """
 
     def __init__(
@@ -31,7 +35,7 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.argv = list(argv)
+        self.argv = _die_with_parent(argv)
         self.log_path = log_path
         self._env = dict(env) if env is not None else None
         self._popen: subprocess.Popen[bytes] | None = None
@@ -39,7 +43,7 @@ class ManagedProcess:
     def start(self) -> None:
         with self.log_path.open("ab") as log_file:
             # The child keeps its own copy of the descriptor; ours can close.
-            self._popen = subprocess.Popen(
+            self._popen = subprocess.Popen(  # noqa: S603 (argv is built by devstack, not user input)
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -75,7 +79,14 @@ class ManagedProcess:
         self._popen = None
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+def _die_with_parent(argv: Sequence[str]) -> list[str]:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:  # not Linux, or no util-linux: atexit/stop() still clean up
+        return list(argv)
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to the group; False when no process of it is left."""
     try:
         os.killpg(pgid, sig)

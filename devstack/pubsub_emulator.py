@@ -58,10 +58,20 @@ class PubSubEmulator:
         return f"{LOOPBACK}:{self.port}"
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting, so another emulator can boot meanwhile."""
         self._work_dir = WorkDir("convergence-pubsub-", self._work_dir_arg)
         argv = emulator_command(self.port, self.project, self._work_dir.path / "data")
         self._process = ManagedProcess("Pub/Sub emulator", argv, self._work_dir.path / "pubsub-emulator.log")
         self._process.start()
+
+    def wait_ready(self) -> None:
+        """Block until the emulator serves; on failure stop it and raise with its log tail."""
+        if self._process is None:
+            raise RuntimeError("launch() the Pub/Sub emulator first")
         try:
             wait_until_ready(self._process, self._log_says_ready, self._startup_timeout, repr(READY_LINE))
         except BaseException:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import os
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -20,21 +19,25 @@ DEFAULT_PROJECT_ID = "convergence-local"
 
 
 class _Emulator(Protocol):
-    def start(self) -> None: ...
+    def launch(self) -> None: ...
+    def wait_ready(self) -> None: ...
     def stop(self) -> None: ...
 
 
 class LocalStack:
-    """Pub/Sub and BigQuery emulators on free loopback ports, started in parallel.
+    """Pub/Sub and BigQuery emulators on free loopback ports, booting side by side.
 
     Use as a context manager, or call ``start()``/``stop()``. ``stop()`` is also
-    registered with atexit so an interrupted run does not leave a JVM behind.
+    registered with atexit, and the emulators get SIGTERM when the thread that
+    started them ends (see ManagedProcess), so a killed run leaves no JVM behind:
+    call ``start()`` from a thread that outlives the stack, normally the main one.
     """
 
     def __init__(self, project: str = DEFAULT_PROJECT_ID, startup_timeout: float = 60.0) -> None:
         self.project = project
         self.pubsub = PubSubEmulator(project=project, startup_timeout=startup_timeout)
         self.bigquery = BigQueryEmulator(project=project, startup_timeout=startup_timeout)
+        self._emulators: tuple[_Emulator, ...] = (self.pubsub, self.bigquery)
         self._started = False
 
     @property
@@ -54,14 +57,16 @@ class LocalStack:
         return self.bigquery.client(project or self.project)
 
     def start(self) -> Self:
+        """Start both emulators and wait until both serve (about the time of the slower one)."""
         atexit.register(self.stop)
         self._started = True  # from here stop() must run, even if a start fails or is interrupted
-        emulators: list[_Emulator] = [self.pubsub, self.bigquery]
-        with ThreadPoolExecutor(max_workers=len(emulators), thread_name_prefix="devstack-start") as pool:
-            futures = [pool.submit(emulator.start) for emulator in emulators]
         try:
-            for future in futures:
-                future.result()
+            # Both boot at once: launch both, then wait for each. Launching from
+            # this thread also ties the children's lifetime to it (see ManagedProcess).
+            for emulator in self._emulators:
+                emulator.launch()
+            for emulator in self._emulators:
+                emulator.wait_ready()
         except BaseException:
             self.stop()
             raise
@@ -74,8 +79,8 @@ class LocalStack:
             return
         self._started = False
         atexit.unregister(self.stop)
-        self.pubsub.stop()
-        self.bigquery.stop()
+        for emulator in self._emulators:
+            emulator.stop()
 
     def __enter__(self) -> Self:
         return self.start()

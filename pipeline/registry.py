@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import re
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pipeline.context import RunContext
@@ -23,26 +24,36 @@ class Processor(Protocol):
     async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]: ...
 
 
+def _find(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 class UnknownProcessor(ConfigError):
     code = "UNKNOWN_PROCESSOR"
 
 
 class ProcessorRegistry:
-    def __init__(self, package: str = "processors"):
-        self.package = package
+    def __init__(self, package: str | Sequence[str] = "processors"):
+        # Packages searched in order: `processors` first, then any plugin packages from settings.
+        self.packages = (package,) if isinstance(package, str) else tuple(package)
         self._engines: dict[str, Processor] = {}
         self._lock = threading.Lock()
 
     def module_name(self, ps_type: str) -> str:
+        """The module a ps_type resolves to: the first package that has it (or the first package)."""
         if not _PS_TYPE.match(ps_type):
             raise UnknownProcessor(f"ps_type {ps_type!r} must look like 'provider.domain' (lowercase)")
         provider, domain = ps_type.split(".")
-        return f"{self.package}.{provider}.{domain}"
+        candidates = [f"{package}.{provider}.{domain}" for package in self.packages]
+        return next((name for name in candidates if _find(name)), candidates[0])
 
     def exists(self, ps_type: str) -> bool:
         try:
-            return importlib.util.find_spec(self.module_name(ps_type)) is not None
-        except (ModuleNotFoundError, UnknownProcessor):
+            return _find(self.module_name(ps_type))
+        except UnknownProcessor:
             return False
 
     def resolve(self, ps_type: str) -> Processor:

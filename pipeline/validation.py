@@ -17,7 +17,7 @@ from pipeline.registry import ProcessorRegistry
 
 # YAML files under configs/ that hold data for the platform rather than a pipeline.
 NON_PIPELINE_FILES = frozenset({"config.yml", "providers.yml", "dataset_types.yml", "plans.yml"})
-_FILE_KEY_SUFFIXES = ("_file", "_path", "_dir")
+_FILE_KEY_SUFFIXES = ("_file", "_dir")
 
 
 def pipeline_files(root: Path) -> Iterator[Path]:
@@ -44,7 +44,7 @@ def _file_references(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
 
 
 def reference_problems(config: PipelineConfig, base_dir: Path, file: str) -> list[ConfigProblem]:
-    """Files named in step configs (keys ending in _file/_path/_dir) must exist under base_dir."""
+    """Files named in step configs (keys ending in _file or _dir) must exist under base_dir."""
     problems: list[ConfigProblem] = []
     names = {"org_slug": "org", "run_id": "run", "pipeline_id": config.pipeline_id, **config.variables}
     for index, step in enumerate(config.steps):

@@ -77,8 +77,12 @@ class Settings(BaseSettings):
 
     # Pipelines.
     configs_dir: Path = REPO_ROOT / "configs"
+    # Where ps_types are looked up, in order (plugin packages after the built-in `processors`).
+    processor_packages: list[str] = Field(default_factory=lambda: ["processors"])
     write_batch_size: int = Field(default=1000, ge=1, le=50_000)
     streaming_insert_threshold: int = Field(default=100, ge=1)
+    # Upper bound on the Google client's own retries of one BigQuery call (its default is 600 s).
+    bigquery_retry_deadline_seconds: float = Field(default=60.0, gt=0, le=600)
 
     # Credentials.
     kms_key_name: str | None = None
@@ -112,6 +116,23 @@ class Settings(BaseSettings):
     anthropic_base_url: str = "https://api.anthropic.com"
     # Hosts processors may call even when they resolve to non-public addresses (production SSRF guard).
     outbound_allowed_hosts: list[str] = Field(default_factory=list)
+    # Google REST APIs (gcp.api_extractor): "{service}" is the API's short name (cloudbilling, compute).
+    # A local stand-in serving every API on one address is just "http://127.0.0.1:PORT".
+    gcp_api_url_template: str = "https://{service}.googleapis.com"
+
+    # Notifications (spec 002): email over SMTP and a Slack incoming webhook, for failed runs and steps.
+    notifications_enabled: bool = True
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_use_tls: bool = True  # STARTTLS on a plain connection (port 587)
+    smtp_use_ssl: bool = False  # implicit TLS from the first byte (port 465)
+    smtp_from_email: str = "pipelines@convergence.local"
+    smtp_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    smtp_ca_file: Path | None = None  # extra CA bundle to verify the SMTP server's certificate (private CA)
+    default_admin_email: str | None = None
+    slack_webhook_url: SecretStr | None = None
 
     @field_validator(
         "requests_topic", "requests_subscription", "events_topic", "ticks_topic", "ticks_subscription",
