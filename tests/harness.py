@@ -172,3 +172,45 @@ class Platform:
             self.consumer.stop()
         self.follower.close()
         self.services.close()
+
+
+def settings_env(settings: Any) -> dict[str, str]:
+    """The environment a separate `convergence` process needs to see these settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if name in ("ca_root_api_key",):
+            continue
+        env[name.upper()] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env
+
+
+class ConsumerProcess:
+    """`python -m convergence consume` as a real child process (for SIGKILL / SIGTERM tests)."""
+
+    def __init__(self, settings: Any, log_path: Path, **extra_env: str):
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, **settings_env(settings), "LOG_FORMAT": "json", **extra_env}
+        self.log = log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "convergence", "consume"], cwd=REPO, env=env,
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        code = self.process.wait(timeout)
+        self.log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
