@@ -16,11 +16,12 @@ class ConfigProblem:
     line: int | None = None
 
     def __str__(self) -> str:
-        where = self.file or "<config>"
+        where = self.file or ""
         if self.line is not None:
             where += f":{self.line}"
-        field = f" [{self.path}]" if self.path else ""
-        return f"{where}{field}: {self.message}"
+        if self.path:
+            where += f" [{self.path}]" if where else f"[{self.path}]"
+        return f"{where}: {self.message}" if where else self.message
 
 
 class ConfigError(Exception):

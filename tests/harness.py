@@ -3,7 +3,7 @@ bootstrap, topology, onboarded orgs, a consumer running in a thread, an events f
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import shutil
 import threading
@@ -12,6 +12,8 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from devstack.background import BackgroundConsumer
 
 REPO = Path(__file__).resolve().parent.parent
 PUBSUB_NAME_FIELDS = (
@@ -79,43 +81,14 @@ class EventFollower:
             if any(e["event_type"] == event_type for e in events):
                 return events
             time.sleep(0.05)
-        raise AssertionError(f"no {event_type} for {run_id} within {timeout}s; saw {[e['event_type'] for e in self.of(run_id)]}")
+        seen = [e["event_type"] for e in self.of(run_id)]
+        raise AssertionError(f"no {event_type} for {run_id} within {timeout}s; saw {seen}")
 
     def close(self) -> None:
         self.future.cancel()
-        try:
+        with contextlib.suppress(Exception):
             self.future.result(timeout=10)
-        except Exception:  # noqa: BLE001, S110
-            pass
         self.subscriber.close()
-
-
-class RunningConsumer:
-    """ConsumerService on its own event loop in a thread (signals are for the main thread only)."""
-
-    def __init__(self, settings: Any, services: Any, notify: Any = None):
-        from consumer.service import ConsumerService
-
-        self.service = ConsumerService(settings, services, notify=notify)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="consumer", daemon=True)
-        self.error: BaseException | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self.service.run(handle_signals=False))
-        except BaseException as error:  # noqa: BLE001
-            self.error = error
-
-    def start(self) -> RunningConsumer:
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float = 60) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.service.stop)
-        self.thread.join(timeout)
 
 
 class Platform:
@@ -133,7 +106,7 @@ class Platform:
         apply(Topology.from_settings(self.settings), self.settings)
         self.follower = EventFollower(self.settings)
         self.notifications: list[Any] = []
-        self.consumer: RunningConsumer | None = None
+        self.consumer: BackgroundConsumer | None = None
 
     async def _notify(self, outcome: Any) -> None:
         self.notifications.append(outcome)
@@ -144,11 +117,11 @@ class Platform:
         return onboard_org(self.services.bigquery, self.settings, self.services.cipher, org, plan,
                            subscription_status=status)
 
-    def start_consumer(self) -> RunningConsumer:
+    def start_consumer(self) -> BackgroundConsumer:
         from runtime import Services
 
         # The consumer gets its own Services, as a separate process would.
-        self.consumer = RunningConsumer(self.settings, Services(self.settings), notify=self._notify).start()
+        self.consumer = BackgroundConsumer(self.settings, Services(self.settings), notify=self._notify).start()
         return self.consumer
 
     def publish(self, org: str, pipeline: str, parameters: dict | None = None, run_id: str | None = None) -> str:

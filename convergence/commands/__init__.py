@@ -6,9 +6,10 @@ import click
 
 
 def all_commands() -> list[click.Command]:
+    from convergence.commands.bootstrap import bootstrap
     from convergence.commands.consume import consume
     from convergence.commands.dev import dev
     from convergence.commands.infra import infra
     from convergence.commands.serve import serve
 
-    return [consume, dev, infra, serve]
+    return [bootstrap, consume, dev, infra, serve]

@@ -1,13 +1,79 @@
-"""`convergence dev`: the embedded local stack for trying things out (filled in as the stack grows)."""
+"""`convergence dev`: the embedded local stack for trying things out."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
 
-@click.group(invoke_without_command=True)
-@click.pass_context
-def dev(ctx: click.Context) -> None:
+@click.group()
+def dev() -> None:
     """Local development: emulators, demo org, demo runs."""
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+
+
+@dev.command()
+@click.option("--keep-running", is_flag=True, help="Leave the stack up after the demo (Ctrl-C to stop).")
+@click.option("--verbose", is_flag=True, help="Show the service's logs too.")
+def demo(keep_running: bool, verbose: bool) -> None:
+    """Start everything locally, publish demo run requests, show the results (`make run`)."""
+    from devstack.demo import run_demo
+
+    sys.exit(run_demo(click.echo, keep_running=keep_running, verbose=verbose))
+
+
+@dev.command()
+def stack() -> None:
+    """Start the emulators and print the environment that points at them; Ctrl-C stops them."""
+    import time
+
+    from devstack.stack import LocalStack
+
+    with LocalStack() as local:
+        for name, value in local.env.items():
+            click.echo(f"export {name}={value}")
+        click.echo("# emulators running; Ctrl-C to stop", err=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+@dev.command()
+@click.argument("org")
+@click.option("--plan", default="STARTER", show_default=True, help="STARTER, PROFESSIONAL or SCALE.")
+@click.option("--status", default="ACTIVE", show_default=True, help="Subscription status (ACTIVE, TRIAL, ...).")
+def onboard(org: str, plan: str, status: str) -> None:
+    """Create an org: profile, API key (shown once), subscription, quota and its dataset."""
+    from convergence.cli import load_settings_or_exit
+    from runtime import Services
+    from tenancy.onboarding import OrgAlreadyExists, onboard_org
+
+    settings = load_settings_or_exit()
+    services = Services(settings)
+    try:
+        result = onboard_org(services.bigquery, settings, services.cipher, org, plan.upper(),
+                             subscription_status=status.upper())
+    except (OrgAlreadyExists, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"org {org} onboarded: plan {result.plan}, subscription {result.subscription_status}, "
+               f"dataset {settings.org_dataset(org)}")
+    click.echo(f"API key (shown once, store it now): {result.api_key}")
+
+
+@dev.command("set-credential")
+@click.argument("org")
+@click.argument("provider")
+@click.option("--secret", prompt=True, hide_input=True, help="The credential (prompted when not given).")
+def set_credential(org: str, provider: str, secret: str) -> None:
+    """Store a provider credential for an org, KMS-encrypted (never printed)."""
+    from convergence.cli import load_settings_or_exit
+    from runtime import Services
+
+    services = Services(load_settings_or_exit())
+    try:
+        credential_id = services.credentials.put(org, provider.upper(), secret)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"credential {provider.upper()} stored for {org} (id {credential_id})")
