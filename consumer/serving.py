@@ -1,0 +1,28 @@
+"""The `serve` process wired up: RunHandler behind the push endpoint, long runs handed to the pull side."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from consumer.handler import RunHandler
+from consumer.http_app import Lifecycle, create_app
+from pipeline import PipelineLoader
+
+
+def build_push_app(settings: Any, services: Any, notify: Any = None) -> web.Application:
+    async def hand_off(data: bytes, attributes: Mapping[str, str]) -> None:
+        # Runs too long for a push request go to the topic the pull workers read, same run_id.
+        await asyncio.wrap_future(services.handoff.publish_raw(data, dict(attributes)))
+
+    handler = RunHandler(services=services, loader=PipelineLoader(settings.configs_dir),
+                         notify=notify if notify is not None else services.notifier, hand_off=hand_off)
+
+    async def close() -> None:
+        await asyncio.to_thread(services.close)
+        await services.aclose()
+
+    return create_app(settings, handler, lifecycle=[Lifecycle(cleanup=close)])
