@@ -14,7 +14,9 @@ import structlog
 
 from consumer.handler import UNKNOWN_ORG, Notifier, _looks_like_run_id, _looks_like_slug
 from consumer.outcome import Outcome, OutcomeKind
+from observability import metrics
 from observability.logging import run_context
+from observability.tracing import with_trace_id
 from schemas import EventType, MessageRejected, PipelineEvent, decode_run_request
 from schemas.events import EventError
 
@@ -34,6 +36,7 @@ class DeadLetterHandler:
         count = _int(attributes.get(DELIVERY_COUNT))
         try:
             request = decode_run_request(data, {k: v for k, v in attributes.items() if not k.startswith("Cloud")})
+            request = with_trace_id(request, attributes)  # same id as the handler's attempts
             run_id, org, pipeline, trace_id = request.run_id, request.org_slug, request.pipeline, request.trace_id
         except MessageRejected:
             request = None
@@ -44,6 +47,7 @@ class DeadLetterHandler:
             pipeline, trace_id = None, None
         message = (f"gave up after {count} delivery attempts" if count else "gave up after repeated failures")
         with run_context(run_id=run_id, org_slug=org, trace_id=trace_id):
+            metrics.DEAD_LETTERED.inc()
             log.error("run request dead-lettered", delivery_count=count,
                       source=attributes.get(SOURCE_SUBSCRIPTION))
             await asyncio.to_thread(

@@ -16,6 +16,8 @@ import structlog
 from consumer.observers import CompositeObserver, EventObserver, RunLogObserver
 from consumer.outcome import Outcome, OutcomeKind
 from observability.logging import run_context
+from observability.metrics import MetricsObserver
+from observability.tracing import with_trace_id
 from pipeline import ConfigError, Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
 from schemas import EventType, MessageRejected, PipelineEvent, RunRequest, decode_run_request
 from schemas.events import EventError
@@ -48,6 +50,7 @@ class RunHandler:
             request = decode_run_request(data, attributes)
         except MessageRejected as error:
             return await self._reject_undecodable(attributes, message_id, attempt, error)
+        request = with_trace_id(request, attributes)  # body, else attributes, else derived from run_id
         with run_context(run_id=request.run_id, org_slug=request.org_slug, trace_id=request.trace_id,
                          pipeline=request.pipeline, attempt=attempt):
             running = self._inflight.get(request.run_id)
@@ -101,6 +104,7 @@ class RunHandler:
         )
         observer = CompositeObserver([
             RunLogObserver(runlog, request, attempt), EventObserver(self.services.events, request, attempt),
+            MetricsObserver(request.pipeline),
         ])
         executor = Executor(self.registry, observer=observer, classifiers=self.services.error_classifiers)
         result = await executor.run(config, context)

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from consumer.oidc import PushTokenVerifier
 from consumer.push import MessageHandler, PushEndpoint, push_budget_seconds
+from observability.metrics import metrics_handler
 from settings.model import Settings
 
 log = structlog.get_logger(__name__)
@@ -119,6 +120,7 @@ def register_routes(app: web.Application, push: PushEndpoint, probes: Probes) ->
     """Every route of the service, in one place (the run door and /metrics go here too)."""
     app.router.add_get("/health", probes.health)
     app.router.add_get("/ready", probes.ready)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_post(PUSH_PATH, push.handle)
 
 

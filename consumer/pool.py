@@ -5,9 +5,10 @@ returns; the client's leaser keeps the lease alive until the run acks or nacks i
 processes on the same subscription.
 
 Lifecycle, top to bottom: `run()` subscribes, waits for a stop signal, then `_drain()`:
-stop taking new work (new arrivals and not-started messages are nacked), let running runs finish
-within the grace period, cancel what is left (nacked: redelivery is safe, writes are idempotent),
-close the stream, flush.
+stop taking new work (new arrivals and not-started messages are held, unsettled), let running runs
+finish within the grace period, cancel what is left, close the stream, then nack everything held.
+Nacking only after the stream is closed matters: a message nacked while we still pull comes straight
+back to us, and a few such rounds would dead-letter it. Redelivery is safe: writes are idempotent.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 from consumer.flow import FlowPlan
 from consumer.outcome import Disposition, Outcome, OutcomeKind
 from consumer.slots import OrgBacklogFull, RunSlots
+from observability import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -67,9 +69,12 @@ class SubscriberPool:
         self._tasks: dict[asyncio.Task[None], Message] = {}
         self._started: set[asyncio.Task[None]] = set()
         self._settled: set[str] = set()
+        self._held: list[Message] = []
         self._stopping = asyncio.Event()
         self._accepting = True
         self._stream = None
+        self._metric = metrics.subscription_label(subscription_path)
+        metrics.track_pool(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> PoolStats:
@@ -107,6 +112,10 @@ class SubscriberPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._stream is not None:
             self._stream.cancel()
+        for message in self._held:  # once, after pulling stopped: they go to another consumer
+            self._settle(message, Disposition.NACK)
+        self._held.clear()
+        if self._stream is not None:
             await asyncio.to_thread(self._stream.result)
         self._subscriber.close()
         log.info("subscriber stopped", **vars(self.stats))
@@ -128,24 +137,27 @@ class SubscriberPool:
 
     def _start(self, message: Message) -> None:
         self.stats.received += 1
+        metrics.message_received(self._metric)
         if not self._accepting:
-            self._settle(message, Disposition.NACK)
+            self._held.append(message)
             return
         task = asyncio.create_task(self._process(message))
         self._tasks[task] = message
+        metrics.OUTSTANDING.labels(self._metric).inc()
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         message = self._tasks.pop(task)
+        metrics.OUTSTANDING.labels(self._metric).dec()
         if task.cancelled() and message.message_id not in self._settled:
             # Cancelled before its first step ran: the body never settled it.
-            self._settle(message, Disposition.NACK)
+            self._held.append(message)
         self._settled.discard(message.message_id)
 
     async def _process(self, message: Message) -> None:
         task = asyncio.current_task()
         org = message.attributes.get(self.org_key) or "_unknown"
-        disposition = Disposition.NACK
+        disposition: Disposition | None = Disposition.NACK
         try:
             async with self.slots.acquire(org):
                 self._started.add(task)
@@ -154,16 +166,20 @@ class SubscriberPool:
                     publish_time=message.publish_time,
                 )
                 disposition = outcome.disposition
+                metrics.record_outcome(self._metric, outcome)
         except OrgBacklogFull:
             disposition = await self._hand_off(message)
         except asyncio.CancelledError:
-            disposition = Disposition.NACK
+            disposition = None  # draining: held, nacked once the stream is closed
         except Exception as error:  # noqa: BLE001 - the handler should not raise; if it does, retry later
             log.exception("handler raised; nacking", error=str(error))
             disposition = Disposition.NACK
         finally:
             self._started.discard(task)
-            self._settle(message, disposition)
+            if disposition is None:
+                self._held.append(message)
+            else:
+                self._settle(message, disposition)
 
     async def _hand_off(self, message: Message) -> Disposition:
         if self.hand_off is None:
@@ -174,10 +190,12 @@ class SubscriberPool:
             log.warning("hand-off failed; nacking", error=str(error))
             return Disposition.NACK
         self.stats.handed_off += 1
+        metrics.MESSAGES_HANDED_OFF.labels(self._metric).inc()
         return Disposition.ACK
 
     def _settle(self, message: Message, disposition: Disposition) -> None:
         self._settled.add(message.message_id)
+        metrics.message_settled(self._metric, disposition is Disposition.ACK)
         if disposition is Disposition.ACK:
             message.ack()
             self.stats.acked += 1

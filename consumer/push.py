@@ -40,6 +40,7 @@ from aiohttp import web
 
 from consumer.oidc import PushAuthError, PushTokenVerifier
 from consumer.outcome import Outcome
+from observability import metrics
 from observability.logging import run_context
 
 log = structlog.get_logger(__name__)
@@ -187,6 +188,7 @@ class PushEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         response = await self._respond(request)
         self.stats.count(response.status)
+        metrics.record_push(response.status)
         return response
 
     async def _respond(self, request: web.Request) -> web.StreamResponse:
@@ -243,6 +245,7 @@ class PushEndpoint:
                         deadline_seconds=self.budget_seconds,
                     )
                 status = outcome.http_status
+                metrics.record_outcome(metrics.PUSH, outcome)
             except Exception:  # noqa: BLE001 - nack, never lose the message; the handler logs details
                 if budget.expired():
                     # Answer before Pub/Sub gives up on the request; the handler's work was cancelled.

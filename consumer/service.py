@@ -15,7 +15,9 @@ from consumer.flow import FlowPlan
 from consumer.handler import RunHandler
 from consumer.pool import SubscriberPool
 from consumer.slots import RunSlots
+from consumer.ticks import tick_pool
 from infra.clients import subscriber_client
+from observability import metrics
 from pipeline import PipelineLoader
 from pipeline.validation import pipeline_files
 from settings import Settings
@@ -36,9 +38,11 @@ def longest_timeout_seconds(loader: PipelineLoader) -> float:
 
 class ConsumerService:
     def __init__(self, settings: Settings, services: Any, *, notify=None, with_dead_letters: bool = True,
-                 extra_pools: list[SubscriberPool] | None = None):
+                 extra_pools: list[SubscriberPool] | None = None, with_ticks: bool = True):
         self.settings = settings
         self.services = services
+        metrics.configure(settings)  # metrics_org_label_limit
+        self.metrics_server: metrics.MetricsServer | None = None
         self.loader = PipelineLoader(settings.configs_dir)
         self.plan = FlowPlan.derive(
             workers=settings.consumer_workers, per_org=settings.per_org_concurrency,
@@ -61,6 +65,8 @@ class ConsumerService:
                          max_lease_extension=60, backlog_per_org=1000),
                 grace_seconds=settings.shutdown_grace_seconds, subscriber=subscriber_client(settings),
             ))
+        if with_ticks:  # scheduler ticks -> run requests (consumer/ticks.py)
+            self.pools.append(tick_pool(settings, services, self.loader))
         self.pools.extend(extra_pools or [])
 
     async def republish(self, data: bytes, attributes: Mapping[str, str]) -> None:
@@ -80,9 +86,15 @@ class ConsumerService:
         log.info("consumer starting", workers=self.settings.consumer_workers,
                  per_org=self.settings.per_org_concurrency, max_messages=self.plan.max_messages,
                  max_lease_duration=self.plan.max_lease_duration)
+        if self.settings.metrics_port is not None:  # /metrics and /health for Prometheus and probes
+            self.metrics_server = await metrics.start_metrics_server(self.settings.metrics_port,
+                                                                     self.settings.http_host)
+            log.info("metrics listening", port=self.metrics_server.port)
         try:
             await asyncio.gather(*(pool.run() for pool in self.pools))
         finally:
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             await asyncio.to_thread(self.services.close)
             await self.services.aclose()
             log.info("consumer stopped")

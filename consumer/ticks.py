@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -36,15 +37,46 @@ def tick_time(data: bytes, publish_time: datetime | None) -> datetime:
 class TickHandler:
     def __init__(self, fanout):
         self.fanout = fanout
+        # One fan-out at a time in this process: a tick and its duplicate, delivered together, then run one
+        # after the other and the second finds everything in the ledger.
+        self._lock = asyncio.Lock()
 
     async def handle(self, data: bytes, attributes: Mapping[str, str], message_id: str,
                      delivery_attempt: int | None, *, deadline_seconds: float | None = None,
                      publish_time: datetime | None = None) -> Outcome:
         at = tick_time(data, publish_time)
         try:
-            report = await asyncio.to_thread(self.fanout.fan_out, at)
+            async with self._lock:
+                report = await asyncio.to_thread(self.fanout.fan_out, at)
         except Exception as error:  # noqa: BLE001 - nack: the tick comes back and the ledger skips what went out
             log.exception("tick fan-out failed; nacking", tick_at=at.isoformat())
             return Outcome(OutcomeKind.RETRY, code="FANOUT_FAILED", message=f"{type(error).__name__}: {error}")
         log.info(report.summary())
         return Outcome(OutcomeKind.SUCCEEDED, details={"published": report.published})
+
+
+def tick_fanout(settings: Any, services: Any, loader: Any) -> Any:
+    """The production fan-out: the service's request publisher, eligibility and ledger on BigQuery."""
+    from publisher.fanout import TickFanOut
+    from publisher.ledger import ExecutionLedger
+    from tenancy.eligibility import EligibleOrgs
+
+    return TickFanOut(loader, services.requests, EligibleOrgs(services.bigquery, settings),
+                      ExecutionLedger(services.bigquery, settings),
+                      interval=timedelta(minutes=settings.tick_window_minutes))
+
+
+def tick_pool(settings: Any, services: Any, loader: Any) -> Any:
+    """A streaming pull on the ticks subscription. Ticks are rare and short: one at a time, small lease."""
+    from consumer.flow import FlowPlan
+    from consumer.pool import SubscriberPool
+    from consumer.slots import RunSlots
+    from infra.clients import subscriber_client
+
+    return SubscriberPool(
+        settings.subscription_path(settings.ticks_subscription), TickHandler(tick_fanout(settings, services, loader)),
+        RunSlots(1, 1, 100),
+        FlowPlan(max_messages=2, max_bytes=1024 * 1024, max_lease_duration=600, max_lease_extension=60,
+                 backlog_per_org=100),
+        grace_seconds=settings.shutdown_grace_seconds, subscriber=subscriber_client(settings),
+    )

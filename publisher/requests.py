@@ -3,7 +3,6 @@ scheduler fan-out, the HTTP door and DLQ replay."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from concurrent import futures
 from datetime import datetime
@@ -15,6 +14,7 @@ from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1 import types
 
 from infra.clients import close_publisher, publisher_client
+from observability.tracing import new_trace_id
 from schemas import RunRequest, Trigger, validate_run_request
 from schemas.run_request import Scalar
 from settings.model import Settings
@@ -76,7 +76,7 @@ class RequestPublisher:
         """A checked request; raises schemas.MessageRejected exactly as the consumer would refuse it."""
         return RunRequest.create(
             org_slug, pipeline, parameters, trigger, requested_by,
-            run_id=run_id, trace_id=trace_id or uuid.uuid4().hex, requested_at=requested_at,
+            run_id=run_id, trace_id=trace_id or new_trace_id(), requested_at=requested_at,
         )  # fmt: skip
 
     def publish_run(

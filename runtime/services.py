@@ -113,7 +113,10 @@ class Services:
             self._sessions[id(loop)] = session
         guard = AddressGuard(enabled=self.settings.is_production,
                              allowed_hosts=frozenset(self.settings.outbound_allowed_hosts))
-        return HttpClient(session, provider, guard=guard, policy=policy, rate_per_second=rate_per_second)
+        from observability.metrics import provider_response
+
+        return HttpClient(session, provider, guard=guard, policy=policy, rate_per_second=rate_per_second,
+                          on_response=provider_response)
 
     async def aclose(self) -> None:
         for session in self._sessions.values():

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Failed scheduler ticks get their own dead-letter topic: the requests DLQ holds run requests only.
     ticks_dead_letter_topic: str = "scheduler-ticks-dead-letter"
     ticks_dead_letter_subscription: str = "scheduler-ticks-dead-letter-hold"
+    # Scheduler: a tick covers the slots in (tick - tick_window_minutes, tick]. At least the ticks' period
+    # (Cloud Scheduler job: hourly); longer catches up missed ticks (the ledger skips what already went out).
+    tick_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
     # Push mode (Cloud Run): set push_endpoint to create a push subscription on the requests topic. The pull
     # subscription then reads handoff_topic, where the push handler forwards runs too long for a push request.
     push_endpoint: str | None = None
@@ -74,6 +77,8 @@ class Settings(BaseSettings):
     max_lease_extension_seconds: int = Field(default=90, ge=10, le=600)
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     metrics_port: int | None = None
+    # Per-org gauges (runs waiting/running) for at most this many orgs per process; 0: aggregate only.
+    metrics_org_label_limit: int = Field(default=0, ge=0, le=1000)
 
     # Pipelines.
     configs_dir: Path = REPO_ROOT / "configs"
@@ -95,6 +100,9 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_requests_per_minute: int = Field(default=100, ge=1)
     rate_limit_global_requests_per_minute: int = Field(default=10_000, ge=1)
+    # HTTP door: a verified org API key is trusted this long without asking BigQuery again (0: every
+    # request). A revoked key keeps working at most this long on an instance that verified it.
+    api_key_cache_seconds: float = Field(default=30.0, ge=0, le=600)
     push_verify_token: bool = True
     push_audience: str | None = None
     push_service_account_email: str | None = None

@@ -26,9 +26,8 @@ PUBSUB_NAME_FIELDS = (
 def make_configs_dir(root: Path) -> Path:
     """The repo's configs plus the test pipelines under configs/testing/ (test processors)."""
     configs = root / "configs"
-    configs.mkdir(parents=True)
-    for child in (REPO / "configs").iterdir():
-        (configs / child.name).symlink_to(child)
+    # A copy, not symlinks: the loader refuses paths that resolve outside the configs directory.
+    shutil.copytree(REPO / "configs", configs)
     shutil.copytree(REPO / "tests" / "configs_extra" / "testing", configs / "testing")
     return configs
 

@@ -9,7 +9,11 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.bootstrap import bootstrap
     from convergence.commands.consume import consume
     from convergence.commands.dev import dev
+    from convergence.commands.dlq import dlq
     from convergence.commands.infra import infra
+    from convergence.commands.publish import publish
+    from convergence.commands.runs import runs
+    from convergence.commands.schedule import schedule
     from convergence.commands.serve import serve
 
-    return [bootstrap, consume, dev, infra, serve]
+    return [bootstrap, consume, dev, dlq, infra, publish, runs, schedule, serve]

@@ -12,6 +12,7 @@ import click
 @click.option("--port", type=int, default=None, help="Listen port (default HTTP_PORT).")
 def serve(host: str | None, port: int | None) -> None:
     """Serve Pub/Sub push deliveries and the HTTP API."""
+    from api import ApiDoor
     from consumer.http_app import PushConfigError, run_server
     from consumer.serving import build_push_app
     from convergence.cli import load_settings_or_exit
@@ -20,8 +21,10 @@ def serve(host: str | None, port: int | None) -> None:
 
     settings = load_settings_or_exit()
     validate_for_startup(settings)
+    services = Services(settings)
     try:
-        app = build_push_app(settings, Services(settings))
+        app = build_push_app(settings, services)
     except PushConfigError as error:
         raise click.ClickException(str(error)) from None
+    ApiDoor(settings, services).register(app)  # the HTTP run door: /api/v1/... (api/door.py)
     asyncio.run(run_server(app, host, port))

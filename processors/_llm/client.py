@@ -1,0 +1,76 @@
+"""Talking to a provider's admin API: the credential, a retrying HTTP client, cursor pagination."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from httpclient import RetryPolicy
+from pipeline.context import RunContext
+from pipeline.errors import PermanentStepError
+from processors._llm.params import invalid
+from processors.integrations.kms_decrypt import decrypt_credential
+
+MAX_PAGES = 100_000
+
+
+async def provider_secret(config: Mapping[str, Any], context: RunContext, provider: str) -> str:
+    """The org's credential for `provider`: `context.secrets[secret_name]` (put there by an
+    integrations.kms_decrypt step), else decrypted now from the credential store. Either way it is kept
+    in `context.secrets`, so the executor masks it in every result, error and event."""
+    name = str(config.get("secret_name") or provider.lower())
+    secret = context.secrets.get(name)
+    if secret:
+        return secret
+    secret = await decrypt_credential(context, provider)
+    context.secrets[name] = secret
+    return secret
+
+
+def retry_policy(config: Mapping[str, Any]) -> RetryPolicy | None:
+    retry = config.get("retry")
+    if not retry:
+        return None
+    if not isinstance(retry, Mapping):
+        raise invalid("retry in the step config must be a mapping (attempts, initial_seconds, max_seconds)")
+    try:
+        return RetryPolicy(
+            attempts=int(retry.get("attempts", 5)),
+            initial_seconds=float(retry.get("initial_seconds", 0.5)),
+            max_seconds=float(retry.get("max_seconds", 30.0)),
+            max_retry_after_seconds=float(retry.get("max_retry_after_seconds", 60.0)),
+        )
+    except (TypeError, ValueError):
+        raise invalid("retry values in the step config must be numbers") from None
+
+
+def http_client(context: RunContext, provider: str, config: Mapping[str, Any]) -> Any:
+    rate = config.get("rate_limit_per_second")
+    return context.services.http(provider, rate_per_second=float(rate) if rate else None,
+                                 policy=retry_policy(config))
+
+
+class MalformedPage(PermanentStepError):
+    code = "PROVIDER_BAD_RESPONSE"
+
+
+async def pages(http: Any, url: str, params: Sequence[tuple[str, str]], headers: Mapping[str, str],
+                provider: str) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """Yield (page number, body) following `has_more` / `next_page` until the last page."""
+    cursor: str | None = None
+    seen: set[str] = set()
+    for number in range(1, MAX_PAGES + 1):
+        query = list(params) + ([("page", cursor)] if cursor else [])
+        body, _ = await http.request_json("GET", url, params=query, headers=headers)
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise MalformedPage(f"{provider}: page {number} from {url} has no 'data' list")
+        yield number, body
+        if not body.get("has_more"):
+            return
+        cursor = body.get("next_page")
+        if not isinstance(cursor, str) or not cursor:
+            raise MalformedPage(f"{provider}: page {number} says has_more but gives no next_page cursor")
+        if cursor in seen:
+            raise MalformedPage(f"{provider}: page {number} repeats an earlier next_page cursor (pagination loop)")
+        seen.add(cursor)
+    raise MalformedPage(f"{provider}: more than {MAX_PAGES} pages from {url}; refusing to continue")

@@ -1,0 +1,1 @@
+"""GCP processors: REST APIs with a customer's service account, and the billing export copy (dual client)."""

@@ -1,0 +1,105 @@
+"""ps_type `generic.procedure_executor`: CALL a stored procedure with typed arguments (spec 000: used by
+the SaaS subscription cost pipeline).
+
+    config:
+      procedure: calculate_subscription_cost     # routine id; file configs/system/procedures/*/<id>.sql
+      dataset: "{central_dataset}"                # where the routine lives (default: the central dataset)
+      create_if_missing: true                     # create it from its file when it does not exist yet
+      ensure_tables:                              # created in the org's dataset when missing
+        - {table: saas_subscriptions, schema_file: configs/saas_subscription/schemas/saas_subscriptions.json}
+      dates: {default: current_month, max_range_days: 366}     # defines {start_date} and {end_date}
+      arguments:                                  # in the procedure's order; values may use placeholders
+        - {name: p_project_id, type: STRING, value: "{project_id}"}
+        - {name: p_dataset_id, type: STRING, value: "{org_dataset}"}
+        - {name: p_start_date, type: DATE, value: "{start_date}"}
+      rows_column: rows_written                   # column of the procedure's last SELECT = rows_processed
+
+Names usable in values: the run's parameters and variables, `org_slug`, `run_id`, `project_id` (the
+service project), `org_dataset`, `central_dataset`, `start_date`, `end_date`. Arguments reach BigQuery
+as typed literals built from validated values (CALL takes no query parameters on the emulator), never
+as pasted text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pipeline.context import RunContext, resolve_placeholders
+from pipeline.models import StepConfig
+from processors.generic._bq import ensure_table, sql_names
+from processors.generic._common import bool_option, identifier, int_option, invalid, resolve_file, run_dates, section
+from processors.sql.procedures import ProcedureCatalog, ProcedureNotFound
+from processors.sql.templating import parameter_specs
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+class ProcedureExecutor:
+    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+        services = context.services
+        names = {**sql_names(context), **context.lookup()}
+        dates_spec = resolve_placeholders(dict(step.config.get("dates") or {}), names, context.outputs)
+        dates = run_dates(dates_spec, context.parameters, default=str(dates_spec.get("default", "yesterday")),
+                          lookback_days=int_option(dates_spec, "lookback_days", 1, 1, 366) or 1,
+                          max_days=int_option(dates_spec, "max_range_days", 366, 1, 3660) or 366)
+        names.update({"start_date": dates.start.isoformat(), "end_date": dates.end.isoformat()})
+        config = resolve_placeholders({k: v for k, v in step.config.items() if k != "dates"}, names,
+                                      context.outputs)
+        procedure = identifier(config.get("procedure"), "procedure")
+        dataset = identifier(config.get("dataset") or services.settings.central_dataset, "dataset")
+        arguments = parameter_specs(config.get("arguments") or [])
+        client = services.bigquery
+        catalog = ProcedureCatalog(client, services.settings, dataset)
+
+        created_tables = []
+        for entry in config.get("ensure_tables") or []:
+            spec = section({"t": entry}, "t")
+            table = identifier(spec.get("table"), "table")
+            path = resolve_file(services, spec.get("schema_file"), "ensure_tables.schema_file")
+            if await asyncio.to_thread(ensure_table, client, services.settings, names["org_dataset"], table, path,
+                                       partition_field=spec.get("partition_field"),
+                                       cluster_fields=tuple(spec.get("cluster_fields") or ())):
+                created_tables.append(table)
+
+        created_procedure = False
+        try:
+            rows = await asyncio.to_thread(catalog.call, procedure, arguments)
+        except Exception as error:
+            if not (bool_option(config, "create_if_missing", True) and _is_missing_routine(error)):
+                raise
+            try:
+                await asyncio.to_thread(catalog.put, procedure)
+            except ProcedureNotFound:
+                raise invalid(f"procedure {dataset}.{procedure} does not exist and has no file to create it "
+                              "from") from None
+            created_procedure = True
+            rows = await asyncio.to_thread(catalog.call, procedure, arguments)
+
+        result: dict[str, Any] = {"status": "SUCCESS", "procedure": f"{dataset}.{procedure}", **dates.as_result()}
+        last = rows[-1] if rows else {}
+        rows_column = config.get("rows_column", "rows_written")
+        result["rows_processed"] = int(last.get(rows_column) or 0) if rows_column in last else len(rows)
+        for key, value in list(last.items())[:10]:
+            if key != rows_column:
+                result.setdefault(key, _scalar(value))
+        if created_tables:
+            result["tables_created"] = ", ".join(created_tables)
+        if created_procedure:
+            result["procedure_created"] = True
+        return result
+
+
+def _is_missing_routine(error: Exception) -> bool:
+    from google.api_core.exceptions import NotFound
+
+    text = str(error).lower()
+    return isinstance(error, NotFound) and any(word in text for word in ("routine", "procedure", "dataset"))
+
+
+def get_engine() -> ProcedureExecutor:
+    return ProcedureExecutor()

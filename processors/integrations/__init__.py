@@ -1,0 +1,1 @@
+"""Integration processors: credentials for the steps that follow (integrations.kms_decrypt)."""

@@ -1,0 +1,74 @@
+"""ps_type `integrations.kms_decrypt`: decrypt the org's stored credential for a provider and put it into
+`context.secrets[secret_name]` for the steps that follow (spec 000: "context['secrets'][provider] <- from a
+prior kms_decrypt step").
+
+The plaintext goes nowhere else: not into the result (which only says which secret was set), not into
+logs or errors. Because it sits in `context.secrets`, the executor masks any occurrence of it in every
+later step's result, error message and event.
+
+Config:
+  provider     credential provider as stored in org_integration_credentials (e.g. OPENAI, ANTHROPIC)
+  secret_name  key in context.secrets (default: provider in lower case)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from typing import Any
+
+import structlog
+
+from pipeline.context import RunContext
+from pipeline.errors import PermanentStepError, StepError
+from pipeline.models import StepConfig
+
+log = structlog.get_logger(__name__)
+_PROVIDER = re.compile(r"^[A-Z][A-Z0-9_]{1,49}$")
+_SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+async def decrypt_credential(context: RunContext, provider: str) -> str:
+    """The org's credential for `provider`, decrypted by the credential store (KMS). Errors carry codes and
+    never any key material."""
+    store = getattr(context.services, "credentials", None)
+    if store is None:
+        raise PermanentStepError("no credential store is configured", code="CREDENTIAL_NOT_FOUND")
+    try:
+        if inspect.iscoroutinefunction(store.get):
+            secret = await store.get(context.org_slug, provider)
+        else:
+            secret = await asyncio.to_thread(store.get, context.org_slug, provider)
+    except StepError:
+        raise
+    except LookupError:
+        raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
+                                 code="CREDENTIAL_NOT_FOUND") from None
+    except Exception as error:  # noqa: BLE001 - never let a decrypt error carry key material out
+        log.warning("credential decryption failed", provider=provider, error_type=type(error).__name__)
+        raise PermanentStepError(f"could not decrypt the {provider} credential of org {context.org_slug} "
+                                 f"({type(error).__name__})", code="CREDENTIAL_DECRYPT_FAILED") from None
+    if not secret:
+        raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
+                                 code="CREDENTIAL_NOT_FOUND")
+    return secret
+
+
+class KmsDecrypt:
+    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+        config = context.resolve(step.config)
+        provider = str(config.get("provider") or "")
+        if not _PROVIDER.match(provider):
+            raise PermanentStepError(f"provider {provider!r} must be an upper-case credential provider name "
+                                     "such as OPENAI", code="INVALID_PARAMETERS")
+        name = str(config.get("secret_name") or provider.lower())
+        if not _SECRET_NAME.match(name):
+            raise PermanentStepError(f"secret_name {name!r} must be snake_case", code="INVALID_PARAMETERS")
+        context.secrets[name] = await decrypt_credential(context, provider)
+        log.info("credential decrypted into the run context", provider=provider, slot=name)
+        return {"status": "SUCCESS", "rows_processed": 0, "provider": provider, "secret_name": name}
+
+
+def get_engine() -> KmsDecrypt:
+    return KmsDecrypt()

@@ -1,0 +1,1 @@
+"""Notification processors (email over SMTP, Slack incoming webhook), usable as pipeline steps."""

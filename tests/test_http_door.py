@@ -1,0 +1,305 @@
+"""The HTTP run door over real HTTP (the `serve` app on a port): keys, body validation, pipeline lookup,
+rate limits and request ids; every refused call publishes nothing; a good call is queued (202) and runs."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import shutil
+import threading
+import time
+import uuid
+from concurrent import futures
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from api import ApiDoor
+from api.ratelimit import RateLimiter
+from devstack.ports import free_port
+
+pytestmark = [pytest.mark.emulator]
+ROOT_KEY = "root-" + "k" * 40
+OK = "testing/consumer/ok"
+
+# ---- unit ----------------------------------------------------------------------------------------------
+
+
+def test_token_bucket():
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    assert limiter.take("a") == 0 and limiter.take("a") == 0
+    assert limiter.take("a") == 30  # one token every 30 s at 2/min
+    assert limiter.take("b") == 0  # per key
+    now[0] = 30.0
+    assert limiter.take("a") == 0 and limiter.take("a") == 30
+
+
+def test_root_key_compare():
+    from api.auth import AuthError, check_root_key
+    from settings.model import load_settings
+
+    settings = load_settings(ca_root_api_key=ROOT_KEY)
+    check_root_key(settings, ROOT_KEY)
+    for presented, status in ((None, 401), ("", 401), ("x", 403), (ROOT_KEY + "x", 403)):
+        with pytest.raises(AuthError) as error:
+            check_root_key(settings, presented)
+        assert error.value.status == status
+    with pytest.raises(AuthError) as error:
+        check_root_key(load_settings(), ROOT_KEY)
+    assert error.value.status == 403
+
+
+# ---- the server ----------------------------------------------------------------------------------------
+
+
+class Server:
+    """run_server (the one `serve` uses) on its own loop in a thread."""
+
+    def __init__(self, app: Any):
+        from consumer.http_app import run_server
+
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.stop_event: asyncio.Event | None = None
+        ready = threading.Event()
+
+        async def main() -> None:
+            self.stop_event = asyncio.Event()
+            ready.set()
+            await run_server(app, "127.0.0.1", self.port, stop=self.stop_event, handle_signals=False)
+
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.call("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        connection.request(method, path, body=data, headers=headers or {})
+        response = connection.getresponse()
+        payload = response.read()
+        connection.close()
+        try:
+            parsed = json.loads(payload) if payload else None
+        except ValueError:
+            parsed = payload.decode()
+        return response.status, dict(response.headers), parsed
+
+    def close(self) -> None:
+        if self.stop_event is not None:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(30)
+
+
+def door_app(platform: Any, **overrides: Any) -> tuple[Any, Any]:
+    from consumer.serving import build_push_app
+    from runtime import Services
+
+    settings = platform.settings.model_copy(update={"push_verify_token": False,
+                                                    "ca_root_api_key": SecretStr(ROOT_KEY), **overrides})
+    services = Services(settings)  # its own, as the serve process has
+    app = build_push_app(settings, services)
+    door = ApiDoor(settings, services)
+    door.register(app)
+    return app, door
+
+
+class StubRequests:
+    """A publisher that records instead of publishing (rate-limit and QUEUED tests)."""
+
+    def __init__(self):
+        self.published = []
+
+    def publish_request(self, request):
+        self.published.append(request)
+        future: futures.Future[str] = futures.Future()
+        future.set_result("1")
+        return future
+
+
+@pytest.fixture(scope="module")
+def platform(local_stack, tmp_path_factory):
+    from infra.apply import ensure_subscription
+    from infra.topology import SubscriptionSpec
+    from tests.harness import Platform
+
+    platform = Platform(local_stack, tmp_path_factory.mktemp("door"))
+    configs = platform.settings.configs_dir
+    shutil.copy(configs / "testing" / "consumer" / "ok.yml", configs / "testing" / "flat.yml")  # testing//flat
+    platform.keys = {org: platform.onboard(org).api_key for org in ("acme_door", "other_door")}
+    platform.tap = f"tap-{uuid.uuid4().hex[:8]}"  # sees every run request published
+    ensure_subscription(SubscriptionSpec(platform.tap, platform.settings.requests_topic, 60), platform.settings)
+    platform.start_consumer()
+    yield platform
+    platform.close()
+
+
+@pytest.fixture(scope="module")
+def server(platform):
+    app, door = door_app(platform)
+    server = Server(app)
+    server.door = door
+    yield server
+    server.close()
+
+
+def run_path(org: str, pipeline: str = OK) -> str:
+    provider, domain, name = pipeline.split("/")
+    return f"/api/v1/pipelines/run/{org}/{provider}/{domain}/{name}"
+
+
+def key_of(platform, org="acme_door") -> dict[str, str]:
+    return {"X-API-Key": platform.keys[org], "Content-Type": "application/json"}
+
+
+# ---- the run door --------------------------------------------------------------------------------------
+
+
+def test_refused_calls_publish_nothing_and_a_good_call_runs(platform, server, pull_messages):
+    acme = platform.keys["acme_door"]
+    wrong = "acme_door_api_" + "x" * 16
+    refused = [
+        ({}, {}, 401, "API_KEY_MISSING"),
+        ({"X-API-Key": wrong}, {}, 401, "API_KEY_INVALID"),
+        ({"X-API-Key": "not-a-key"}, {}, 401, "API_KEY_INVALID"),
+        ({"X-API-Key": platform.keys["other_door"]}, {}, 403, "API_KEY_WRONG_ORG"),
+        ({"X-API-Key": acme}, {"seconds": 0}, 422, "INVALID_BODY"),  # unknown field (flat, not a known one)
+        ({"X-API-Key": acme}, {"parameters": {}, "priority": 1}, 422, "INVALID_BODY"),
+        ({"X-API-Key": acme}, {"date": "2025-02-30"}, 422, "INVALID_BODY"),
+        ({"X-API-Key": acme}, {"parameters": {"run_id": "x"}}, 422, "SCHEMA_INVALID"),
+        ({"X-API-Key": acme}, {"trigger": "scheduled"}, 422, "INVALID_BODY"),
+        ({"X-API-Key": acme, "X-Request-ID": "bad id with spaces"}, {}, 400, "INVALID_REQUEST_ID"),
+    ]
+    for headers, body, status, code in refused:
+        got, response_headers, answer = server.call("POST", run_path("acme_door"), body, headers)
+        assert (got, answer["code"]) == (status, code), (headers, body, answer)
+        assert answer["request_id"] == response_headers["X-Request-ID"]
+    first = server.call("POST", run_path("acme_door"), body={"parameters": {}, "priority": 1}, headers=key_of(platform))
+    assert "unknown field" in json.dumps(first[2]["errors"])
+    for path, code in ((run_path("acme_door", "testing/consumer/nope"), "UNKNOWN_PIPELINE"),
+                       (run_path("acme_door", "testing/Consumer/ok"), "INVALID_PIPELINE_PATH"),
+                       (run_path("acme_door", "testing/consumer/ok.yml"), "INVALID_PIPELINE_PATH")):
+        got, _, answer = server.call("POST", path, {}, key_of(platform))
+        assert (got, answer["code"]) == (404, code), (path, answer)
+    assert server.call("POST", "/api/v1/pipelines/run/acme_door/testing/consumer/..", {}, key_of(platform))[0] == 404
+    got, _, answer = server.call("POST", run_path("acme_door"), headers=key_of(platform), raw=b"{nope")
+    assert (got, answer["code"]) == (400, "INVALID_JSON")
+
+    # a good call, with the old API's flat body and a request id of our own
+    request_id = f"req-{uuid.uuid4()}"
+    got, headers, answer = server.call("POST", run_path("acme_door"), {"date": "2026-01-15"},
+                                       {**key_of(platform), "X-Request-ID": request_id})
+    assert got == 202, answer
+    assert answer["status"] == "QUEUED" and headers["X-Request-ID"] == request_id
+    run_id = answer["run_id"]
+    assert headers["Location"] == f"/api/v1/pipelines/runs/{run_id}"
+    events = platform.follower.wait_for(run_id, "pipeline_completed")
+    assert events[-1]["status"] == "SUCCESS" and events[-1]["trace_id"] == request_id
+
+    # exactly one request reached the topic: the good one
+    messages = pull_messages(platform.settings, platform.tap, 10, timeout=3)
+    assert [m.message.attributes["run_id"] for m in messages] == [run_id]
+    body = json.loads(messages[0].message.data)
+    assert body["parameters"] == {"date": "2026-01-15"} and body["trace_id"] == request_id
+    assert body["requested_by"] == f"api:acme_door:key-{platform.keys['acme_door'][-4:]}"
+
+    # its status, for that org only
+    record = platform.run_record(run_id, status="SUCCESS")
+    got, _, run = server.call("GET", f"/api/v1/pipelines/runs/{run_id}", headers=key_of(platform))
+    assert got == 200 and run["status"] == "SUCCESS" and run["rows_processed"] == record.rows_processed == 7
+    assert [(s["step_id"], s["status"], s["rows_processed"]) for s in run["steps"]] == [
+        ("first", "SUCCESS", 3), ("second", "SUCCESS", 4)]
+    got, _, answer = server.call("GET", f"/api/v1/pipelines/runs/{run_id}", headers=key_of(platform, "other_door"))
+    assert (got, answer["code"]) == (404, "RUN_NOT_FOUND")
+    assert server.call("GET", f"/api/v1/pipelines/runs/{run_id}")[0] == 401
+
+
+def test_empty_domain_and_generated_request_id(platform, server):
+    got, headers, answer = server.call("POST", "/api/v1/pipelines/run/acme_door/testing//flat",
+                                       {"parameters": {"seconds": 0}}, key_of(platform))
+    assert got == 202, answer
+    assert answer["pipeline"] == "testing//flat"
+    uuid.UUID(headers["X-Request-ID"])  # made up when absent, and used as the trace id
+    assert answer["trace_id"] == headers["X-Request-ID"]
+    events = platform.follower.wait_for(answer["run_id"], "pipeline_completed")
+    assert events[-1]["status"] == "SUCCESS"
+
+
+def test_queued_before_the_consumer_writes_anything(platform):
+    app, door = door_app(platform)
+    door.services.__dict__["requests"] = stub = StubRequests()  # queued, never delivered
+    server = Server(app)
+    try:
+        got, _, answer = server.call("POST", run_path("acme_door"), {}, key_of(platform))
+        assert got == 202 and len(stub.published) == 1
+        got, _, status = server.call("GET", f"/api/v1/pipelines/runs/{answer['run_id']}", headers=key_of(platform))
+        assert got == 200 and status["status"] == "QUEUED" and status["pipeline"] == OK
+        assert server.call("GET", f"/api/v1/pipelines/runs/{answer['run_id']}",
+                           headers=key_of(platform, "other_door"))[0] == 404
+        assert server.call("GET", "/api/v1/pipelines/runs/run_doesnotexist", headers=key_of(platform))[0] == 404
+    finally:
+        server.close()
+
+
+def test_rate_limits_answer_429_with_retry_after(platform):
+    app, door = door_app(platform, rate_limit_requests_per_minute=2, rate_limit_global_requests_per_minute=4)
+    door.services.__dict__["requests"] = stub = StubRequests()
+    server = Server(app)
+    try:
+        path = run_path("acme_door")
+        statuses = [server.call("POST", path, {}, key_of(platform))[0] for _ in range(2)]
+        assert statuses == [202, 202]
+        got, headers, answer = server.call("POST", path, {}, key_of(platform))
+        assert (got, answer["code"]) == (429, "RATE_LIMITED") and int(headers["Retry-After"]) == 30
+        assert server.call("POST", run_path("other_door"), {}, key_of(platform, "other_door"))[0] == 202
+        assert len(stub.published) == 3  # the refused call published nothing
+        # 4 requests so far (the refused one counts globally); the global limit (4/min) refuses the 5th
+        got, headers, answer = server.call("POST", run_path("other_door"), {}, key_of(platform, "other_door"))
+        assert got == 429 and int(headers["Retry-After"]) >= 1 and "service" in answer["detail"]
+        assert len(stub.published) == 3
+    finally:
+        server.close()
+
+
+def test_verified_keys_are_cached_briefly(platform, server):
+    door = server.door
+    before = door.auth.lookups
+    for _ in range(3):
+        assert server.call("GET", "/api/v1/pipelines/runs/run_unknown123", headers=key_of(platform))[0] == 404
+    assert door.auth.lookups - before <= 1
+
+
+# ---- procedures (X-CA-Root-Key) ------------------------------------------------------------------------
+
+
+def test_procedure_routes_need_the_root_key(server, platform):
+    assert server.call("GET", "/api/v1/procedures/files")[0] == 401
+    assert server.call("GET", "/api/v1/procedures/files", headers={"X-CA-Root-Key": "wrong"})[0] == 403
+    assert server.call("GET", "/api/v1/procedures/files", headers={"X-API-Key": platform.keys["acme_door"]})[0] == 401
+    root = {"X-CA-Root-Key": ROOT_KEY}
+    got, _, files = server.call("GET", "/api/v1/procedures/files", headers=root)
+    assert got == 200 and "calculate_subscription_cost" in [f["name"] for f in files["files"]]
+    assert server.call("POST", "/api/v1/procedures/sync", {"force": True, "extra": 1}, root)[0] == 422
+    got, _, report = server.call("POST", "/api/v1/procedures/sync", {}, root)
+    assert got == 200 and "calculate_subscription_cost" in report["created"] + report["updated"] + report["unchanged"]
+    got, _, procedure = server.call("GET", "/api/v1/procedures/calculate_subscription_cost", headers=root)
+    assert got == 200 and procedure["name"] == "calculate_subscription_cost"
+    got, _, listed = server.call("GET", "/api/v1/procedures", headers=root)
+    assert got == 200 and "calculate_subscription_cost" in [p["name"] for p in listed["procedures"]]
+    assert server.call("POST", "/api/v1/procedures/calculate_subscription_cost", {}, root)[0] == 200
+    assert server.call("DELETE", "/api/v1/procedures/calculate_subscription_cost", headers=root)[0] == 200
+    got, _, answer = server.call("GET", "/api/v1/procedures/calculate_subscription_cost", headers=root)
+    assert (got, answer["code"]) == (404, "PROCEDURE_NOT_FOUND")
+    assert server.call("DELETE", "/api/v1/procedures/calculate_subscription_cost", headers=root)[0] == 404
