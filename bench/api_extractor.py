@@ -117,7 +117,7 @@ async def _load(url: str, rows: int, page_size: int, batch_size: int, project: s
     context = RunContext(org_slug=org, run_id=f"run_{uuid.uuid4().hex[:8]}", pipeline_id="bench",
                          services=services)
     sink = TableSink(services, context, "extract_records", table="bench_records_raw", schema_file=None,
-                     mode="append", source_url=f"{url}/v1/cursor/records")
+                     mode="append", source_url=f"{url}/v1/cursor/records", batch_size=batch_size)
     buffer = BatchBuffer(batch_size, sink.write)  # same batching and write overlap as the extractor
     start = time.perf_counter()
     for page, offset in enumerate(range(0, rows, page_size), start=1):

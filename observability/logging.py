@@ -43,6 +43,11 @@ def redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    # sys.stderr looked up per logger, not bound once: it may be replaced (pytest capture, daemons).
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto", project_id: str | None = None) -> None:
     global _project_id
     if project_id:
@@ -64,7 +69,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", project_id: str | 
     structlog.configure(
         processors=shared + renderer,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # The Google client libraries log through the standard library: keep them quiet unless asked.

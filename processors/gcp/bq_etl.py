@@ -25,6 +25,7 @@ with two clients (spec 003, "Dual-Client Architecture"):
         date_column: usage_date
         partition_field: usage_date
         cluster_fields: [service_id, project_id]
+        batch_size: 5000                            # rows per load job into the staging table
 
 The query may use only the identifier placeholders `{source_table}`, `{source_project}`,
 `{source_dataset}` and `{partition_filter}`; values are query parameters (@start_date, @end_date,
@@ -137,7 +138,8 @@ class BigQueryEtl:
             mode=write_mode(destination.get("write_mode"), "append"), key_columns=destination.get("key_columns") or [],
             date_column=destination.get("date_column"), date_range=dates,
             partition_field=destination.get("partition_field"), cluster_fields=destination.get("cluster_fields") or (),
-            source_url=f"bigquery://{source_ref}")
+            source_url=f"bigquery://{source_ref}",
+            batch_size=int_option(destination, "batch_size", settings.write_batch_size, 1, 50_000))
         page_size = int_option(source, "page_size", 5000, 1, 100_000) or 5000
 
         clock = time.perf_counter()
@@ -194,8 +196,7 @@ class _Copy:
                                 retry=call_retry(settings), job_retry=job_retry(settings))
         result = job.result(page_size=self.page_size, retry=call_retry(settings))
         self.bytes_processed = int(job.total_bytes_processed or 0)
-        writer = self.sink.services.writer
-        outcome = writer.write(self.sink.dataset, self.sink.table, self.rows(result),
+        outcome = self.sink.writer.write(self.sink.dataset, self.sink.table, self.rows(result),
                                **self.sink.writer_options(self.sink.mode))
         self.method = str(getattr(outcome, "method", ""))
         return int(getattr(outcome, "rows_written", 0))

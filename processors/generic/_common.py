@@ -212,9 +212,10 @@ def run_dates(config: Mapping[str, Any], parameters: Mapping[str, Any], *, defau
 # -- warehouse -----------------------------------------------------------------------------------------
 
 
-async def call_writer(services: Any, dataset: str, table: str, rows: list[dict[str, Any]], **options: Any) -> Any:
-    """One Writer call, off the event loop when the Writer is blocking."""
-    writer = services.writer
+async def call_writer(services: Any, dataset: str, table: str, rows: list[dict[str, Any]], *, writer: Any = None,
+                      **options: Any) -> Any:
+    """One Writer call (the shared `services.writer` unless one is given), off the event loop when blocking."""
+    writer = writer if writer is not None else services.writer
     if inspect.iscoroutinefunction(writer.write):
         return await writer.write(dataset, table, rows, **options)
     return await asyncio.to_thread(writer.write, dataset, table, rows, **options)

@@ -59,7 +59,7 @@ class TableSink:
                  mode: str, key_columns: Sequence[str] = (), date_column: str | None = None,
                  date_range: DateRange | None = None, field_map: Mapping[str, str] | None = None,
                  key_fields: Sequence[str] = (), source_url: str = "", partition_field: str | None = None,
-                 cluster_fields: Sequence[str] = ()):
+                 cluster_fields: Sequence[str] = (), batch_size: int | None = None):
         self.services = services
         self.context = context
         self.step_id = step_id
@@ -79,6 +79,8 @@ class TableSink:
         self.partition_field = partition_field if partition_field is not None else (
             "extracted_at" if self.elt else None)
         self.cluster_fields = list(cluster_fields) or (["step_id"] if self.elt else [])
+        self.batch_size = batch_size
+        self._own_writer: Any = None
         self.methods: set[str] = set()  # how the Writer wrote: streaming, load, staged_merge, delete
         self.extracted_at = datetime.now(UTC).isoformat()
         self.row_number = 0
@@ -147,6 +149,19 @@ class TableSink:
         return row
 
     # -- writing ---------------------------------------------------------------------------------------
+    @property
+    def writer(self) -> Any:
+        """The shared Writer, or one whose batch size is this sink's when its batches are larger: a batch
+        then goes in ONE load job (BigQuery limits load jobs per table and day) instead of several."""
+        shared = self.services.writer
+        if self.batch_size is None or self.batch_size <= getattr(shared, "batch_size", self.batch_size):
+            return shared
+        if self._own_writer is None:
+            from warehouse.writer import Writer
+
+            self._own_writer = Writer(self.services.bigquery, self.services.settings, batch_size=self.batch_size)
+        return self._own_writer
+
     def writer_options(self, mode: str) -> dict[str, Any]:
         """Keyword arguments of `Writer.write` for one write in `mode`."""
         options: dict[str, Any] = {"mode": mode, "org_slug": self.context.org_slug,
@@ -173,7 +188,8 @@ class TableSink:
         mode = self.mode if batch_index == 0 or self.mode == "merge" else "append"
         if not rows and mode in ("append", "merge"):
             return
-        result = await call_writer(self.services, self.dataset, self.table, rows, **self.writer_options(mode))
+        result = await call_writer(self.services, self.dataset, self.table, rows, writer=self.writer,
+                                   **self.writer_options(mode))
         self.methods.add(str(getattr(result, "method", "")))
 
     async def prepare(self) -> int:

@@ -104,6 +104,7 @@ def build_sink(services: Any, context: RunContext, step: StepConfig, destination
         mode=mode, key_columns=key_columns, date_column=destination.get("date_column"), date_range=date_range,
         field_map=field_map, key_fields=key_fields, source_url=source_url,
         partition_field=destination.get("partition_field"), cluster_fields=destination.get("cluster_fields") or (),
+        batch_size=int_option(destination, "batch_size", services.settings.write_batch_size, 1, 50_000),
     )
 
 
