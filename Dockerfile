@@ -13,11 +13,12 @@ RUN useradd --create-home --uid 10001 convergence
 COPY --from=build /opt/venv /opt/venv
 COPY configs /app/configs
 WORKDIR /app
+# serve answers /health on HTTP_PORT; consume on METRICS_PORT (its /metrics and /health server).
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 CONFIGS_DIR=/app/configs ENVIRONMENT=production \
-    LOG_FORMAT=json HTTP_PORT=8080
+    LOG_FORMAT=json HTTP_PORT=8080 METRICS_PORT=9090
 USER convergence
-EXPOSE 8080
+EXPOSE 8080 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-  CMD python -c "import os,urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"HTTP_PORT\",\"8080\")}/health', timeout=4)"
+  CMD python -c "import os,urllib.request as u; role=open('/proc/1/cmdline','rb').read(); port=os.environ['METRICS_PORT' if b'consume' in role else 'HTTP_PORT']; u.urlopen(f'http://127.0.0.1:{port}/health', timeout=4)"
 ENTRYPOINT ["convergence"]
 CMD ["serve"]

@@ -5,13 +5,13 @@ BigQuery load jobs) against, in the same run,
 - the sink ceiling: the same rows (generated locally, same shape) written by the same Writer, not fetched;
 
 and the peak RSS of the full extraction at two row counts (it must not grow with the row count).
-Every measurement runs in its own child process (so each peak RSS is its own); the REST stand-ins and the
-BigQuery emulator run in further processes.
+Every measurement runs in its own child process (so each peak RSS is its own) against its own fresh
+BigQuery emulator (time-travel snapshots off, see _EMULATOR); the REST stand-ins run in further processes.
 
     .venv/bin/python bench/api_extractor.py [--rows 1000000] [--page-size 1000] [--batch-size 10000]
                                             [--small-rows 100000]
 
-Uses BIGQUERY_EMULATOR_HOST when set, else starts its own emulator.
+Uses BIGQUERY_EMULATOR_HOST when set, else starts a fresh emulator for each measurement.
 """
 
 from __future__ import annotations
@@ -153,10 +153,57 @@ def _start_server(rows: int, page_size: int) -> tuple[subprocess.Popen[str], str
     return process, process.stdout.readline().strip()
 
 
+# bqemulator copies the whole table into a time-travel snapshot after every write (versioning/snapshots.py,
+# `SnapshotManager.capture`: CREATE TABLE snapshot AS SELECT * FROM table), so loading 1M rows in 100 jobs
+# costs ~50M row copies and grows the emulator past 20 GB (it was OOM-killed). The benchmark does not use
+# time travel: its emulator runs with that capture turned off, so the sink ceiling is the load path itself.
+_EMULATOR = """
+import sys
+from devstack.bqemulator_launcher import build_settings, patch_engine, run_forever
+from bqemulator.versioning.snapshots import SnapshotManager
+SnapshotManager.capture = lambda self, *args, **kwargs: None
+patch_engine()
+run_forever(build_settings(int(sys.argv[1]), sys.argv[2], None))
+"""
+
+
+def _start_emulator(project: str) -> tuple[subprocess.Popen[bytes], str]:
+    import urllib.request
+
+    from devstack.ports import free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", _EMULATOR, str(port), project], cwd=ROOT,  # noqa: S603
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}/bigquery/v2/projects/{project}/datasets"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - fixed loopback URL
+                return process, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    process.terminate()
+    raise SystemExit("the BigQuery emulator did not start")
+
+
 def _child(kind: str, url: str, rows: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement in its own process, against its own fresh emulator (unless BIGQUERY_EMULATOR_HOST is
+    set): no measurement pays for the tables or jobs another one left in the emulator."""
+    emulator = None
+    env = dict(os.environ)
+    if not env.get("BIGQUERY_EMULATOR_HOST"):
+        emulator, host = _start_emulator(args.project)
+        env["BIGQUERY_EMULATOR_HOST"] = host
     command = [sys.executable, __file__, "--worker", kind, "--url", url, "--rows", str(rows), "--page-size",
                str(args.page_size), "--batch-size", str(args.batch_size), "--project", args.project]
-    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)  # noqa: S603
+    try:
+        output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, env=env)  # noqa: S603
+    finally:
+        if emulator is not None:
+            emulator.terminate()
+            emulator.wait(20)
     if output.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{output.stderr[-3000:]}")
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -176,13 +223,6 @@ def main() -> None:
         worker(args)
         return
 
-    emulator = None
-    if not os.environ.get("BIGQUERY_EMULATOR_HOST"):
-        from devstack.bigquery_emulator import BigQueryEmulator
-
-        emulator = BigQueryEmulator(project=args.project)
-        emulator.start()
-        os.environ["BIGQUERY_EMULATOR_HOST"] = emulator.host
     servers = []
     try:
         big, big_url = _start_server(args.rows, args.page_size)
@@ -196,8 +236,6 @@ def main() -> None:
         for server in servers:
             server.terminate()
             server.wait(10)
-        if emulator is not None:
-            emulator.stop()
 
     assert full["rows"] == full["loaded"] == args.rows, full
     rate = {name: m["rows"] / m["seconds"] for name, m in (("fetch", fetch), ("load", load), ("full", full))}

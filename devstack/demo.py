@@ -44,12 +44,11 @@ def run_demo(echo: Callable[[str], None], keep_running: bool = False, verbose: b
     from devstack.stack import LocalStack
     from infra.apply import apply
     from infra.topology import Topology
+    from observability.logging import configure_logging
     from runtime import Services
     from settings import reset_settings
     from settings.model import load_settings
     from warehouse.bootstrap import bootstrap
-
-    from observability.logging import configure_logging
 
     # The demo prints its own summary; service logs only when asked (or when something goes wrong).
     configure_logging("INFO" if verbose else "ERROR", "console")

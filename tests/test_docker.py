@@ -55,12 +55,16 @@ def ignored(relative: str, rules: list[tuple[str, bool]]) -> bool:
 
 
 def build_context(target: Path) -> Path:
-    """A copy of what `docker build .` sends (the .dockerignore rules applied per top-level entry)."""
+    """A copy of the sources `docker build .` sends (the .dockerignore rules applied per top-level entry).
+    Only files, packages and configs/ are copied: scratch directories are never worth copying here (the
+    test below checks that .dockerignore keeps them out of the real context)."""
     rules = dockerignore()
     context = target / "context"
     context.mkdir()
     for entry in REPO.iterdir():
-        if ignored(entry.name, rules) or entry.name in {"build", "dist"}:
+        if ignored(entry.name, rules):
+            continue
+        if entry.is_dir() and not ((entry / "__init__.py").is_file() or entry.name == "configs"):
             continue
         if entry.is_dir():
             shutil.copytree(entry, context / entry.name,
@@ -92,8 +96,17 @@ def test_dockerignore_keeps_every_package_and_drops_the_rest():
     for package in top_level_packages():
         assert (REPO / package / "__init__.py").is_file(), f"{package} in pyproject but not a package"
         assert not ignored(package, rules), f".dockerignore drops package {package}"
-    for heavy in (".venv", ".git", "tests", "bench", "deploy"):
+    for heavy in (".venv", ".git", ".state", ".tmp", "build", "dist", "convergence.egg-info", "tests", "bench",
+                  "deploy"):
         assert ignored(heavy, rules), f"{heavy} would be sent to the Docker engine"
+    # Whatever else git ignores at the top level (scratch, caches: the emulator's spill files reach tens
+    # of GB) must not be in the build context either.
+    listed = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--directory"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    if listed.returncode == 0:
+        scratch = {line.split("/")[0] for line in listed.stdout.splitlines() if line.strip()}
+        sent = sorted(name for name in scratch if not ignored(name, rules) and (REPO / name).is_dir())
+        assert not sent, f"git-ignored directories sent to the Docker engine: {sent}"
     assert not ignored("README.md", rules) and not ignored("pyproject.toml", rules)  # pip install . needs them
     assert not ignored("configs", rules)
 

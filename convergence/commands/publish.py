@@ -122,10 +122,16 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
     with contextlib.ExitStack() as stack:
         follower = None
         if wait:  # subscribed before publishing: a subscription only gets what is published after it exists
+            from google.api_core.exceptions import NotFound
+
             from publisher.follow import RunFollower
 
             single = requests[0].run_id if len(requests) == 1 else None
-            follower = stack.enter_context(RunFollower(settings, run_id=single, org_slug=org, pipeline=pipeline))
+            try:
+                follower = stack.enter_context(RunFollower(settings, run_id=single, org_slug=org, pipeline=pipeline))
+            except NotFound as error:
+                raise click.ClickException(f"cannot follow: {error.message} (topic {settings.events_topic}; "
+                                           "`convergence infra apply` creates it). Nothing was published.") from None
         with RequestPublisher(settings) as publisher:
             try:
                 publisher.publish_many(requests)

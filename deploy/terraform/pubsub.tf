@@ -145,6 +145,11 @@ resource "google_pubsub_subscription" "ticks_dead_letter" {
   message_retention_duration = "604800s" # 7 days, the maximum
   labels                     = local.labels
 
+  retry_policy {
+    minimum_backoff = "${var.retry_min_backoff_seconds}s"
+    maximum_backoff = "${var.retry_max_backoff_seconds}s"
+  }
+
   expiration_policy {
     ttl = ""
   }

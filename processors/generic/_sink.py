@@ -50,8 +50,17 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _json_default(value: Any) -> Any:
+    safe = json_safe(value)
+    if safe is value:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return safe
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(json_safe(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON with sorted keys (stable, so it can be hashed). Records decoded from JSON need no
+    conversion; anything else (datetimes, decimals) is converted only when met."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
 class TableSink:
@@ -106,18 +115,17 @@ class TableSink:
             self.row_number += 1
         return shaped
 
-    def _row_key(self, record: Any) -> str:
+    def _elt_row(self, record: Any, page_number: int | None) -> dict[str, Any]:
+        raw = canonical_json(record)
         if self.key_fields and isinstance(record, Mapping):
             material = canonical_json([get_path(record, f) for f in self.key_fields])
         else:
-            material = canonical_json(record)
-        return hashlib.sha256(material.encode()).hexdigest()
-
-    def _elt_row(self, record: Any, page_number: int | None) -> dict[str, Any]:
+            material = raw
         return {
             "org_slug": self.context.org_slug, "run_id": self.context.run_id, "step_id": self.step_id,
             "source_url": self.source_url, "page_number": page_number, "row_number": self.row_number,
-            "row_key": self._row_key(record), "raw_json": canonical_json(record), "extracted_at": self.extracted_at,
+            "row_key": hashlib.sha256(material.encode()).hexdigest(), "raw_json": raw,
+            "extracted_at": self.extracted_at,
         }
 
     def _typed_row(self, record: Any) -> dict[str, Any]:
@@ -168,11 +176,15 @@ class TableSink:
                                    "schema_path": str(self.schema_path)}
         if self.key_columns and mode == "merge":
             options["key_columns"] = list(self.key_columns)
-        elif mode == "append" and "run_id" in self.columns:
-            # Rows that carry a run_id go by load jobs, never streaming inserts: a redelivered run deletes its
-            # earlier attempt's rows by run_id, and BigQuery refuses DML on rows still in the streaming buffer.
-            # (Naming key columns on an append is how the Writer is told not to stream.)
-            options["key_columns"] = ["run_id"]
+        elif mode == "append":
+            # Never stream rows that a later DML must be able to delete (BigQuery refuses DML on rows still in
+            # the streaming buffer): rows with a run_id (a redelivered run deletes its earlier attempt's rows
+            # by it) and the later batches of a replace-mode write (the next run's replace deletes them).
+            # Naming key columns on an append is how the Writer is told to use load jobs.
+            if "run_id" in self.columns:
+                options["key_columns"] = ["run_id"]
+            elif self.mode != "append" and "org_slug" in self.columns:
+                options["key_columns"] = ["org_slug"]
         if self.date_column and self.date_range is not None:
             options["date_column"] = self.date_column
             options["date_range"] = (self.date_range.start, self.date_range.end)

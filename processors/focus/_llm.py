@@ -1,0 +1,132 @@
+"""Shared mapping of the LLM providers' cost tables into FOCUS rows.
+
+Per org and day:
+- billed rows (the provider's cost report, the figures that reconcile to the invoice) become FOCUS Usage
+  rows with BilledCost = EffectiveCost = ListCost = ContractedCost = the billed amount
+  (x_CostBasis = 'billed');
+- on days the cost report has no row yet (it lags), the calculated cost (usage x the org's price list)
+  fills in, one row per model and token type: BilledCost = 0 (nothing is invoiced on that basis yet),
+  EffectiveCost = ListCost = ContractedCost = the calculated cost, ConsumedQuantity/PricingQuantity =
+  tokens (x_CostBasis = 'calculated'). Unpriced usage (is_priced = false) has no cost and is left out.
+When the cost report later arrives, the next run of the day replaces the calculated rows by billed ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.context import RunContext
+from processors.focus._base import Branch, FocusSource, numeric, sql_text
+
+AI_CATEGORY = "'AI and Machine Learning'"
+AI_SUBCATEGORY = "'Generative AI'"
+_MONTH_START = "TIMESTAMP(DATE_TRUNC({d}, MONTH))"
+# No DATE_ADD/DATE_SUB: on the emulator a DATE_ADD anywhere in the statement sends it down a path that
+# rounds every NUMERIC to 3 decimals; TIMESTAMP_ADD and LAST_DAY keep them (same results on BigQuery).
+_MONTH_END = "TIMESTAMP_ADD(TIMESTAMP(LAST_DAY({d})), INTERVAL 1 DAY)"
+
+
+@dataclass(frozen=True)
+class TokenLine:
+    token_type: str      # x_TokenType / SkuMeter label
+    quantity: str        # column of the calculated table
+    cost: str            # column of the calculated table
+    unit: str = "Tokens"
+
+
+def provider_columns(provider: str, service: str) -> dict[str, str]:
+    name = sql_text(provider)
+    return {
+        "InvoiceIssuerName": name, "ProviderName": name, "PublisherName": name,
+        "ServiceProviderName": name, "HostProviderName": name,
+        "ServiceName": sql_text(service), "ServiceCategory": AI_CATEGORY, "ServiceSubcategory": AI_SUBCATEGORY,
+        "ChargeCategory": "'Usage'", "ChargeFrequency": "'Usage-Based'", "PricingCategory": "'Standard'",
+        "BillingAccountId": "@billing_account_id", "BillingAccountName": "@billing_account_name",
+        "BillingAccountType": "'Organization'",
+    }
+
+
+def day_columns(date_column: str) -> dict[str, str]:
+    return {
+        "x_ChargeDate": date_column,
+        "BillingPeriodStart": _MONTH_START.format(d=date_column),
+        "BillingPeriodEnd": _MONTH_END.format(d=date_column),
+    }
+
+
+class LlmFocusSource(FocusSource):
+    provider = ""
+    service = ""
+    sub_account: tuple[str, str] = ("project_id", "Project")  # column of both tables, SubAccountType
+    billed_columns: Sequence[str] = ()      # columns the `billed` CTE keeps
+    calculated_columns: Sequence[str] = ()  # columns the `calc` CTE keeps
+    token_lines: Sequence[TokenLine] = ()
+
+    def extra_params(self, config: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
+        account = str(config.get("billing_account_id") or context.org_slug)
+        return {"billing_account_id": account,
+                "billing_account_name": str(config.get("billing_account_name") or account)}
+
+    def ctes(self, refs: Mapping[str, str], config: Mapping[str, Any], context: RunContext) -> str:
+        billed = ", ".join(self.billed_columns)
+        calc = ", ".join(self.calculated_columns)
+        needed = [*self.calculated_columns]
+        for line in self.token_lines:
+            needed += [c for c in (line.quantity, line.cost) if c not in needed]
+        lines = "\n  UNION ALL\n  ".join(
+            f"SELECT {calc}, {sql_text(line.token_type)} AS token_type, {line.quantity} AS quantity, "  # noqa: S608
+            f"{sql_text(line.unit)} AS quantity_unit, {line.cost} AS cost FROM calc"
+            for line in self.token_lines)
+        return f"""WITH billed AS (
+  SELECT {billed} FROM {refs['billed']}
+  WHERE org_slug = @org_slug AND cost_date BETWEEN @start_date AND @end_date
+),
+calc AS (
+  SELECT {", ".join(needed)} FROM {refs['calculated']}
+  WHERE org_slug = @org_slug AND cost_date BETWEEN @start_date AND @end_date AND is_priced
+    AND cost_date NOT IN (SELECT DISTINCT cost_date FROM billed)
+),
+calc_lines AS (
+  {lines}
+)"""  # noqa: S608 - validated names
+
+    def billed_branch(self, refs: Mapping[str, str]) -> dict[str, str]:
+        raise NotImplementedError
+
+    def calculated_branch(self, refs: Mapping[str, str]) -> dict[str, str]:
+        raise NotImplementedError
+
+    def branches(self, refs: Mapping[str, str], config: Mapping[str, Any], context: RunContext) -> list[Branch]:
+        sub_column, sub_type = self.sub_account
+        common = {**provider_columns(self.provider, self.service), **day_columns("cost_date"),
+                  "SubAccountId": sub_column,
+                  "SubAccountType": f"CASE WHEN {sub_column} IS NOT NULL THEN {sql_text(sub_type)} END"}
+        billed = {
+            **common,
+            "BilledCost": numeric("amount_usd"), "EffectiveCost": numeric("amount_usd"),
+            "ListCost": numeric("amount_usd"), "ContractedCost": numeric("amount_usd"),
+            "BillingCurrency": "UPPER(currency)", "PricingCurrency": "UPPER(currency)",
+            "ChargePeriodStart": "bucket_start", "ChargePeriodEnd": "bucket_end",
+            "x_CostBasis": "'billed'", "x_SourceTable": sql_text(refs["billed"].split(".")[-1].strip("`")),
+            "x_Model": "model",
+            **self.billed_branch(refs),
+        }
+        calculated = {
+            **common,
+            "BilledCost": numeric("0"), "EffectiveCost": numeric("cost"),
+            "ListCost": numeric("cost"), "ContractedCost": numeric("cost"),
+            "BillingCurrency": "UPPER(IFNULL(currency, 'USD'))", "PricingCurrency": "UPPER(IFNULL(currency, 'USD'))",
+            "ChargePeriodStart": "TIMESTAMP(cost_date)",
+            "ChargePeriodEnd": "TIMESTAMP_ADD(TIMESTAMP(cost_date), INTERVAL 1 DAY)",
+            "ChargeDescription": "CONCAT(IFNULL(model, '(no model)'), ', ', token_type, ' (calculated)')",
+            "ConsumedQuantity": numeric("quantity"), "ConsumedUnit": "quantity_unit",
+            "PricingQuantity": numeric("quantity"), "PricingUnit": "quantity_unit",
+            "SkuId": "model", "SkuMeter": "token_type", "x_Model": "model", "x_TokenType": "token_type",
+            "x_CostBasis": "'calculated'",
+            "x_SourceTable": sql_text(refs["calculated"].split(".")[-1].strip("`")),
+            **self.calculated_branch(refs),
+        }
+        return [Branch(billed, "FROM billed"),
+                Branch(calculated, "FROM calc_lines WHERE cost IS NOT NULL AND (quantity > 0 OR cost <> 0)")]

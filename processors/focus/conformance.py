@@ -1,0 +1,252 @@
+"""FOCUS conformance check of an org's `focus_cost_daily`: the column rules of FOCUS 1.2 (+1.3 provider
+columns) that can be checked in SQL. Every violated rule is reported with its row count and a sample.
+
+- presence: every mandatory column (21 of FOCUS 1.2, ServiceProviderName and HostProviderName of 1.3)
+  exists in the table (table metadata);
+- not_null.<Column>: mandatory columns the spec marks "Allows nulls: False" have no NULL;
+- allowed values: ChargeCategory, ChargeClass, ChargeFrequency, PricingCategory, ServiceCategory, and
+  ServiceSubcategory under "AI and Machine Learning";
+- combinations: ChargeFrequency is not Usage-Based for a Purchase; PricingCategory is null for Tax and set
+  for Usage/Purchase rows that are not corrections; ConsumedQuantity/ConsumedUnit only on Usage rows and
+  together; PricingUnit with PricingQuantity;
+- periods: ChargePeriodStart < ChargePeriodEnd, BillingPeriodStart < BillingPeriodEnd; a charge (not a
+  correction) starts within its BillingPeriod; a Usage charge also ends within it (a Purchase may cover a
+  longer term, as in the spec's SaaS examples);
+- currencies: BillingCurrency and PricingCurrency have the ISO 4217 format (three upper-case letters);
+- Tags is a JSON object text.
+
+`processors.focus.conformance` also is ps_type `focus.conformance`: a pipeline step that fails
+(PermanentStepError FOCUS_NONCONFORMANT) when a rule is violated for the run's dates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from google.api_core import exceptions as gexc
+
+from pipeline.context import RunContext
+from pipeline.errors import PermanentStepError
+from pipeline.models import StepConfig
+from processors.focus._base import FOCUS_TABLE
+from warehouse.identifiers import table_id, validate_table
+from warehouse.query import QueryRunner
+
+MANDATORY = (
+    "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingAccountId", "BillingAccountName",
+    "BillingCurrency", "BillingPeriodStart", "BillingPeriodEnd", "ChargeCategory", "ChargeClass",
+    "ChargeDescription", "ChargePeriodStart", "ChargePeriodEnd", "InvoiceIssuerName", "PricingQuantity",
+    "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName",
+    # FOCUS 1.3
+    "ServiceProviderName", "HostProviderName",
+)
+# Mandatory columns that allow no NULL (FOCUS 1.2 column tables; ServiceProviderName from 1.3).
+# HostProviderName is left out: its 1.3 table says nullable while its text says not (unconfirmed).
+NOT_NULL = (
+    "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingAccountId", "BillingCurrency",
+    "BillingPeriodStart", "BillingPeriodEnd", "ChargeCategory", "ChargePeriodStart", "ChargePeriodEnd",
+    "InvoiceIssuerName", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName", "ServiceProviderName",
+)
+CHARGE_CATEGORIES = ("Usage", "Purchase", "Tax", "Credit", "Adjustment")
+CHARGE_FREQUENCIES = ("One-Time", "Recurring", "Usage-Based")
+PRICING_CATEGORIES = ("Standard", "Committed", "Dynamic", "Other")
+SERVICE_CATEGORIES = (
+    "AI and Machine Learning", "Analytics", "Business Applications", "Compute", "Databases", "Developer Tools",
+    "Multicloud", "Identity", "Integration", "Internet of Things", "Management and Governance", "Media",
+    "Migration", "Mobile", "Networking", "Security", "Storage", "Web", "Other",
+)
+AI_SUBCATEGORIES = ("AI Platforms", "Bots", "Generative AI", "Machine Learning", "Natural Language Processing",
+                    "Other (AI and Machine Learning)")
+
+
+def _in(column: str, values: Sequence[str]) -> str:
+    quoted = ", ".join("'" + v.replace("'", "") + "'" for v in values)  # fixed constants above
+    return f"{column} IN ({quoted})"
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule_id: str
+    description: str
+    violation: str  # SQL condition true for a violating row
+
+
+RULES: tuple[Rule, ...] = (
+    *(Rule(f"not_null.{c}", f"{c} must not be null", f"{c} IS NULL") for c in NOT_NULL),
+    Rule("allowed.ChargeCategory", f"ChargeCategory is one of {', '.join(CHARGE_CATEGORIES)}",
+         f"ChargeCategory IS NOT NULL AND NOT {_in('ChargeCategory', CHARGE_CATEGORIES)}"),
+    Rule("allowed.ChargeClass", "ChargeClass is null or Correction",
+         "ChargeClass IS NOT NULL AND ChargeClass <> 'Correction'"),
+    Rule("allowed.ChargeFrequency", f"ChargeFrequency is null or one of {', '.join(CHARGE_FREQUENCIES)}",
+         f"ChargeFrequency IS NOT NULL AND NOT {_in('ChargeFrequency', CHARGE_FREQUENCIES)}"),
+    Rule("combo.Purchase_not_UsageBased", "ChargeFrequency is not Usage-Based when ChargeCategory is Purchase",
+         "ChargeCategory = 'Purchase' AND ChargeFrequency = 'Usage-Based'"),
+    Rule("allowed.PricingCategory", f"PricingCategory is null or one of {', '.join(PRICING_CATEGORIES)}",
+         f"PricingCategory IS NOT NULL AND NOT {_in('PricingCategory', PRICING_CATEGORIES)}"),
+    Rule("combo.PricingCategory_null_for_Tax", "PricingCategory is null when ChargeCategory is Tax",
+         "ChargeCategory = 'Tax' AND PricingCategory IS NOT NULL"),
+    Rule("combo.PricingCategory_set_for_Usage_Purchase",
+         "PricingCategory is set for Usage and Purchase rows that are not corrections",
+         "ChargeCategory IN ('Usage', 'Purchase') AND ChargeClass IS NULL AND PricingCategory IS NULL"),
+    Rule("allowed.ServiceCategory", "ServiceCategory is one of the spec's values",
+         f"ServiceCategory IS NOT NULL AND NOT {_in('ServiceCategory', SERVICE_CATEGORIES)}"),
+    Rule("allowed.ServiceSubcategory_AI", "ServiceSubcategory of AI and Machine Learning is one of the spec's values",
+         f"ServiceCategory = 'AI and Machine Learning' AND ServiceSubcategory IS NOT NULL "
+         f"AND NOT {_in('ServiceSubcategory', AI_SUBCATEGORIES)}"),
+    Rule("combo.ConsumedQuantity_only_Usage", "ConsumedQuantity and ConsumedUnit are null unless ChargeCategory "
+         "is Usage (and not a correction)",
+         "(ConsumedQuantity IS NOT NULL OR ConsumedUnit IS NOT NULL) "
+         "AND (ChargeCategory <> 'Usage' OR ChargeClass = 'Correction')"),
+    Rule("combo.ConsumedUnit_with_quantity", "ConsumedUnit is set exactly when ConsumedQuantity is",
+         "(ConsumedQuantity IS NULL) <> (ConsumedUnit IS NULL)"),
+    Rule("combo.PricingUnit_with_quantity", "PricingUnit is set when PricingQuantity is",
+         "PricingQuantity IS NOT NULL AND PricingUnit IS NULL"),
+    Rule("period.charge_order", "ChargePeriodStart is before ChargePeriodEnd",
+         "ChargePeriodStart >= ChargePeriodEnd"),
+    Rule("period.billing_order", "BillingPeriodStart is before BillingPeriodEnd",
+         "BillingPeriodStart >= BillingPeriodEnd"),
+    Rule("period.charge_within_billing", "A charge (not a correction) starts within its BillingPeriod; a Usage "
+         "charge also ends within it",
+         "ChargeClass IS NULL AND (ChargePeriodStart < BillingPeriodStart OR ChargePeriodStart >= BillingPeriodEnd "
+         "OR (ChargeCategory = 'Usage' AND ChargePeriodEnd > BillingPeriodEnd))"),
+    Rule("currency.BillingCurrency", "BillingCurrency is an ISO 4217 code (three upper-case letters)",
+         "BillingCurrency IS NOT NULL AND NOT REGEXP_CONTAINS(BillingCurrency, r'^[A-Z]{3}$')"),
+    Rule("currency.PricingCurrency", "PricingCurrency is null or an ISO 4217 code",
+         "PricingCurrency IS NOT NULL AND NOT REGEXP_CONTAINS(PricingCurrency, r'^[A-Z]{3}$')"),
+    Rule("format.Tags", "Tags is a JSON object (KeyValueFormat)",
+         "Tags IS NOT NULL AND NOT REGEXP_CONTAINS(Tags, r'^\\s*\\{.*\\}\\s*$')"),
+)
+
+_SAMPLE = ("CONCAT(IFNULL(x_SourcePipeline, '?'), ' ', IFNULL(CAST(x_ChargeDate AS STRING), '?'), ' ', "
+           "IFNULL(ChargeDescription, ''))")
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule_id: str
+    description: str
+    rows: int
+    sample: str = ""
+
+
+@dataclass
+class Report:
+    table: str
+    rows_checked: int = 0
+    rules_checked: int = 0
+    violations: list[Violation] = field(default_factory=list)
+    missing_table: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.missing_table
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "ok": self.ok, "rows_checked": self.rows_checked,
+                "rules_checked": self.rules_checked, "missing_table": self.missing_table,
+                "violations": [v.__dict__ for v in self.violations]}
+
+
+def _scope(org_slug: str, start: date | None, end: date | None, source: str | None) -> tuple[str, dict[str, Any]]:
+    parts = ["x_OrgSlug = @org_slug"]
+    params: dict[str, Any] = {"org_slug": org_slug}
+    if start is not None:
+        parts.append("x_ChargeDate >= @start_date")
+        params["start_date"] = start
+    if end is not None:
+        parts.append("x_ChargeDate <= @end_date")
+        params["end_date"] = end
+    if source:
+        parts.append("x_SourcePipeline = @source")
+        params["source"] = source
+    return " AND ".join(parts), params
+
+
+def check(client: Any, settings: Any, org_slug: str, *, dataset: str | None = None, table: str = FOCUS_TABLE,
+          start: date | None = None, end: date | None = None, source: str | None = None) -> Report:
+    """Run every rule on the org's rows (optionally one source, dates on x_ChargeDate). Blocking."""
+    dataset = dataset or settings.org_dataset(org_slug)
+    full = table_id(client.project, dataset, validate_table(table))
+    report = Report(table=full)
+    try:
+        columns = {f.name for f in client.get_table(full).schema}
+    except gexc.NotFound:
+        report.missing_table = True
+        return report
+    report.rules_checked = 1
+    missing = [c for c in MANDATORY if c not in columns]
+    if missing:
+        report.violations.append(Violation("presence", "mandatory FOCUS columns are present", len(missing),
+                                           ", ".join(missing)))
+    rules = [r for r in RULES if all(_mentions_only(r, columns))]
+    skipped = [r.rule_id for r in RULES if r not in rules]
+    for rule_id in skipped:  # a rule on a missing column is a presence violation already; note it
+        report.violations.append(Violation(rule_id, "rule not run: its columns are missing", 0))
+    where, params = _scope(org_slug, start, end, source)
+    runner = QueryRunner(client, settings)
+    ref = f"`{full}`"
+    count = runner.rows(f"SELECT COUNT(*) AS n FROM {ref} WHERE {where}", params)  # noqa: S608 - validated
+    report.rows_checked = int(next(iter(count[0].values()))) if count else 0
+    if rules:
+        branches = "\nUNION ALL\n".join(
+            f"SELECT '{r.rule_id}' AS rule_id, {_SAMPLE} AS sample FROM {ref} "  # noqa: S608 - validated names
+            f"WHERE {where} AND ({r.violation})"
+            for r in rules)
+        sql = (f"SELECT rule_id, COUNT(*) AS violating_rows, MIN(sample) AS sample FROM ({branches}) AS v "  # noqa: S608
+               "GROUP BY rule_id ORDER BY rule_id")
+        by_id = {r.rule_id: r for r in rules}
+        for row in runner.rows(sql, params):
+            rule = by_id[row["rule_id"]]
+            report.violations.append(Violation(rule.rule_id, rule.description, int(row["violating_rows"]),
+                                               str(row["sample"] or "")[:120]))
+    report.rules_checked += len(rules)
+    return report
+
+
+def _mentions_only(rule: Rule, columns: set[str]) -> list[bool]:
+    code = re.sub(r"r?'[^']*'", "''", rule.violation)  # string literals are values, not columns
+    names = set(re.findall(r"\b([A-Z][A-Za-z]+)\b", code))
+    sql_words = {"IS", "NOT", "NULL", "AND", "OR", "IN", "REGEXP_CONTAINS"}
+    return [name in columns for name in names - sql_words]
+
+
+def format_report(report: Report) -> str:
+    if report.missing_table:
+        return f"FOCUS table {report.table} does not exist: nothing to check (run the focus pipelines first)."
+    lines = [f"FOCUS conformance of {report.table}: {report.rows_checked} row(s), {report.rules_checked} rule(s)"]
+    if report.ok:
+        lines.append("OK: no violation.")
+        return "\n".join(lines)
+    lines.append(f"{len(report.violations)} rule(s) violated:")
+    for v in report.violations:
+        lines.append(f"  FAIL {v.rule_id}: {v.description}; {v.rows} row(s)" + (f"; e.g. {v.sample}" if v.sample
+                                                                                   else ""))
+    return "\n".join(lines)
+
+
+class FocusConformance:
+    """ps_type `focus.conformance`: the check as a step (config: source, start_date/end_date or run dates)."""
+
+    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+        from processors._llm.params import date_range
+
+        config: Mapping[str, Any] = context.resolve(step.config)
+        dates = date_range(config, context.parameters)
+        services = context.services
+        report = await asyncio.to_thread(check, services.bigquery, services.settings, context.org_slug,
+                                         dataset=services.org_dataset(context.org_slug),
+                                         table=str(config.get("table", FOCUS_TABLE)), start=dates.start,
+                                         end=dates.end, source=config.get("source"))
+        if not report.ok:
+            raise PermanentStepError(format_report(report)[:900], code="FOCUS_NONCONFORMANT")
+        return {"status": "SUCCESS", "rows_processed": report.rows_checked, "rules_checked": report.rules_checked,
+                **dates.as_result()}
+
+
+def get_engine() -> FocusConformance:
+    return FocusConformance()
