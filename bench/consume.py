@@ -1057,9 +1057,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 variants = ["stock"] + [n for n in args.whatif.split(",") if n]
                 for variant in variants:
                     count = args.messages if variant == "stock" else (args.whatif_messages or args.messages)
-                    results["variants"][variant] = measure_consumer(
-                        settings, workdir, args, variant, count, orgs, completions, publisher, pids,
-                        latency_rate=results.get("latency_rate"))
+                    try:
+                        results["variants"][variant] = measure_consumer(
+                            settings, workdir, args, variant, count, orgs, completions, publisher, pids,
+                            latency_rate=results.get("latency_rate"))
+                    except Exception as error:  # a broken prototype must not lose the other figures
+                        if variant == "stock":
+                            raise
+                        results["variants"][variant] = {"error": f"{type(error).__name__}: {error}"}
+                        stage(f"[{variant}] failed: {error}")
+                        continue
                     if variant == "stock":
                         results["latency_rate"] = results["variants"]["stock"]["latency_rate"]
                 # (c) baseline: the bare subscriber at the same steady rate
@@ -1098,7 +1105,7 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
     try:
         warm = build_requests(orgs, args.warmup)
         publisher.publish_many(warm)
-        if completions.wait([r.run_id for r in warm], timeout=300) < len(warm):
+        if completions.wait([r.run_id for r in warm], timeout=120) < len(warm):
             raise RuntimeError(f"warm-up did not complete; consumer log: {consumer.log_path}")
         time.sleep(1.0)
         consumer.snapshot()  # drop the warm-up's figures
@@ -1318,6 +1325,9 @@ def render(r: dict[str, Any], command: str) -> str:
                 f"{'BQ HTTP/run':>11} {'bq CPU ms/run':>13} {'consumer CPU ms/run':>19}"]
         for name in ["stock", *others]:
             v = r["variants"][name]
+            if "error" in v:
+                out.append(f"{name:<34} failed: {v['error'][:200]}")
+                continue
             t, lv = v["throughput"], v["latency"]
             probe = v["throughput_snapshot"]["probe"]
             http = sum(s["count"] for n, s in probe.items() if n.startswith("http.")) / t["runs"]

@@ -15,6 +15,7 @@ import structlog
 
 from consumer.observers import CompositeObserver, EventObserver, RunLogObserver
 from consumer.outcome import Outcome, OutcomeKind
+from notifications.notifier import NotificationObserver
 from observability.logging import run_context
 from observability.metrics import MetricsObserver
 from observability.tracing import with_trace_id
@@ -104,7 +105,7 @@ class RunHandler:
         )
         observer = CompositeObserver([
             RunLogObserver(runlog, request, attempt), EventObserver(self.services.events, request, attempt),
-            MetricsObserver(request.pipeline),
+            MetricsObserver(request.pipeline), NotificationObserver(self.services, self.registry),
         ])
         executor = Executor(self.registry, observer=observer, classifiers=self.services.error_classifiers)
         result = await executor.run(config, context)
@@ -116,7 +117,9 @@ class RunHandler:
         if result.retryable:
             return Outcome(OutcomeKind.RETRY, request.run_id, request.org_slug, code=code, message=message)
         kind = OutcomeKind.TIMED_OUT if result.status is RunStatus.TIMEOUT else OutcomeKind.FAILED
-        outcome = Outcome(kind, request.run_id, request.org_slug, code=code, message=message)
+        outcome = Outcome(kind, request.run_id, request.org_slug, code=code, message=message, details={
+            "pipeline": request.pipeline, "pipeline_id": context.pipeline_id, "trigger": request.trigger.value,
+            "attempt": attempt})
         await self._notify(outcome)
         return outcome
 

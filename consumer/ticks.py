@@ -66,6 +66,19 @@ def tick_fanout(settings: Any, services: Any, loader: Any) -> Any:
                       interval=timedelta(minutes=settings.tick_window_minutes))
 
 
+class LazyFanOut:
+    """Builds the fan-out (BigQuery and publisher clients) on the first tick, not when the worker starts."""
+
+    def __init__(self, settings: Any, services: Any, loader: Any):
+        self._args = (settings, services, loader)
+        self._fanout: Any = None
+
+    def fan_out(self, tick_at: datetime) -> Any:
+        if self._fanout is None:
+            self._fanout = tick_fanout(*self._args)
+        return self._fanout.fan_out(tick_at)
+
+
 def tick_pool(settings: Any, services: Any, loader: Any) -> Any:
     """A streaming pull on the ticks subscription. Ticks are rare and short: one at a time, small lease."""
     from consumer.flow import FlowPlan
@@ -74,7 +87,7 @@ def tick_pool(settings: Any, services: Any, loader: Any) -> Any:
     from infra.clients import subscriber_client
 
     return SubscriberPool(
-        settings.subscription_path(settings.ticks_subscription), TickHandler(tick_fanout(settings, services, loader)),
+        settings.subscription_path(settings.ticks_subscription), TickHandler(LazyFanOut(settings, services, loader)),
         RunSlots(1, 1, 100),
         FlowPlan(max_messages=2, max_bytes=1024 * 1024, max_lease_duration=600, max_lease_extension=60,
                  backlog_per_org=100),

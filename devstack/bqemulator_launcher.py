@@ -37,14 +37,23 @@ _check_bqemulator_version()
 from bqemulator.config import PersistenceMode, Settings  # noqa: E402
 from bqemulator.server import run_forever  # noqa: E402
 from bqemulator.storage.engine import DuckDBEngine  # noqa: E402
+from bqemulator.versioning.snapshots import SnapshotManager  # noqa: E402
 
 
 def _skip_spatial(self: DuckDBEngine) -> None:
     """Stand-in for ``DuckDBEngine._load_spatial``: GEOGRAPHY is left unsupported."""
 
 
-def patch_engine() -> None:
+def _no_snapshot(self: SnapshotManager, *args: object, **kwargs: object) -> None:
+    """Stand-in for ``SnapshotManager.capture``: no time-travel copy of the table after each write."""
+
+
+def patch_engine(time_travel: bool = False) -> None:
     DuckDBEngine._load_spatial = _skip_spatial  # type: ignore[method-assign]
+    if not time_travel:
+        # The emulator copies the whole table after every write for time travel, which nothing here
+        # uses: memory then grows with the square of a table's size (20+ GB for a 1M-row load).
+        SnapshotManager.capture = _no_snapshot  # type: ignore[method-assign]
 
 
 def build_settings(port: int, project: str, data_dir: Path | None) -> Settings:
@@ -67,12 +76,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True, help="REST port on 127.0.0.1")
     parser.add_argument("--project", required=True, help="default project id (others work too)")
     parser.add_argument("--data-dir", type=Path, default=None, help="persist to this directory (default: in memory)")
+    parser.add_argument("--time-travel", action="store_true", help="keep time-travel snapshots (memory-hungry)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    patch_engine()
+    patch_engine(time_travel=args.time_travel)
     run_forever(build_settings(args.port, args.project, args.data_dir))  # until SIGTERM/SIGINT
 
 

@@ -22,6 +22,39 @@ def _yesterday() -> str:
     return (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
 
 
+FOCUS_PIPELINES = ("focus/cost/openai", "focus/cost/anthropic")
+_FOCUS_SUMMARY = """SELECT ServiceProviderName, ServiceCategory, x_CostBasis, COUNT(*) AS row_count,
+  SUM(BilledCost) AS billed, SUM(EffectiveCost) AS effective
+FROM {table} WHERE x_OrgSlug = @org AND x_ChargeDate BETWEEN @start AND @end
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+
+
+def focus_summary(client: Any, settings: Any, dates: dict[str, str]) -> list[dict[str, Any]]:
+    """Cost by ServiceProviderName and ServiceCategory from the demo org's FOCUS table."""
+    from datetime import date
+
+    from google.cloud import bigquery
+
+    from warehouse.identifiers import table_ref
+
+    table = table_ref(settings.gcp_project_id, settings.org_dataset(DEMO_ORG), "focus_cost_daily")
+    job = bigquery.QueryJobConfig(query_parameters=[
+        bigquery.ScalarQueryParameter("org", "STRING", DEMO_ORG),
+        bigquery.ScalarQueryParameter("start", "DATE", date.fromisoformat(dates["start_date"])),
+        bigquery.ScalarQueryParameter("end", "DATE", date.fromisoformat(dates["end_date"])),
+    ])
+    return [dict(row.items()) for row in client.query(_FOCUS_SUMMARY.format(table=table), job_config=job).result()]
+
+
+def format_focus(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'ServiceProviderName':<20} {'ServiceCategory':<26} {'basis':<10} {'rows':>6} "
+             f"{'BilledCost':>12} {'EffectiveCost':>14}"]
+    for r in rows:
+        lines.append(f"{r['ServiceProviderName']:<20} {r['ServiceCategory']:<26} {r['x_CostBasis'] or '-':<10} "
+                     f"{r['row_count']:>6} {float(r['billed'] or 0):>12.2f} {float(r['effective'] or 0):>14.2f}")
+    return "\n".join(lines)
+
+
 def wait_for_runs(runlog: Any, run_ids: list[str], timeout: float, on_final: Callable[[Any], None]) -> dict:
     """Poll the run log until every run has a final status (or the timeout)."""
     final: dict[str, Any] = {}
@@ -120,9 +153,16 @@ def run_demo(echo: Callable[[str], None], keep_running: bool = False, verbose: b
         rows = asyncio.run(cost_summary(services.bigquery, settings.org_dataset(DEMO_ORG), DEMO_ORG,
                                         llm_params["start_date"], llm_params["end_date"]))
         echo(format_summary(rows))
+
+        echo("== FOCUS: mapping the providers' costs into focus_cost_daily")
+        focus_ids = [services.requests.publish_run(DEMO_ORG, pipeline, llm_params, requested_by="make-run")
+                     for pipeline in FOCUS_PIPELINES]
+        focus_final = wait_for_runs(services.runlog, focus_ids, timeout=120, on_final=show)
+        missing += [run_id for run_id in focus_ids if run_id not in focus_final]
+        echo(format_focus(focus_summary(services.bigquery, settings, llm_params)))
         ok = not missing and final[run_ids[0]].status == "SUCCESS"
-        echo(f"== Done: {len(final)} of {len(run_ids)} runs finished" + (f"; still running: {missing}" if missing
-                                                                              else ""))
+        finished, total = len(final) + len(focus_final), len(run_ids) + len(focus_ids)
+        echo(f"== Done: {finished} of {total} runs finished" + (f"; still running: {missing}" if missing else ""))
         if keep_running:
             echo("== The stack keeps running; Ctrl-C to stop")
             try:

@@ -11,7 +11,6 @@ from functools import cached_property
 from typing import Any
 
 import aiohttp
-import structlog
 
 from httpclient import AddressGuard, HttpClient, RetryPolicy
 from settings import Settings
@@ -91,10 +90,12 @@ class Services:
 
         return RequestPublisher(self.settings, topic=self.settings.handoff_topic)
 
-    @property
+    @cached_property
     def notifier(self) -> Any:
-        """Async callable for failure notifications (email/Slack when configured, else the log)."""
-        return _log_notifier
+        """Failure hook: email/Slack when configured (notifications/), else an error log line."""
+        from notifications.notifier import FailureNotifier
+
+        return FailureNotifier(self.settings)
 
     @cached_property
     def error_classifiers(self) -> list[Any]:
@@ -131,9 +132,3 @@ class Services:
                 if closer:
                     closer()
 
-
-async def _log_notifier(outcome: Any) -> None:
-    structlog.get_logger("notifications").error(
-        "pipeline run failed", run_id=outcome.run_id, org_slug=outcome.org_slug, code=outcome.code,
-        reason=outcome.message,
-    )

@@ -32,8 +32,16 @@ class EligibleOrgs:
 
     def __init__(self, client: Any, settings: Settings, plans: Plans | None = None):
         self.central = Central(client, settings)
-        self.plans = plans or load_plans(settings)
+        self.settings = settings
+        self._plans = plans
         self.calls = 0
+
+    @property
+    def plans(self) -> Plans:
+        """Read on first use: a worker without scheduled pipelines never needs plans.yml for this."""
+        if self._plans is None:
+            self._plans = load_plans(self.settings)
+        return self._plans
 
     def sql(self, integration: str | None) -> str:
         c = self.central

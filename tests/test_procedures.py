@@ -84,7 +84,7 @@ def test_a_file_must_create_the_procedure_it_is_named_after(local_stack, tree):
 
 
 def test_procedures_cli(local_stack, tree, monkeypatch):
-    from convergence.procedures_cli import procedures
+    from convergence.commands.procedures import procedures
     from settings import reset_settings
 
     dataset = f"procs_{uuid.uuid4().hex[:8]}"
