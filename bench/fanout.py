@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -43,8 +44,6 @@ INSERT_CHUNK = 10_000
 
 
 def write_configs(root: Path) -> Path:
-    import shutil
-
     configs = root / "configs"
     shutil.copytree(ROOT / "configs" / "setup", configs / "setup")
     for name, (integration, kind, at) in PIPELINES.items():
@@ -217,6 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def format_report(r: dict[str, Any]) -> str:

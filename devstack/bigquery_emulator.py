@@ -79,6 +79,7 @@ class BigQueryEmulator:
             "devstack.bqemulator_launcher",
             f"--port={self.port}",
             f"--project={self.project}",
+            f"--work-dir={self._work_dir.path}",
         ]
         if self._data_dir is not None:
             argv.append(f"--data-dir={self._data_dir}")

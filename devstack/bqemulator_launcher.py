@@ -13,6 +13,7 @@ deliberate act (re-check ``DuckDBEngine._load_spatial`` and update the pin).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -76,12 +77,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True, help="REST port on 127.0.0.1")
     parser.add_argument("--project", required=True, help="default project id (others work too)")
     parser.add_argument("--data-dir", type=Path, default=None, help="persist to this directory (default: in memory)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="working directory: DuckDB spills its temp files to .tmp here")
     parser.add_argument("--time-travel", action="store_true", help="keep time-travel snapshots (memory-hungry)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.work_dir is not None:
+        os.chdir(args.work_dir)  # keeps DuckDB's spill files out of the caller's directory
     patch_engine(time_travel=args.time_travel)
     run_forever(build_settings(args.port, args.project, args.data_dir))  # until SIGTERM/SIGINT
 

@@ -97,6 +97,7 @@ def test_list_and_replay_a_dead_lettered_request(platform, cli):
     started = [e for e in events if e["event_type"] == "pipeline_started"]
     assert [e["details"]["trigger"] for e in started] == ["replay"]
     assert "1 dead-lettered" not in cli("list", "--org", "acme_dlq").output  # replayed: off the list
+    assert platform.run_record(run_id, status="SUCCESS").trigger == "replay"  # the run log's latest state
 
     # replaying again (or a copy arriving late) never runs it twice: the same run_id already succeeded
     again = cli("replay", "--run-id", run_id)

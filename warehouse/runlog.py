@@ -108,7 +108,10 @@ class StepRecord:
 
 _RUN_COLUMNS = ", ".join(f"`{f.name}`" for f in fields(RunRecord))
 _STEP_COLUMNS = ", ".join(f"`{f.name}`" for f in fields(StepRecord))
-_LATEST_FIRST = "COALESCE(`attempt`, 0) DESC, `state_rank` DESC, `event_time` DESC"
+# A success is final whatever came after it (a late duplicate's rows); otherwise the newest state wins
+# (event_time is set when the state happens, not when the row is written), so a replay after a dead
+# letter shows the replay's outcome.
+_LATEST_FIRST = "(`status` = 'SUCCESS') DESC, `event_time` DESC, `state_rank` DESC"
 
 
 def pipeline_logging_id(run_id: str, attempt: int | str) -> str:
