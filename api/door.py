@@ -35,6 +35,7 @@ from structlog.contextvars import bound_contextvars
 from api.auth import AuthError, OrgKey, OrgKeyAuth, bigquery_verifier, check_root_key
 from api.models import EmptyBody, RunBody, SyncBody
 from api.ratelimit import Limits
+from observability.tracing import trace_id_from_headers
 from pipeline import ConfigError, PipelineLoader
 from pipeline.errors import InvalidPipelineRef, PipelineNotFound, StepError
 from schemas import MessageRejected, Trigger
@@ -48,6 +49,7 @@ MAX_BODY_BYTES = 64 * 1024
 PUBLISH_TIMEOUT_SECONDS = 30.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")  # = the run request's trace_id pattern
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
+TRACE_ID_KEY = web.RequestKey("trace_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -115,7 +117,9 @@ class ApiDoor:
             valid = given is not None and bool(_REQUEST_ID.match(given))
             request_id = given if valid and given is not None else str(uuid.uuid4())
             request[REQUEST_ID_KEY] = request_id
-            with bound_contextvars(request_id=request_id):
+            # traceparent (Cloud Run, OpenTelemetry callers) wins; else the request id is the trace id.
+            request[TRACE_ID_KEY] = trace_id_from_headers(request.headers) or request_id
+            with bound_contextvars(request_id=request_id, trace_id=request[TRACE_ID_KEY]):
                 try:
                     if given is not None and not valid:
                         raise ApiError(400, "INVALID_REQUEST_ID",
@@ -207,7 +211,7 @@ class ApiDoor:
         requested_by = f"api:{org}:key-{key.fingerprint}" if key else f"api:{org}:no-auth"
         try:
             run_request = RequestPublisher.build(org, ref, parameters, Trigger(body.trigger),
-                                                 requested_by=requested_by, trace_id=request[REQUEST_ID_KEY])
+                                                 requested_by=requested_by, trace_id=request[TRACE_ID_KEY])
         except MessageRejected as error:
             raise ApiError(422, error.code.value, str(error)) from None
         try:

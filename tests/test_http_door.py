@@ -237,6 +237,17 @@ def test_empty_domain_and_generated_request_id(platform, server):
     assert events[-1]["status"] == "SUCCESS"
 
 
+def test_traceparent_header_becomes_the_run_trace_id(platform, server):
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    got, headers, answer = server.call("POST", "/api/v1/pipelines/run/acme_door/testing//flat",
+                                       {"parameters": {"seconds": 0}},
+                                       {**key_of(platform), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    assert got == 202, answer
+    assert answer["trace_id"] == trace
+    events = platform.follower.wait_for(answer["run_id"], "pipeline_completed")
+    assert {e["trace_id"] for e in events} == {trace}
+
+
 def test_queued_before_the_consumer_writes_anything(platform):
     app, door = door_app(platform)
     door.services.__dict__["requests"] = stub = StubRequests()  # queued, never delivered
