@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -178,19 +178,78 @@ class RequestLog:
         return [v for k, v in self.query if k == name]
 
 
-class StandInServer:
-    """aiohttp server on 127.0.0.1 with fault injection and a request log (which never holds keys)."""
-
-    logged_headers: tuple[str, ...] = ("user-agent",)
+class LoopbackServer:
+    """An aiohttp app on 127.0.0.1, started in the caller's loop or in a thread of its own (synchronous
+    callers, benchmarks). Subclasses say what the app is."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.host = host
         self.port = port
-        self.faults: list[Fault] = []
-        self.requests: list[RequestLog] = []
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self) -> str:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._thread_loop = loop
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError(f"{type(self).__name__} did not start")
+        return self.base_url
+
+    def stop_thread(self) -> None:
+        if self._thread_loop is not None and self._thread is not None:
+            self._thread_loop.call_soon_threadsafe(self._thread_loop.stop)
+            self._thread.join(10)
+            self._thread = self._thread_loop = None
+
+
+class StandInServer(LoopbackServer):
+    """A provider stand-in: fault injection and a request log (which never holds keys)."""
+
+    logged_headers: tuple[str, ...] = ("user-agent",)
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        super().__init__(host, port)
+        self.faults: list[Fault] = []
+        self.requests: list[RequestLog] = []
 
     # -- provider specifics -----------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
@@ -258,59 +317,11 @@ class StandInServer:
         entry.status = response.status
         return response
 
-    # -- lifecycle -----------------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def app(self) -> web.Application:
         application = web.Application(middlewares=[self._middleware])
         application.add_routes(self.routes())
         return application
-
-    async def start(self) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> StandInServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> str:
-        """Serve from a daemon thread with its own event loop (for synchronous callers and benchmarks)."""
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._thread_loop = loop
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=f"{type(self).__name__}", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self.base_url
-
-    def stop_thread(self) -> None:
-        if self._thread_loop is not None and self._thread is not None:
-            self._thread_loop.call_soon_threadsafe(self._thread_loop.stop)
-            self._thread.join(10)
-            self._thread = self._thread_loop = None
 
 
 def _reason(status: int) -> str:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
-from devstack.providers.rest_server import _Server
+from devstack.providers.common import LoopbackServer
 
 SCOPE_BILLING = ("https://www.googleapis.com/auth/cloud-billing.readonly",
                  "https://www.googleapis.com/auth/cloud-billing", "https://www.googleapis.com/auth/cloud-platform")
@@ -76,7 +76,7 @@ class Issued:
 
 
 @dataclass
-class GcpStandIn(_Server):
+class GcpStandIn(LoopbackServer):
     billing_accounts: int = 7
     zones: dict[str, int] = field(default_factory=lambda: {"us-central1-a": 5, "europe-west1-b": 0,
                                                             "asia-east1-a": 3})

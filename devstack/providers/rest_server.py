@@ -27,13 +27,14 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from devstack.providers.common import LoopbackServer
 
 PATHS = ("cursor", "offset", "page", "link", "header", "single")
 
@@ -85,69 +86,7 @@ def record(index: int) -> dict[str, Any]:
     }
 
 
-class _Server:
-    """aiohttp on 127.0.0.1, started in the test's loop or in a thread of its own (benchmarks)."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.host = host
-        self.port = port
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def app(self) -> web.Application:
-        raise NotImplementedError
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def start(self) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self):
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> str:
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=type(self).__name__, daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError(f"{type(self).__name__} did not start")
-        return self.base_url
-
-    def stop_thread(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._thread = self._loop = None
-
-
-class RestStandIn(_Server):
+class RestStandIn(LoopbackServer):
     def __init__(self, total: int = 250, page_size: int = 100, auth: ExpectedAuth | None = None,
                  max_page_size: int = 5000, record_factory: Callable[[int], dict[str, Any]] = record,
                  host: str = "127.0.0.1", port: int = 0, keep_log: bool = True):

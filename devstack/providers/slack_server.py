@@ -13,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from devstack.providers.rest_server import _Server
+from devstack.providers.common import LoopbackServer
 
 
-class SlackStandIn(_Server):
+class SlackStandIn(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         super().__init__(host, port)
         self.hooks: set[str] = set()
