@@ -4,12 +4,12 @@ step config helpers. Every bad value is a PermanentStepError with code INVALID_P
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipeline.errors import PermanentStepError
+from processors._dates import DateRange, utc_today
 
 INVALID = "INVALID_PARAMETERS"
 DEFAULT_MAX_RANGE_DAYS = 93
@@ -19,35 +19,6 @@ _MONTH = re.compile(r"^\d{4}-\d{2}$")
 
 def invalid(message: str) -> PermanentStepError:
     return PermanentStepError(message, code=INVALID)
-
-
-def utc_today() -> date:
-    return datetime.now(UTC).date()
-
-
-@dataclass(frozen=True)
-class DateRange:
-    start: date
-    end: date  # inclusive
-
-    @property
-    def days(self) -> int:
-        return (self.end - self.start).days + 1
-
-    def each_day(self) -> Iterator[date]:
-        for offset in range(self.days):
-            yield self.start + timedelta(days=offset)
-
-    def start_datetime(self) -> datetime:
-        return datetime(self.start.year, self.start.month, self.start.day, tzinfo=UTC)
-
-    def end_datetime(self) -> datetime:
-        """Exclusive end: midnight UTC after end_date."""
-        after = self.end + timedelta(days=1)
-        return datetime(after.year, after.month, after.day, tzinfo=UTC)
-
-    def as_result(self) -> dict[str, str]:
-        return {"start_date": self.start.isoformat(), "end_date": self.end.isoformat()}
 
 
 def _parse_date(name: str, value: Any) -> date:

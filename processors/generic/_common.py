@@ -7,14 +7,14 @@ import asyncio
 import inspect
 import json
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PermanentStepError
+from processors._dates import DateRange, utc_today
 
 CONFIG_INVALID = "CONFIG_INVALID"
 INVALID_PARAMETERS = "INVALID_PARAMETERS"
@@ -125,27 +125,6 @@ def schema_fields(path: Path) -> tuple[dict[str, Any], ...]:
 
 
 # -- run dates ---------------------------------------------------------------------------------------
-
-
-def utc_today() -> date:
-    return datetime.now(UTC).date()
-
-
-@dataclass(frozen=True)
-class DateRange:
-    start: date
-    end: date  # inclusive
-
-    @property
-    def days(self) -> int:
-        return (self.end - self.start).days + 1
-
-    def each_day(self) -> Iterator[date]:
-        for offset in range(self.days):
-            yield self.start + timedelta(days=offset)
-
-    def as_result(self) -> dict[str, str]:
-        return {"start_date": self.start.isoformat(), "end_date": self.end.isoformat()}
 
 
 def month_bounds(day: date) -> tuple[date, date]:
