@@ -21,12 +21,12 @@ run: install
 	$(BIN)/convergence dev demo
 
 test: install
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/convergence validate
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/ruff format --check .
 
 validate: install
