@@ -30,7 +30,8 @@ class Typed:
     value: Any
 
 
-def _infer_type(name: str, value: Any) -> str:
+def infer_type(name: str, value: Any) -> str:
+    """The BigQuery type of a Python value passed as a query parameter."""
     if isinstance(value, bool):
         return "BOOL"
     if isinstance(value, int):
@@ -56,11 +57,11 @@ def parameter(name: str, value: Any) -> bigquery.ScalarQueryParameter | bigquery
             return bigquery.ArrayQueryParameter(name, canonical_type(value.type_), list(value.value))
         return bigquery.ScalarQueryParameter(name, canonical_type(value.type_), value.value)
     if isinstance(value, list | tuple):
-        kinds = {_infer_type(name, item) for item in value} or {"STRING"}
+        kinds = {infer_type(name, item) for item in value} or {"STRING"}
         if len(kinds) != 1:
             raise TypeError(f"query parameter {name!r}: array items of mixed types {sorted(kinds)}")
         return bigquery.ArrayQueryParameter(name, kinds.pop(), list(value))
-    return bigquery.ScalarQueryParameter(name, _infer_type(name, value), value)
+    return bigquery.ScalarQueryParameter(name, infer_type(name, value), value)
 
 
 def parameters(params: Mapping[str, Any] | None) -> list[Any]:

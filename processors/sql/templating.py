@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pipeline.errors import PermanentStepError
+from warehouse.query import infer_type as parameter_type
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -63,21 +64,16 @@ def normalise_type(kind: Any) -> str:
 
 
 def infer_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "BOOL"
-    if isinstance(value, int):
-        return "INT64"
-    if isinstance(value, float):
-        return "FLOAT64"
-    if isinstance(value, Decimal):
-        return "NUMERIC"
-    if isinstance(value, datetime):
-        return "TIMESTAMP"
-    if isinstance(value, date):
-        return "DATE"
+    """Like a query parameter's type, but an ISO date string is a DATE and any datetime a TIMESTAMP
+    (values from YAML configs arrive as text)."""
     if isinstance(value, str) and _ISO_DATE.match(value):
         return "DATE"
-    return "STRING"
+    if isinstance(value, datetime):
+        return "TIMESTAMP"
+    try:
+        return parameter_type("value", value)
+    except TypeError:
+        return "STRING"
 
 
 def coerce(name: str, kind: str, value: Any) -> Any:
