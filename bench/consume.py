@@ -720,35 +720,38 @@ def summarize(values: list[float]) -> dict[str, float]:
 # py-spy: CPU samples (GIL holder) of the consumer process, grouped by component
 # ================================================================================================
 # A sample goes to the first group matched walking its stack from the innermost frame outwards, so stdlib
-# frames (json, ssl, socket, selectors) count for the library that called them.
+# frames (socket, selectors, json, threading) count for the library that called them. py-spy shortens file
+# names to the path under site-packages/ or the repo (e.g. "bigquery/job/query.py", "consumer/handler.py").
 CATEGORIES = (
-    ("bench probe (timing wrappers)", ("bench/consume.py",)),
-    ("structlog (log lines)", ("structlog/", "observability/logging")),
+    ("bench probe (timing wrappers)", ("consume.py",)),
+    ("structlog (log lines)", ("structlog/", "observability/")),
+    ("OpenTelemetry spans (google-cloud-bigquery create_span)", ("opentelemetry/", "trace/", "context/")),
     ("HTTP plumbing (requests, urllib3, http.client, google-auth transport)",
-     ("requests/", "urllib3/", "http/client", "google/auth/")),
-    ("google-cloud-bigquery + api_core (jobs, rows, retry)", ("google/cloud/bigquery", "google/cloud/_http",
-                                                               "google/api_core")),
-    ("Pub/Sub publisher client (events, requests)", ("pubsub_v1/publisher",)),
-    ("Pub/Sub subscriber client (stream, leaser, dispatcher, acks)", ("pubsub_v1/subscriber",)),
-    ("gRPC", ("grpc/", "grpc_")),
-    ("protobuf / proto-plus", ("proto/", "google/protobuf")),
-    ("pydantic / schemas (events, run requests)", ("pydantic", "schemas/", "jsonschema")),
+     ("requests/", "urllib3/", "http/", "auth/transport/", "urllib/", "email/")),
+    ("google-cloud-bigquery + api_core (jobs, rows, retry)", ("bigquery/", "_http/", "api_core/")),
+    ("Pub/Sub publisher client (events)", ("pubsub_v1/publisher/", "pubsub_v1/services/publisher/")),
+    ("Pub/Sub subscriber client (stream, leaser, dispatcher, acks)",
+     ("pubsub_v1/subscriber/", "pubsub_v1/services/subscriber/")),
+    ("gRPC", ("grpc/",)),
+    ("protobuf / proto-plus", ("proto/", "protobuf/")),
+    ("pydantic / schemas (events, run requests)", ("pydantic/", "pydantic_core/", "schemas/", "jsonschema/")),
     ("pipeline (executor, loader, results)", ("pipeline/",)),
     ("consumer (handler, pool, slots, observers)", ("consumer/",)),
     ("tenancy / warehouse (gate, runlog, query building)", ("tenancy/", "warehouse/")),
-    ("publisher/ (EventPublisher)", ("publisher/",)),
+    ("publisher/events.py (EventPublisher)", ("publisher/",)),
     ("asyncio event loop", ("asyncio/",)),
-    ("threads, futures, queues", ("threading.py", "concurrent/futures", "queue.py")),
+    ("threads, futures, queues", ("threading.py", "concurrent/futures/", "queue.py")),
 )
 INCLUSIVE = (
-    ("RunHandler.handle (consumer/handler.py), all of a run on the loop", "consumer/handler.py"),
+    ("RunHandler.handle (consumer/handler.py): a run's own code on the loop", "consumer/handler.py"),
     ("RunLog (warehouse/runlog.py)", "warehouse/runlog.py"),
     ("OrgGate (tenancy/gate.py)", "tenancy/gate.py"),
-    ("QueryRunner (warehouse/query.py)", "warehouse/query.py"),
+    ("QueryRunner (warehouse/query.py): the 3 queries", "warehouse/query.py"),
     ("EventPublisher (publisher/events.py)", "publisher/events.py"),
     ("Executor (pipeline/executor.py)", "pipeline/executor.py"),
+    ("google-cloud-bigquery", "bigquery/"),
+    ("OpenTelemetry", "opentelemetry/"),
     ("structlog", "structlog/"),
-    ("google-cloud-bigquery", "google/cloud/bigquery"),
 )
 
 
@@ -777,13 +780,13 @@ def pyspy_summary(raw: Path) -> dict[str, Any]:
         paths = [_frame_path(frame) for frame in frames]
         label = "other"
         for path in reversed(paths):
-            found = next((lab for lab, needles in CATEGORIES if any(n in path for n in needles)), None)
+            found = next((lab for lab, needles in CATEGORIES if path.startswith(needles)), None)
             if found:
                 label = found
                 break
         own[label] += count
         for lab, needle in INCLUSIVE:
-            if any(needle in path for path in paths):
+            if any(path.startswith(needle) for path in paths):
                 inclusive[lab] += count
         if frames:
             leaf[frames[-1][:120]] += count
@@ -837,6 +840,12 @@ WHATIFS = {
     "events-await-own": "pipeline_finished awaits its own pipeline_completed future on the loop "
                         "(asyncio.wrap_future), instead of flush() of every pending event in a worker thread",
     "threads-32": "asyncio default executor of 32 threads (default: min(32, cpus + 4) = 6 here)",
+    "http-no-trust-env": "BigQuery client's requests session with trust_env = False (no proxy/netrc lookup and "
+                         "no scan of os.environ on every HTTP request)",
+}
+# Settings, not code: applied to the consumer's settings for variants that name it (not part of "all").
+SETTINGS_VARIANTS = {
+    "wide": "consumer_workers x4 and per_org_concurrency x4 (settings only)",
 }
 WHATIF_ALL = "all"
 
@@ -942,6 +951,9 @@ def install_whatifs(service: Any, probe: Probe, names: list[str]) -> None:
         threading.Thread(target=committer, daemon=True, name="runlog-group-commit").start()
         runlog._insert = group_insert
 
+    if "http-no-trust-env" in names:
+        services.bigquery._http.trust_env = False
+
     if "events-await-own" in names:
         async def pipeline_finished(self: Any, result: Any, context: Any) -> None:
             event = PipelineEvent.for_request(
@@ -978,6 +990,8 @@ def main() -> None:
     parser.add_argument("--whatif-messages", type=int, default=0, help="run requests per what-if (default: --messages)")
     parser.add_argument("--log-level", default="INFO", help="consumer log level (logs go to a file)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    parser.add_argument("--label", default="main",
+                        help="which block of this benchmark's RESULTS.md section the figures replace")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs, probe dumps, py-spy output")
     parser.add_argument("--bq-time-travel", action="store_true",
                         help="keep bqemulator's per-write table snapshots (stock emulator; memory grows as N^2)")
@@ -990,9 +1004,10 @@ def main() -> None:
         child_consumer()
         return
     for name in [n for n in args.whatif.split(",") if n]:
-        unknown = [part for part in name.split("+") if part not in WHATIFS and part != WHATIF_ALL]
+        known = {*WHATIFS, *SETTINGS_VARIANTS, WHATIF_ALL}
+        unknown = [part for part in name.split("+") if part not in known]
         if unknown:
-            parser.error(f"unknown --whatif {unknown}; known: {', '.join(WHATIFS)}, {WHATIF_ALL}")
+            parser.error(f"unknown --whatif {unknown}; known: {', '.join(sorted(known))}")
     if args.whatif and args.consumer != "process":
         parser.error("--whatif needs --consumer process")
     # SIGTERM (timeout, kill): unwind so the consumer, the emulators and py-spy are stopped.
@@ -1004,13 +1019,15 @@ def main() -> None:
     report = render(results, command)
     print(report)
     if not args.no_write:
-        write_section(report)
+        write_section(report, args.label)
         print(f"\n(section updated in {RESULTS.relative_to(ROOT)})")
 
 
 def whatif_parts(name: str) -> list[str]:
+    """Code prototypes a variant names (`all` = every one of WHATIFS)."""
     parts = name.split("+")
-    return list(WHATIFS) if WHATIF_ALL in parts else parts
+    code = list(WHATIFS) if WHATIF_ALL in parts else [part for part in parts if part in WHATIFS]
+    return code + [part for part in parts if part in SETTINGS_VARIANTS]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -1028,7 +1045,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with LocalStack() as stack:
             stack.apply_env()
             stage("local stack up")
-            from infra.apply import apply
+            from infra.apply import apply, delete_subscription
             from infra.topology import Topology
             from publisher.requests import RequestPublisher
             from runtime import Services
@@ -1039,6 +1056,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             services = Services(settings)
             assert bootstrap(services.bigquery, settings).ok
             apply(Topology.from_settings(settings), settings)
+            # Each consumer process gets its own requests subscription (see own_requests_subscription).
+            delete_subscription(settings.requests_subscription, settings)
             orgs = [f"bench_org_{i:03d}" for i in range(args.orgs)]
             for org in orgs:
                 onboard_org(services.bigquery, settings, services.cipher, org, PLAN)
@@ -1094,8 +1113,12 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
     """(b), (c) and (d) for one consumer process (the stock service, or one with what-if prototypes)."""
     vdir = workdir / variant.replace("+", "_")
     vdir.mkdir()
+    settings = own_requests_subscription(settings, variant)
+    if "wide" in variant.split("+"):
+        settings = settings.model_copy(update={"consumer_workers": settings.consumer_workers * 4,
+                                               "per_org_concurrency": settings.per_org_concurrency * 4})
     if variant != "stock":
-        os.environ["BENCH_WHATIF"] = ",".join(whatif_parts(variant))
+        os.environ["BENCH_WHATIF"] = ",".join(part for part in whatif_parts(variant) if part in WHATIFS)
     try:
         consumer = ConsumerUnderTest(settings, vdir, args.consumer, probe=not args.no_probe)
     finally:
@@ -1177,7 +1200,29 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
         out["exit_code"] = consumer.stop()
         with contextlib.suppress(OSError):
             out["log_lines"] = sum(1 for _ in consumer.log_path.open("rb"))
+        from infra.apply import delete_subscription
+
+        with contextlib.suppress(Exception):
+            delete_subscription(settings.requests_subscription, settings)
     return out
+
+
+def own_requests_subscription(settings: Any, variant: str) -> Any:
+    """A fresh requests subscription (same topic, retry and dead-letter policy) for each consumer process.
+
+    The Pub/Sub emulator (0.8.20) keeps handing messages to a streaming pull that was closed: a new
+    subscriber on the same subscription then gets part of the messages only after the ack deadline.
+    Measured here: 10 messages published after re-subscribing -> 6 within 120 s. A fresh subscription
+    per consumer keeps every variant's figures clean."""
+    from dataclasses import replace
+
+    from infra.apply import ensure_subscription
+    from infra.topology import Topology
+
+    name = f"{settings.requests_subscription}-{variant.replace('+', '-')[:40]}-{uuid.uuid4().hex[:4]}"
+    spec = replace(Topology.from_settings(settings).subscription(settings.requests_subscription), name=name)
+    ensure_subscription(spec, settings)
+    return settings.model_copy(update={"requests_subscription": name})
 
 
 def loadavg() -> str:
@@ -1338,24 +1383,39 @@ def render(r: dict[str, Any], command: str) -> str:
         out.append("```")
         out.append("")
         for name in others:
-            out.append(f"- `{name}`: " + "; ".join(WHATIFS[part] for part in whatif_parts(name)))
+            parts = name.split("+")
+            texts = ["all the code prototypes together"] if WHATIF_ALL in parts else []
+            texts += [{**WHATIFS, **SETTINGS_VARIANTS}[part] for part in parts if part != WHATIF_ALL]
+            out.append(f"- `{name}`: " + "; ".join(texts))
     out.append(f"\nEvents seen: {r['event_types']}; consumer exit code {stock['exit_code']}. Load average "
                f"(1/5/15 min) at start {r['load_start']}, at end {r.get('load_end', '?')}: other sessions share "
                f"the 2 cores, compare ratios, not absolute rates.")
     return "\n".join(out)
 
 
-def write_section(report: str, title: str = "## Consumer throughput, latency, memory (bench/consume.py)") -> None:
-    """Replace the generated block between this benchmark's markers; other sections (and notes written
-    after the end marker) are kept."""
-    body = f"{SECTION_START}\n{report}\n{SECTION_END}"
+def write_section(report: str, label: str) -> None:
+    """This benchmark's section of bench/RESULTS.md holds one generated block per --label (replaced on
+    re-run) followed by hand-written notes; other sections of the file are kept as they are."""
+    title = "## Consumer throughput, latency, memory (bench/consume.py)"
+    start, end = f"<!-- bench/consume.py:{label}:start -->", f"<!-- bench/consume.py:{label}:end -->"
+    block = f"{start}\n{report}\n{end}"
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        _, tail = rest.split(SECTION_END, 1)
-        text = head + body + tail
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    elif title in text:
+        head, section = text.split(title, 1)
+        next_section = section.find("\n## ")
+        body, tail = (section, "") if next_section < 0 else (section[:next_section], section[next_section:])
+        last_end = body.rfind(":end -->")
+        if last_end >= 0:
+            cut = body.index("-->", last_end) + 3
+            body = body[:cut] + "\n\n" + block + body[cut:]
+        else:
+            body = "\n\n" + block + body
+        text = head + title + body + tail
     else:
-        text = text.rstrip("\n") + f"\n\n{title}\n\n" + body + "\n"
+        text = text.rstrip("\n") + f"\n\n{title}\n\n{block}\n"
     RESULTS.write_text(text)
 
 
