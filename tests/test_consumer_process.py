@@ -1,6 +1,7 @@
 """The consumer as a real process: SIGKILL mid-run (redelivery, one copy of every row), SIGTERM
 (running run finishes, waiting ones are nacked, exit 0), and per-org fairness."""
 
+import json
 import signal
 import time
 import uuid
@@ -58,25 +59,43 @@ def test_sigkill_mid_run_redelivers_and_leaves_one_copy(platform, tmp_path):
     assert record.attempt >= 2
 
 
+def settled_counts(log_path):
+    """(received, acked, nacked) summed over the `subscriber stopped` lines a consumer process logged
+    (only the requests subscription gets messages in these tests)."""
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    stopped = [line for line in lines if line.get("message") == "subscriber stopped"]
+    return tuple(sum(line[key] for line in stopped) for key in ("received", "acked", "nacked"))
+
+
 def test_sigterm_lets_the_running_run_finish_and_nacks_the_waiting_one(platform, tmp_path):
-    consumer = ConsumerProcess(platform.settings, tmp_path / "term.log", CONSUMER_WORKERS="1")
-    running = platform.publish("proc_org", "testing/consumer/ok", {"seconds": 4}, run_id=f"run_{uuid.uuid4().hex}")
-    waiting = platform.publish("proc_org", "testing/consumer/ok", {"seconds": 0}, run_id=f"run_{uuid.uuid4().hex}")
+    # Both requests are queued before the consumer starts, so its first pull takes both (1 worker, 1 slot
+    # per org): one runs, the other waits for the slot. A successor is up before SIGTERM, as in a rolling
+    # deploy, so the nacked request has somewhere to go.
+    ids = [platform.publish("proc_org", "testing/consumer/ok", {"seconds": 4}, run_id=f"run_{uuid.uuid4().hex}")
+           for _ in range(2)]
+    log_path = tmp_path / "term.log"
+    consumer = ConsumerProcess(platform.settings, log_path, CONSUMER_WORKERS="1")
+    successor = None
     try:
-        platform.follower.wait_for(running, "pipeline_started", timeout=60)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while not any(platform.follower.of(r) for r in ids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        running = next(r for r in ids if platform.follower.of(r))
+        waiting = next(r for r in ids if r != running)
+        successor = ConsumerProcess(platform.settings, tmp_path / "successor.log")
+        time.sleep(1)
         consumer.signal(signal.SIGTERM)
         assert consumer.wait(30) == 0
+        assert platform.follower.wait_for(running, "pipeline_completed")[-1]["status"] == "SUCCESS"
+        assert settled_counts(log_path) == (2, 1, 1)  # the waiting one was nacked, not run
+        events = platform.follower.wait_for(waiting, "pipeline_completed", timeout=60)  # ...run by the successor
+        assert events[-1]["status"] == "SUCCESS"
+        assert [e["event_type"] for e in events].count("pipeline_started") == 1
     finally:
         consumer.kill()
-    assert platform.follower.wait_for(running, "pipeline_completed")[-1]["status"] == "SUCCESS"
-    assert platform.follower.of(waiting) == []  # never started here...
-    successor = ConsumerProcess(platform.settings, tmp_path / "successor.log")
-    try:  # ...and, nacked, it is delivered again to the next consumer
-        assert platform.follower.wait_for(waiting, "pipeline_completed", timeout=60)[-1]["status"] == "SUCCESS"
-    finally:
-        successor.signal(signal.SIGTERM)
-        successor.wait(30)
+        if successor is not None:
+            successor.signal(signal.SIGTERM)
+            successor.wait(30)
 
 
 def test_one_flooding_org_does_not_starve_another(local_stack, tmp_path):
