@@ -976,6 +976,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="settings.consumer_workers (concurrent runs)")
     parser.add_argument("--per-org", type=int, default=2, help="settings.per_org_concurrency")
     parser.add_argument("--warmup", type=int, default=40, help="runs before RSS 'before' and (b)")
+    parser.add_argument("--window", type=int, default=500,
+                        help="(b): keep this many run requests published and not completed (0: the whole "
+                             "backlog at once; the emulator then redelivers messages held over ~5 min)")
     parser.add_argument("--latency-runs", type=int, default=60)
     parser.add_argument("--latency-rate", type=float, default=0.0,
                         help="requests/s for (c); default: a quarter of the rate measured in (b)")
@@ -1151,8 +1154,12 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
                     marks[q] = rss_kb(consumer.pid)
                     stage(f"[{variant}] (b) {done}/{count} completed, RSS {marks[q] / 1024:.1f} MiB")
 
-        publisher.publish_many(requests, timeout=300)
-        got = completions.wait(run_ids, timeout=max(600, count * 1.0), progress=progress)
+        if args.window <= 0 or args.window >= count:
+            publisher.publish_many(requests, timeout=300)
+            got = completions.wait(run_ids, timeout=max(600, count * 1.0), progress=progress)
+        else:
+            got = feed(publisher, completions, requests, args.window, timeout=max(600, count * 1.0),
+                       progress=progress)
         cpu = meter.stop()
         samples = sampler.stop()
         if got < len(run_ids):
@@ -1173,8 +1180,9 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
         out["throughput_snapshot"] = consumer.snapshot()
         stage(f"[{variant}] (b) {out['throughput']['rate']:.1f} runs/s")
 
-        # (c) latency at a steady moderate rate, consumer otherwise idle
-        time.sleep(2.0)
+        # (c) latency at a steady moderate rate, consumer otherwise idle: first let it settle (with a
+        # backlog held longer than ~5 min the emulator redelivers copies, handled as duplicates at the end)
+        out["settle"] = settle(consumer)
         rate = latency_rate or args.latency_rate or min(50.0, max(0.25, round(out["throughput"]["rate"] / 4, 2)))
         out["latency_rate"] = rate
         latency_requests = build_requests(orgs, args.latency_runs)
@@ -1205,6 +1213,48 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
         with contextlib.suppress(Exception):
             delete_subscription(settings.requests_subscription, settings)
     return out
+
+
+def feed(publisher: Any, completions: Completions, requests: list[Any], window: int, timeout: float,
+         progress: Callable[[int], None]) -> int:
+    """Keep `window` run requests published and not yet completed: the consumer is never short of work,
+    and no message waits in the client's flow-control queue long enough for the emulator to redeliver it."""
+    run_ids = {r.run_id for r in requests}
+    deadline = time.monotonic() + timeout
+    sent = 0
+    while True:
+        with completions.lock:
+            done = len(run_ids.intersection(completions.completed))
+        progress(done)
+        if done >= len(requests) or time.monotonic() > deadline:
+            return done
+        room = window - (sent - done)
+        if room > 0 and sent < len(requests):
+            chunk = requests[sent:sent + room]
+            publisher.publish_many(chunk, timeout=300)
+            sent += len(chunk)
+        time.sleep(0.1)
+
+
+def settle(consumer: ConsumerUnderTest, quiet: float = 5.0, timeout: float = 300.0) -> dict[str, Any]:
+    """Wait until the consumer has received nothing new for `quiet` seconds; what it did meanwhile
+    (redelivered copies handled as duplicates) is returned, not mixed into (c)."""
+    start = time.monotonic()
+    first = last = consumer.snapshot()
+    merged: dict[str, Any] = {"handled": 0}
+    still_since = time.monotonic()
+    while time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        now = consumer.snapshot()
+        merged["handled"] += now["probe"].get("handler.handle", {}).get("count", 0)
+        if now["pool"]["received"] != last["pool"]["received"]:
+            still_since = time.monotonic()
+        last = now
+        if time.monotonic() - still_since >= quiet:
+            break
+    merged["received"] = last["pool"]["received"] - first["pool"]["received"]
+    merged["seconds"] = time.monotonic() - start
+    return merged
 
 
 def own_requests_subscription(settings: Any, variant: str) -> Any:
@@ -1322,6 +1372,8 @@ def render(r: dict[str, Any], command: str) -> str:
         + f"; peak {_mib(mem['peak_kb'])}; after {_mib(mem['after_kb'])} "
         f"({(mem['after_kb'] - mem['before_kb']) / 1024:+.1f}); after (c) {_mib(stock['latency_rss_kb'])}",
         f"    bqemulator RSS MiB over (b): {mem['bq_before_kb'] / 1024:.0f} -> {mem['bq_after_kb'] / 1024:.0f}",
+        f"(b) fed with a window of {a['window'] or 'all'} requests outstanding; after (b) the consumer received "
+        f"{stock['settle']['received']} more messages (redelivered copies) before going quiet",
         "```",
         "",
         "CPU per run during (b), by process (2 cores shared with other sessions; % of one core over the phase):",
@@ -1366,20 +1418,22 @@ def render(r: dict[str, Any], command: str) -> str:
     if others:
         out += ["", "What-if prototypes (bench-only monkeypatches inside a fresh consumer process, same stack, same "
                 "run; the service code is unchanged):", "", "```",
-                f"{'variant':<34} {'runs/s':>7} {'x stock':>7} {'/ bare':>7} {'p50 ms':>7} {'p95 ms':>7} "
-                f"{'BQ HTTP/run':>11} {'bq CPU ms/run':>13} {'consumer CPU ms/run':>19}"]
+                f"{'variant':<26} {'runs/s':>7} {'x stock':>7} {'/ bare':>7} {'p50 ms':>7} {'p95 ms':>7} "
+                f"{'BQ HTTP/run':>11}   CPU ms/run: {'bqemu':>6} {'pubsub':>6} {'consumer':>8}"]
         for name in ["stock", *others]:
             v = r["variants"][name]
             if "error" in v:
-                out.append(f"{name:<34} failed: {v['error'][:200]}")
+                out.append(f"{name:<26} failed: {v['error'][:200]}")
                 continue
             t, lv = v["throughput"], v["latency"]
             probe = v["throughput_snapshot"]["probe"]
             http = sum(s["count"] for n, s in probe.items() if n.startswith("http.")) / t["runs"]
             bq_cpu = t["cpu"]["bqemulator"] / t["runs"] * 1000
+            ps_cpu = t["cpu"]["pubsub emulator (java)"] / t["runs"] * 1000
             c_cpu = t["cpu"].get("consumer process", 0.0) / t["runs"] * 1000
-            out.append(f"{name:<34} {t['rate']:7.2f} {t['rate'] / cons['rate']:7.2f} {t['rate'] / bare['rate']:7.4f} "
-                       f"{lv['p50'] * 1000:7.0f} {lv['p95'] * 1000:7.0f} {http:11.2f} {bq_cpu:13.1f} {c_cpu:19.1f}")
+            out.append(f"{name:<26} {t['rate']:7.2f} {t['rate'] / cons['rate']:7.2f} {t['rate'] / bare['rate']:7.4f} "
+                       f"{lv['p50'] * 1000:7.0f} {lv['p95'] * 1000:7.0f} {http:11.2f}               {bq_cpu:6.1f} "
+                       f"{ps_cpu:6.1f} {c_cpu:8.1f}")
         out.append("```")
         out.append("")
         for name in others:
