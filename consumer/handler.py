@@ -1,6 +1,10 @@
 """One run request, start to finish: decode -> validate -> already done? -> org gate -> load config ->
 execute -> run log and events -> an Outcome that the pool or the push endpoint turns into ack/nack.
 
+The BigQuery work of concurrent runs is shared: admission lookups are batched (consumer/admission.py) and
+run-log rows go out in group commits; a run's outcome is returned only once its rows are written (if they
+cannot be, the message is nacked and comes back).
+
 Shared by streaming pull and push delivery, so both follow exactly the same ack policy.
 """
 
@@ -13,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from consumer.admission import AdmissionControl
 from consumer.observers import CompositeObserver, EventObserver, RunLogObserver
 from consumer.outcome import Outcome, OutcomeKind
 from notifications.notifier import NotificationObserver
@@ -20,6 +25,7 @@ from observability.logging import run_context
 from observability.metrics import MetricsObserver
 from observability.tracing import with_trace_id
 from pipeline import ConfigError, Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
+from runtime.batching import GroupCommit
 from schemas import EventType, MessageRejected, PipelineEvent, RunRequest, decode_run_request
 from schemas.events import EventError
 
@@ -29,6 +35,10 @@ log = structlog.get_logger(__name__)
 UNKNOWN_ORG = "__unknown"
 
 Notifier = Callable[[Outcome], Awaitable[None]]
+
+
+class RunLogUnavailable(RuntimeError):
+    """The run log could not be written: the outcome is not recorded, so the message must come back."""
 
 
 class RunHandler:
@@ -42,6 +52,20 @@ class RunHandler:
         self.notify = notify
         self.hand_off = hand_off
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
+        # Concurrent runs share BigQuery calls: admission lookups, and one run-log insert per commit.
+        self.admission = AdmissionControl.from_settings(services)
+        self.commit_runlog = GroupCommit(self._flush_runlog, max_delay=self.settings.batch_delay_ms / 1000,
+                                         name="runlog-commit")
+
+    async def _flush_runlog(self) -> None:
+        if not await asyncio.to_thread(self.services.runlog.flush):
+            # The rows stay buffered for the next commit; the runs waiting on this one are nacked.
+            raise RunLogUnavailable("run log rows could not be written to BigQuery")
+
+    async def aclose(self) -> None:
+        """Counters and run-log rows still in memory go out (at shutdown; services.close() retries them)."""
+        await self.admission.aclose()
+        await self.commit_runlog.drain()
 
     async def handle(self, data: bytes, attributes: Mapping[str, str], message_id: str,
                      delivery_attempt: int | None, *, deadline_seconds: float | None = None,
@@ -78,11 +102,11 @@ class RunHandler:
 
     async def _handle_request(self, request: RunRequest, data: bytes, attributes: Mapping[str, str],
                               attempt: int, deadline_seconds: float | None) -> Outcome:
-        runlog = self.services.runlog
-        if await asyncio.to_thread(runlog.has_succeeded, request.run_id, request.org_slug):
+        admission = await self.admission.admit(request.run_id, request.org_slug)
+        if admission.already_succeeded:
             return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code="ALREADY_SUCCEEDED")
-
-        decision = await asyncio.to_thread(self.services.gate.check, request.org_slug)
+        decision = admission.decision
+        assert decision is not None
         if not decision.allowed:
             return await self._reject(request, attempt, decision.code, decision.message)
 
@@ -97,18 +121,20 @@ class RunHandler:
             return Outcome(OutcomeKind.HANDED_OFF, request.run_id, request.org_slug, code="HANDED_OFF_TO_PULL")
 
         if attempt == 1:
-            await asyncio.to_thread(self.services.gate.record_run, request.org_slug)
+            self.admission.count_run(request.org_slug)
         context = RunContext(
             org_slug=request.org_slug, run_id=request.run_id, pipeline_id=config.run_pipeline_id(request.org_slug),
             parameters=dict(request.parameters), trigger=request.trigger, attempt=attempt,
             trace_id=request.trace_id, services=self.services,
         )
         observer = CompositeObserver([
-            RunLogObserver(runlog, request, attempt), EventObserver(self.services.events, request, attempt),
+            RunLogObserver(self.services.runlog, request, attempt, self.commit_runlog),
+            EventObserver(self.services.events, request, attempt),
             MetricsObserver(request.pipeline), NotificationObserver(self.services, self.registry),
         ])
         executor = Executor(self.registry, observer=observer, classifiers=self.services.error_classifiers)
         result = await executor.run(config, context)
+        await self.commit_runlog()  # raises when the rows could not be written: the message is nacked
         if result.status is RunStatus.SUCCESS:
             return Outcome(OutcomeKind.SUCCEEDED, request.run_id, request.org_slug)
         error = result.error
@@ -125,11 +151,12 @@ class RunHandler:
 
     async def _reject(self, request: RunRequest, attempt: int, code: str, message: str) -> Outcome:
         log.warning("run request rejected", code=code, reason=message)
-        await asyncio.to_thread(
-            self.services.runlog.record_rejected, run_id=request.run_id, org_slug=request.org_slug,
-            pipeline=request.pipeline, trigger=request.trigger, attempt=attempt, code=code, message=message,
-            parameters=dict(request.parameters), trace_id=request.trace_id,
+        self.services.runlog.record_rejected(
+            run_id=request.run_id, org_slug=request.org_slug, pipeline=request.pipeline, trigger=request.trigger,
+            attempt=attempt, code=code, message=message, parameters=dict(request.parameters),
+            trace_id=request.trace_id, write=False,
         )
+        await self.commit_runlog()
         self._publish_rejected(PipelineEvent.for_request(
             EventType.REQUEST_REJECTED, request, attempt=attempt, status="REJECTED",
             error=EventError(code=code, message=message)))
@@ -143,10 +170,11 @@ class RunHandler:
         run_id = run_id if _looks_like_run_id(run_id) else f"msg_{message_id}"
         with run_context(run_id=run_id, org_slug=org, message_id=message_id):
             log.warning("malformed run request rejected", code=error.code, reason=str(error))
-            await asyncio.to_thread(
-                self.services.runlog.record_rejected, run_id=run_id, org_slug=org, pipeline=None,
-                trigger=None, attempt=attempt, code=error.code, message=str(error), parameters=None, trace_id=None,
+            self.services.runlog.record_rejected(
+                run_id=run_id, org_slug=org, pipeline=None, trigger=None, attempt=attempt, code=error.code,
+                message=str(error), parameters=None, trace_id=None, write=False,
             )
+            await self.commit_runlog()
             self._publish_rejected(PipelineEvent(
                 event_type=EventType.REQUEST_REJECTED, run_id=run_id, org_slug=org, pipeline=None,
                 attempt=attempt, status="REJECTED", error=EventError(code=error.code, message=str(error))))

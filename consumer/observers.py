@@ -16,6 +16,8 @@ from schemas.events import EventError
 
 log = structlog.get_logger(__name__)
 
+_EVENTS_TIMEOUT_SECONDS = 30.0
+
 
 class CompositeObserver(RunObserver):
     """Calls each observer in turn; one failing observer never stops the run or the others."""
@@ -50,10 +52,11 @@ class EventObserver(RunObserver):
         self.publisher = publisher
         self.request = request
         self.attempt = attempt
+        self._sent: list[Any] = []
 
     def _publish(self, event_type: EventType, **fields: Any) -> None:
         event = PipelineEvent.for_request(event_type, self.request, attempt=self.attempt, **fields)
-        self.publisher.publish_event(event)
+        self._sent.append(self.publisher.publish_event(event))
 
     async def pipeline_started(self, config: PipelineConfig, context: RunContext) -> None:
         self._publish(EventType.PIPELINE_STARTED, pipeline_id=context.pipeline_id, status="RUNNING",
@@ -79,29 +82,38 @@ class EventObserver(RunObserver):
             rows_processed=result.rows_processed, duration_ms=result.duration_ms,
             error=EventError.from_error_info(result.error) if result.error else None,
         )
-        # Events of a finished run are out before the message is acked.
-        await asyncio.to_thread(self.publisher.flush, 30)
+        # This run's events are out before its message is acked (other runs' events are not waited for).
+        sent = [asyncio.wrap_future(future) for future in self._sent]
+        done, pending = await asyncio.wait(sent, timeout=_EVENTS_TIMEOUT_SECONDS)
+        for future in pending:
+            future.cancel()
+        if pending:
+            log.error("events not confirmed in time", pending=len(pending), timeout_s=_EVENTS_TIMEOUT_SECONDS)
 
 
 class RunLogObserver(RunObserver):
-    """Run and step logs in BigQuery, buffered: one write at the start, one at the end."""
+    """Run and step logs in BigQuery. Rows are staged and written by `commit`, a group commit shared by all
+    concurrent runs: the start row goes out with the next commit; the final and step rows are committed
+    by the handler, which acks only once they are written."""
 
-    def __init__(self, runlog: Any, request: RunRequest, attempt: int):
+    def __init__(self, runlog: Any, request: RunRequest, attempt: int, commit: Any):
         self.runlog = runlog
         self.request = request
         self.attempt = attempt
+        self.commit = commit
 
     async def pipeline_started(self, config: PipelineConfig, context: RunContext) -> None:
-        await asyncio.to_thread(
-            self.runlog.run_started, run_id=self.request.run_id, org_slug=self.request.org_slug,
-            pipeline=self.request.pipeline, pipeline_id=context.pipeline_id, trigger=self.request.trigger.value,
-            attempt=self.attempt, parameters=dict(self.request.parameters), trace_id=self.request.trace_id,
+        self.runlog.run_started(
+            run_id=self.request.run_id, org_slug=self.request.org_slug, pipeline=self.request.pipeline,
+            pipeline_id=context.pipeline_id, trigger=self.request.trigger.value, attempt=self.attempt,
+            parameters=dict(self.request.parameters), trace_id=self.request.trace_id, write=False,
         )
+        self.commit.soon()
 
     async def pipeline_finished(self, result: PipelineResult, context: RunContext) -> None:
-        await asyncio.to_thread(
-            self.runlog.run_finished, result, pipeline=self.request.pipeline, trigger=self.request.trigger.value,
-            attempt=self.attempt, parameters=dict(self.request.parameters), trace_id=self.request.trace_id,
+        self.runlog.run_finished(
+            result, pipeline=self.request.pipeline, trigger=self.request.trigger.value, attempt=self.attempt,
+            parameters=dict(self.request.parameters), trace_id=self.request.trace_id, write=False,
         )
 
 

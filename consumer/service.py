@@ -95,6 +95,7 @@ class ConsumerService:
         finally:
             if self.metrics_server is not None:
                 await self.metrics_server.close()
+            await self.handler.aclose()
             await asyncio.to_thread(self.services.close)
             await self.services.aclose()
             log.info("consumer stopped")

@@ -22,6 +22,7 @@ def build_push_app(settings: Any, services: Any, notify: Any = None) -> web.Appl
                          notify=notify if notify is not None else services.notifier, hand_off=hand_off)
 
     async def close() -> None:
+        await handler.aclose()
         await asyncio.to_thread(services.close)
         await services.aclose()
 

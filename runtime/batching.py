@@ -52,6 +52,8 @@ class MicroBatcher(Generic[T, R]):
                 await asyncio.wait(waiting)
             elif self._queue:
                 self._gatherer = asyncio.create_task(self._gather(), name=f"{self.name}-gather")
+            else:
+                await asyncio.sleep(0)  # finished tasks leave `_running` in their done callbacks
 
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     max_lease_extension_seconds: int = Field(default=90, ge=10, le=600)
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     metrics_port: int | None = None
+    # Hot path batching (consumer/admission.py, runtime/batching.py): concurrent runs share BigQuery calls.
+    # An org's gate standing (status, subscription, plan, runs today) is reused this long; a suspension
+    # therefore takes effect within this many seconds on a consumer that checked the org (0: every run).
+    gate_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Runs counted against the daily quota are written together at most this often (and at shutdown).
+    quota_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    # How long a batch (admission lookups, run-log rows) waits for company before going out.
+    batch_delay_ms: float = Field(default=5.0, ge=0, le=1000)
     # Per-org gauges (runs waiting/running) for at most this many orgs per process; 0: aggregate only.
     metrics_org_label_limit: int = Field(default=0, ge=0, le=1000)
 

@@ -1,14 +1,15 @@
 """The org gate, run before every pipeline: the org exists and is active, its subscription status may run
 (ACTIVE or TRIAL; spec 001's billing-status table), and its plan's daily run quota is not used up.
 
-One parameterized query per check. Each refusal has its own reason code. The quota is soft: two runs
-checked at the same moment may both pass the last slot (counting happens in `record_run`).
+One parameterized query answers for many orgs at once (`standings`); `decide` turns an org's standing into
+a decision with its own reason code. The quota is soft: two runs checked at the same moment may both pass
+the last slot (counting happens in `record_runs`, which the consumer batches: consumer/admission.py).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -31,6 +32,16 @@ PLAN_UNKNOWN = "PLAN_UNKNOWN"
 QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
 
 _STATUS_REFUSALS = {"SUSPENDED": SUBSCRIPTION_SUSPENDED, "CANCELLED": SUBSCRIPTION_CANCELLED}
+
+
+@dataclass(frozen=True)
+class OrgStanding:
+    """An org's rows as the gate reads them; None where the org has no such row."""
+
+    org_status: str | None
+    plan: str | None
+    subscription_status: str | None
+    runs_today: int
 
 
 @dataclass(frozen=True)
@@ -60,21 +71,37 @@ class OrgGate:
             org_slug = validate_org_slug(org_slug)
         except InvalidIdentifier as error:
             return GateDecision(False, INVALID_ORG_SLUG, str(error))
+        return self.decide(org_slug, self.standings([org_slug])[org_slug])
+
+    def standings(self, org_slugs: Iterable[str]) -> dict[str, OrgStanding]:
+        """What the gate decides on, for many orgs in one query (each org's rows matched by its own slug)."""
+        orgs = sorted({validate_org_slug(org) for org in org_slugs})
+        if not orgs:
+            return {}
         c = self.central
         rows = c.queries.rows(
-            "WITH profile AS (SELECT `status` FROM " + c.ref("org_profiles") +  # noqa: S608 - validated names
-            " WHERE `org_slug` = @org_slug ORDER BY COALESCE(`updated_at`, `created_at`) DESC LIMIT 1), "
-            "subscription AS (SELECT `plan_name`, `status` FROM " + c.ref("org_subscriptions") +
-            " WHERE `org_slug` = @org_slug ORDER BY `updated_at` DESC LIMIT 1), "
+            "WITH profile AS (SELECT `org_slug`, ARRAY_AGG(`status` ORDER BY COALESCE(`updated_at`, "  # noqa: S608
+            "`created_at`) DESC LIMIT 1)[OFFSET(0)] AS org_status FROM " + c.ref("org_profiles") +
+            " WHERE `org_slug` IN UNNEST(@orgs) GROUP BY `org_slug`), "
+            "subscription AS (SELECT `org_slug`, ARRAY_AGG(STRUCT(`plan_name` AS plan, `status` AS status) "
+            "ORDER BY `updated_at` DESC LIMIT 1)[OFFSET(0)] AS latest FROM " + c.ref("org_subscriptions") +
+            " WHERE `org_slug` IN UNNEST(@orgs) GROUP BY `org_slug`), "
             # MAX, not SUM: should a race ever create two counter rows for a day, both are incremented.
-            "usage AS (SELECT MAX(`pipelines_run_today`) AS runs FROM " + c.ref("org_usage_quotas") +
-            " WHERE `org_slug` = @org_slug AND `usage_date` = @day) "
-            "SELECT (SELECT `status` FROM profile) AS org_status, (SELECT `plan_name` FROM subscription) AS plan, "
-            "(SELECT `status` FROM subscription) AS sub_status, (SELECT runs FROM usage) AS runs_today",
-            {"org_slug": org_slug, "day": self.today()})
-        row = rows[0] if rows else {}
-        return self._decide(org_slug, row.get("org_status"), row.get("plan"), row.get("sub_status"),
-                            int(row.get("runs_today") or 0))
+            "usage AS (SELECT `org_slug`, MAX(`pipelines_run_today`) AS runs FROM " + c.ref("org_usage_quotas") +
+            " WHERE `org_slug` IN UNNEST(@orgs) AND `usage_date` = @day GROUP BY `org_slug`) "
+            "SELECT o AS org_slug, profile.org_status, subscription.latest.plan AS plan, "
+            "subscription.latest.status AS sub_status, usage.runs AS runs_today FROM UNNEST(@orgs) AS o "
+            "LEFT JOIN profile ON profile.`org_slug` = o LEFT JOIN subscription ON subscription.`org_slug` = o "
+            "LEFT JOIN usage ON usage.`org_slug` = o",
+            {"orgs": orgs, "day": self.today()})
+        found = {row["org_slug"]: OrgStanding(row.get("org_status"), row.get("plan"), row.get("sub_status"),
+                                              int(row.get("runs_today") or 0)) for row in rows}
+        return {org: found.get(org, OrgStanding(None, None, None, 0)) for org in orgs}
+
+    def decide(self, org: str, standing: OrgStanding, runs_not_yet_counted: int = 0) -> GateDecision:
+        """The decision for one org; `runs_not_yet_counted`: runs recorded since `standing` was read."""
+        return self._decide(org, standing.org_status, standing.plan, standing.subscription_status,
+                            standing.runs_today + runs_not_yet_counted)
 
     def _decide(self, org: str, org_status: str | None, plan_name: str | None, status: str | None,
                 runs: int) -> GateDecision:
@@ -104,17 +131,26 @@ class OrgGate:
 
     def record_run(self, org_slug: str) -> None:
         """Count one run in today's org_usage_quotas row (created on the day's first run)."""
-        org_slug = validate_org_slug(org_slug)
+        self.record_runs({org_slug: 1})
+
+    def record_runs(self, counts: Mapping[str, int]) -> None:
+        """Add runs to today's counters of several orgs in one MERGE (one row per org and day)."""
+        counts = {validate_org_slug(org): int(n) for org, n in counts.items() if int(n) > 0}
+        if not counts:
+            return
         now = self.clock()
         day = now.date()
+        orgs = sorted(counts)
         self.central.queries.dml(
             f"MERGE {self.central.ref('org_usage_quotas')} AS T "  # noqa: S608 - validated name
-            "USING (SELECT @org_slug AS org_slug, @day AS usage_date) AS S "
-            "ON T.`org_slug` = S.org_slug AND T.`usage_date` = S.usage_date "
-            "WHEN MATCHED THEN UPDATE SET `pipelines_run_today` = T.`pipelines_run_today` + 1, "
+            "USING (SELECT org AS org_slug, n FROM UNNEST(@orgs) AS org WITH OFFSET i "
+            "JOIN UNNEST(@counts) AS n WITH OFFSET j ON i = j) AS S "
+            "ON T.`org_slug` = S.org_slug AND T.`usage_date` = @day "
+            "WHEN MATCHED THEN UPDATE SET `pipelines_run_today` = T.`pipelines_run_today` + S.n, "
             "`last_run_at` = @now, `updated_at` = @now "
             "WHEN NOT MATCHED THEN INSERT (`usage_id`, `org_slug`, `usage_date`, `pipelines_run_today`, "
             "`pipelines_succeeded_today`, `pipelines_failed_today`, `last_run_at`, `created_at`, `updated_at`) "
-            "VALUES (@usage_id, @org_slug, @day, 1, 0, 0, @now, @now, @now)",
-            {"org_slug": org_slug, "day": day, "now": now,
-             "usage_id": f"{org_slug}_{day.isoformat()}_{uuid.uuid4().hex[:8]}"})
+            "VALUES (CONCAT(S.org_slug, '_', @day_text, '_', @nonce), S.org_slug, @day, S.n, 0, 0, @now, @now, "
+            "@now)",
+            {"orgs": orgs, "counts": [counts[org] for org in orgs], "day": day, "now": now,
+             "day_text": day.isoformat(), "nonce": uuid.uuid4().hex[:8]})

@@ -4,7 +4,9 @@ leave no trace of the key in run-log rows, step-log rows, events or captured log
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from concurrent import futures
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from consumer.observers import CompositeObserver, EventObserver, RunLogObserver
 from devstack.providers.openai_server import OpenAIStandIn, completion
 from pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
+from runtime.batching import GroupCommit
 from runtime.services import Services
 from schemas import RunRequest
 from tests.test_llm_support import CONFIGS, make_settings, new_org
@@ -33,8 +36,11 @@ class Events:
     def __init__(self) -> None:
         self.events: list[Any] = []
 
-    def publish_event(self, event: Any) -> None:
+    def publish_event(self, event: Any) -> futures.Future[str]:
         self.events.append(event)
+        done: futures.Future[str] = futures.Future()
+        done.set_result(str(len(self.events)))
+        return done
 
     def flush(self, timeout: float | None = None) -> None: ...
 
@@ -46,7 +52,9 @@ async def run_like_the_consumer(services: Services, org: str, pipeline: str, par
     request = RunRequest.create(org, pipeline, parameters, run_id=f"run_{uuid.uuid4().hex[:12]}")
     config = PipelineLoader(CONFIGS).load(pipeline)
     events = Events()
-    observer = CompositeObserver([RunLogObserver(services.runlog, request, 1), EventObserver(events, request, 1)])
+    commit = GroupCommit(lambda: asyncio.to_thread(services.runlog.flush))
+    observer = CompositeObserver([RunLogObserver(services.runlog, request, 1, commit),
+                                  EventObserver(events, request, 1)])
     context = RunContext(org_slug=org, run_id=request.run_id, pipeline_id=config.pipeline_id,
                          parameters=dict(parameters), services=services)
     result = await Executor(ProcessorRegistry(), observer=observer).run(config, context)

@@ -202,7 +202,9 @@ def test_metrics_show_the_workload(observed):
     # BigQuery: the run log's inserts and queries, the demo.rows write (load + MERGE), bytes sent.
     assert d("convergence_bigquery_calls_total", component="writer") >= 3
     assert d("convergence_bigquery_bytes_written_total", component="writer") > 150 * 50
-    assert d("convergence_bigquery_calls_total", component="runlog") >= 11 + 2 * 6
+    # Counted as they happen; concurrent runs share them (group commit, batched lookups), so fewer than
+    # the 11 + 2 * 6 that one call per lookup and per row set would take.
+    assert 2 <= d("convergence_bigquery_calls_total", component="runlog") < 11 + 2 * 6
     assert d("convergence_bigquery_bytes_written_total", component="runlog") > 0
 
     # Nothing held once the workload is done; no org label unless the setting asks for one.

@@ -133,10 +133,13 @@ def test_failed_inserts_are_kept_and_flushed(runlog):
     org, run_id = unique("acme"), unique("run")
     runlog.counting.fail("insert_rows_json", gexc.ServiceUnavailable("down"), gexc.ServiceUnavailable("down"))
     start(runlog, run_id, org)  # fails: kept
-    runlog.run_finished(result(run_id, org, steps=2), attempt=1)  # steps insert fails: kept; final row rides along
-    assert runlog.latest_run(run_id, org).status == "SUCCESS"
+    runlog.run_finished(result(run_id, org, steps=2), attempt=1)  # steps insert fails: kept
+    # The final row waits for its steps' rows: a SUCCESS without its step rows would make a redelivery a
+    # duplicate while the step log is incomplete.
+    assert runlog.latest_run(run_id, org) is None
     assert runlog.step_logs(run_id, org) == []
-    runlog.close()  # shutdown: the rest goes out
+    runlog.close()  # shutdown: the rest goes out, steps first
+    assert runlog.latest_run(run_id, org).status == "SUCCESS"
     assert len(runlog.step_logs(run_id, org)) == 2
     assert runlog.flush() is True
 

@@ -21,7 +21,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +46,8 @@ _NAMESPACE = uuid.UUID("6f1c1f0e-5a43-4d0c-9a51-3c0b7b1e2a10")
 _RANK_RUNNING, _RANK_FINAL, _RANK_DEAD = 0, 1, 2
 _MAX_MESSAGE = 4000
 _MAX_JSON = 20_000
+# Rows per insertAll request (BigQuery's advice: about 500; hard limits 50,000 rows / 10 MB).
+_MAX_INSERT_ROWS = 500
 
 
 @dataclass(frozen=True)
@@ -185,13 +187,13 @@ class RunLog:
     def run_started(self, *, run_id: str, org_slug: str, pipeline_id: str | None = None,
                     pipeline: str | None = None, trigger: Any = None, attempt: int = 1,
                     parameters: Mapping[str, Any] | None = None, trace_id: str | None = None,
-                    started_at: datetime | None = None) -> str:
+                    started_at: datetime | None = None, write: bool = True) -> str:
         plog = pipeline_logging_id(run_id, attempt)
         now = datetime.now(UTC)
         row = self._run_row(plog, run_id, org_slug, RunStatus.RUNNING.value, _RANK_RUNNING, attempt=attempt,
                             pipeline_id=pipeline_id, pipeline=pipeline, trigger=trigger, parameters=parameters,
                             trace_id=trace_id, start_time=started_at or now, event_time=now)
-        self._insert(self.runs_table, [(f"{plog}:RUNNING", row)])
+        self._stage_or_insert(self.runs_table, [(f"{plog}:RUNNING", row)], write)
         return plog
 
     def step_finished(self, result: StepResult, *, run_id: str, org_slug: str, attempt: int = 1,
@@ -204,7 +206,7 @@ class RunLog:
 
     def run_finished(self, result: PipelineResult, *, pipeline: str | None = None, trigger: Any = None,
                      attempt: int = 1, parameters: Mapping[str, Any] | None = None,
-                     trace_id: str | None = None) -> None:
+                     trace_id: str | None = None, write: bool = True) -> None:
         plog = pipeline_logging_id(result.run_id, attempt)
         steps = [(f"{plog}:{s.step_id}",
                   self._step_row(plog, result.run_id, result.org_slug, attempt, result.pipeline_id, s, index))
@@ -219,20 +221,26 @@ class RunLog:
             duration_ms=result.duration_ms, rows_processed=result.rows_processed, steps_total=len(result.steps),
             steps_failed=failed, error_code=result.error.code if result.error else None,
             error_message=result.error.message if result.error else None, event_time=datetime.now(UTC))
-        if steps:
-            self._insert(self.steps_table, steps)
-        self._insert(self.runs_table, [(f"{plog}:{result.status.value}", row)])
+        final = [(f"{plog}:{result.status.value}", row)]
+        if not write:
+            self._stage_or_insert(self.steps_table, steps, write=False)
+            self._stage_or_insert(self.runs_table, final, write=False)
+        elif not steps or self._insert(self.steps_table, steps):
+            self._insert(self.runs_table, final)
+        else:  # the final row waits for its steps' rows (see flush)
+            self._stage_or_insert(self.runs_table, final, write=False)
 
     def record_rejected(self, *, run_id: str, org_slug: str, code: str, message: str,
                         pipeline: str | None = None, trigger: Any = None, attempt: int | None = None,
-                        parameters: Mapping[str, Any] | None = None, trace_id: str | None = None) -> None:
+                        parameters: Mapping[str, Any] | None = None, trace_id: str | None = None,
+                        write: bool = True) -> None:
         now = datetime.now(UTC)
         plog = pipeline_logging_id(run_id, attempt or 0)
         row = self._run_row(plog, run_id, org_slug, RunStatus.REJECTED.value, _RANK_FINAL, attempt=attempt,
                             pipeline=pipeline, trigger=trigger, parameters=parameters, trace_id=trace_id,
                             start_time=now, end_time=now, duration_ms=0, error_code=code, error_message=message,
                             event_time=now)
-        self._insert(self.runs_table, [(f"{plog}:REJECTED:{code}", row)])
+        self._stage_or_insert(self.runs_table, [(f"{plog}:REJECTED:{code}", row)], write)
 
     def record_dead_lettered(self, *, run_id: str, org_slug: str, delivery_count: int | None, message: str,
                              pipeline: str | None = None, trigger: Any = None,
@@ -252,13 +260,14 @@ class RunLog:
         with self._lock:
             steps = [item for rows in self._steps.values() for item in rows]
             self._steps.clear()
-        ok = True
         for table, extra in ((self.steps_table, steps), (self.runs_table, [])):
             with self._lock:
                 waiting = bool(self._pending[table])
-            if extra or waiting:
-                ok = self._insert(table, extra) and ok
-        return ok
+            # Step rows first, run rows only after them: a final run row (SUCCESS) is what makes a redelivery
+            # a duplicate, so it must never be written while its steps' rows are still missing.
+            if (extra or waiting) and not self._insert(table, extra):
+                return False
+        return True
 
     def close(self) -> None:
         if not self.flush():
@@ -273,6 +282,24 @@ class RunLog:
             f"SELECT {_RUN_COLUMNS} FROM `{self.runs_table}` WHERE {where} "  # noqa: S608 - fixed names
             f"ORDER BY {_LATEST_FIRST} LIMIT 1", params)
         return RunRecord.from_row(rows[0]) if rows else None
+
+    def succeeded_among(self, runs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (org_slug, run_id) pairs already succeeded: one query for a whole batch.
+        Rows only count for their own org: a run_id another org used means nothing here."""
+        wanted = set()
+        for org, run_id in runs:
+            try:
+                wanted.add((validate_org_slug(org), str(run_id)))
+            except InvalidIdentifier:
+                continue  # a bad slug never ran
+        if not wanted:
+            return set()
+        rows = self._queries.rows(
+            f"SELECT DISTINCT `org_slug`, `run_id` FROM `{self.runs_table}` "  # noqa: S608 - fixed names
+            "WHERE `org_slug` IN UNNEST(@orgs) AND `run_id` IN UNNEST(@run_ids) AND `status` = @success",
+            {"orgs": sorted({org for org, _ in wanted}), "run_ids": sorted({run for _, run in wanted}),
+             "success": RunStatus.SUCCESS.value})
+        return {(row["org_slug"], row["run_id"]) for row in rows} & wanted
 
     def has_succeeded(self, run_id: str, org_slug: str | None = None) -> bool:
         where, params = self._where(run_id=run_id, org_slug=org_slug)
@@ -362,13 +389,27 @@ class RunLog:
         }
 
     # -- inserting ---------------------------------------------------------------------------------------
+    def _stage_or_insert(self, table: str, items: list[tuple[str, dict[str, Any]]], write: bool) -> None:
+        """write=False: the rows wait for the next insert to their table or `flush()` (the consumer's group
+        commit writes the rows of all concurrent runs together)."""
+        if write:
+            self._insert(table, items)
+            return
+        with self._lock:
+            self._pending[table].extend(items)
+
     def _insert(self, table: str, items: list[tuple[str, dict[str, Any]]]) -> bool:
         """Streaming insert of `items` plus anything pending for `table`; on failure they stay pending."""
         with self._lock:
             batch = self._pending[table] + items
             self._pending[table] = []
-            if not batch:
-                return True
+        ok = True
+        for start in range(0, len(batch), _MAX_INSERT_ROWS):  # group commits can gather many runs' rows
+            ok = self._insert_chunk(table, batch[start:start + _MAX_INSERT_ROWS]) and ok
+        return ok
+
+    def _insert_chunk(self, table: str, batch: list[tuple[str, dict[str, Any]]]) -> bool:
+        with self._lock:
             self._insert_calls += 1
         metrics.bigquery_calls("runlog")
         metrics.bigquery_bytes("runlog", metrics.json_rows_bytes(row for _, row in batch))
@@ -387,7 +428,7 @@ class RunLog:
                 int(e["index"]) == i for e in errors)]
             if retry:
                 self._keep(table, retry, "rows stopped by other rows' errors")
-            return not retry and not refused
+            return not retry  # refused rows are reported above; retrying them cannot help
         return True
 
     def _keep(self, table: str, batch: list[tuple[str, dict[str, Any]]], reason: str) -> None:
