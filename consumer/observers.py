@@ -17,6 +17,8 @@ from schemas.events import EventError
 log = structlog.get_logger(__name__)
 
 _EVENTS_TIMEOUT_SECONDS = 30.0
+# A run's RUNNING row is written within this time; a run that ends sooner writes it with its final row.
+RUNNING_ROW_WITHIN_SECONDS = 1.0
 
 
 class CompositeObserver(RunObserver):
@@ -108,7 +110,7 @@ class RunLogObserver(RunObserver):
             pipeline_id=context.pipeline_id, trigger=self.request.trigger.value, attempt=self.attempt,
             parameters=dict(self.request.parameters), trace_id=self.request.trace_id, write=False,
         )
-        self.commit.soon()
+        self.commit.soon(RUNNING_ROW_WITHIN_SECONDS)
 
     async def pipeline_finished(self, result: PipelineResult, context: RunContext) -> None:
         self.runlog.run_finished(

@@ -9,6 +9,7 @@ the same idea as a database's group commit.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -109,16 +110,33 @@ class GroupCommit:
 
         self._batcher: MicroBatcher[None, None] = MicroBatcher(process, max_delay=max_delay, max_size=1_000_000,
                                                                max_in_flight=1, name=name)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
 
     async def __call__(self) -> None:
         await self._batcher.submit(None)
 
-    def soon(self) -> None:
-        """Ask for a flush without waiting for it (a run's start row: visible soon, nobody waits)."""
+    def soon(self, delay: float = 0.0) -> None:
+        """Ask for a flush within `delay` seconds without waiting for it (a run's start row: visible soon,
+        nobody waits; a run that ends sooner commits it with its final rows). One timer serves all callers."""
+        if self._timer is not None and not self._timer.cancelled() and self._timer_due <= time.monotonic() + delay:
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = time.monotonic() + delay
+        self._timer = loop.call_later(delay, self._flush_in_background)
+
+    def _flush_in_background(self) -> None:
+        self._timer = None
         task = asyncio.ensure_future(self())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures are the flush's to log
 
     async def drain(self) -> None:
+        if self._timer is not None:  # a flush asked for later happens now
+            self._timer.cancel()
+            self._timer = None
+            await self()
         await self._batcher.drain()
 
     @property

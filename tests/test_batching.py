@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -120,3 +121,23 @@ def test_a_batcher_used_from_a_new_event_loop_starts_clean():
     batcher = MicroBatcher(echo, max_delay=0.001)
     assert asyncio.run(batcher.submit(1)) == 1
     assert asyncio.run(batcher.submit(2)) == 2
+
+
+def test_soon_flushes_once_within_the_delay_and_drain_flushes_what_is_left():
+    flushes: list[float] = []
+
+    async def flush() -> None:
+        flushes.append(time.monotonic())
+
+    async def main() -> None:
+        commit = GroupCommit(flush, max_delay=0.0)
+        start = time.monotonic()
+        for _ in range(50):
+            commit.soon(0.05)  # many runs starting: one timer
+        await asyncio.sleep(0.15)
+        assert len(flushes) == 1 and 0.04 <= flushes[0] - start < 0.14
+        commit.soon(10.0)
+        await commit.drain()  # shutdown does not wait 10 s, and does not skip the flush
+        assert len(flushes) == 2 and flushes[1] - start < 1.0
+
+    asyncio.run(main())

@@ -135,7 +135,7 @@ def test_events_are_schema_valid_and_ordered_per_run(settings: Settings, pull_me
     by_run: dict[str, list[PipelineEvent]] = {}
     for item in received:
         event = decode_pipeline_event(item.message.data)  # the full JSON Schema check
-        assert item.message.ordering_key == event.run_id
+        assert item.message.ordering_key == event.org_slug
         assert item.message.attributes["event_type"] == event.event_type.value
         by_run.setdefault(event.run_id, []).append(event)
     for run_id, events_sent in sent.items():
@@ -169,7 +169,7 @@ def test_a_failed_event_does_not_block_the_rest_of_its_run(
         apply(Topology.from_settings(settings), settings)
         follower = follower_subscription(settings, f"follow-{settings.events_topic}")
         ensure_subscription(follower, settings)
-        # The client paused the run's ordering key after the failure; the publisher resumed it.
+        # The client paused the org's ordering key after the failure; the publisher resumed it.
         events.publish_event(second).result(timeout=30)
     [item] = pull_messages(settings, follower.name, 1)
     assert decode_pipeline_event(item.message.data).event_id == second.event_id
