@@ -3,7 +3,10 @@
 Design: rows are append-only state events, never updated. An attempt writes a RUNNING row when it starts
 and, when it ends, ONE insert of all its step rows plus ONE insert of its final row (SUCCESS, FAILED,
 TIMEOUT). A rejected request writes one REJECTED row; a dead-lettered one a FAILED row with error code
-DEAD_LETTERED. So a run of any number of steps costs 3 BigQuery calls for logging.
+DEAD_LETTERED. So a run of any number of steps costs at most 3 BigQuery calls for logging; with
+`write=False` rows are only staged, and the consumer's group commit writes the staged rows of all its
+concurrent runs with `flush()`: one insert per table for many runs. Step rows always go before run rows,
+and a final run row never goes while its step rows could not be written.
 
 Why not UPDATE the RUNNING row: rows inserted by streaming cannot be changed by DML for a while on real
 BigQuery, and DML per state change would cost one job each. The current state of a run is its latest
@@ -12,7 +15,8 @@ take it with ROW_NUMBER() / ORDER BY ... LIMIT 1, so a duplicate row (insert ids
 best-effort, and not at all by the emulator) never changes an answer.
 
 Writing never raises: a failed insert keeps its rows (bounded) and they ride along with the next insert
-to the same table, or go out with `flush()`/`close()` at shutdown. Reads use query parameters only.
+to the same table, or go out with `flush()`/`close()` at shutdown; `flush()` says whether everything went
+(the consumer nacks the runs of a commit that did not). Reads use query parameters only.
 """
 
 from __future__ import annotations
