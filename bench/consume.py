@@ -4,7 +4,8 @@ One local stack (Pub/Sub emulator + bqemulator), one run, the same number of mes
 
   (a) baseline: a bare streaming-pull subscriber whose callback only acks (library defaults), on its
       own topic/subscription, fed the same run-request payloads; msgs/s from its first to its last callback.
-  (b) the whole consumer (ConsumerService: org gate, quota count, run log, events) on run requests for
+  (b) the whole consumer (ConsumerService: batched admission = succeeded check + org gate + quota count,
+      run-log group commit, events) on run requests for
       the one-step no-op pipeline `utility/smoke/noop`, spread round-robin over --orgs orgs, as a backlog;
       run requests/s from the first to the last `pipeline_completed` (Pub/Sub publish times of the events),
       and its ratio to (a).
@@ -17,12 +18,14 @@ One local stack (Pub/Sub emulator + bqemulator), one run, the same number of mes
 The consumer runs as its own process by default (as `convergence consume` does in production; the
 benchmark's publisher and event counter do not share its GIL); `--consumer thread` runs it in this
 process with devstack.BackgroundConsumer instead. A probe inside the consumer process times each stage
-of a run (BigQuery calls and their HTTP requests, event publish/flush, thread hops, slot wait, event
-loop lag) and adds nothing measurable (a few perf_counter calls per stage). `--py-spy` adds a separate,
+of a run (admission wait and its batched BigQuery lookups, the run-log group commit, BigQuery calls and
+their HTTP requests, event publishing, thread hops, slot wait, event loop lag), counts batch sizes, and adds
+nothing measurable (a few perf_counter calls per stage). `--py-spy` adds a separate,
 unmeasured phase under py-spy (CPU samples of the consumer process, grouped by component).
 
     .venv/bin/python bench/consume.py [--messages 2000] [--orgs 8] [--workers 8] [--per-org 2]
-        [--latency-runs 100] [--latency-rate 5] [--py-spy] [--no-write]
+        [--latency-runs 60] [--latency-rate 5] [--py-spy N] [--whatif threads-32,workers64,...]
+        [--label main] [--no-probe] [--no-write]
 
 Figures go to stdout and to this benchmark's section of bench/RESULTS.md (other sections are kept).
 """
@@ -158,7 +161,8 @@ def _http_kind(method: str, path: str) -> str:
 
 
 def install_probe(service: Any, probe: Probe) -> None:
-    """Time every stage of a run in this process: BigQuery operations (and the HTTP requests under them),
+    """Time every stage of a run in this process: admission (the micro-batched succeeded check and org gate)
+    and the BigQuery operations under it (and the HTTP requests under those), the run-log group commit,
     event publishing, the thread hops, the executor and its observers, the pool's hand-over to the loop."""
     from google.cloud import _http
 
@@ -167,13 +171,27 @@ def install_probe(service: Any, probe: Probe) -> None:
     from consumer.pool import SubscriberPool
 
     services = service.services
+    handler = service.handler
+    admission = handler.admission
     runlog, gate, events = services.runlog, services.gate, services.events
+    # admission's worker-thread parts: private, so wrapped where this version of consumer/admission.py has them
+    # (_lookup: both lookups in one thread; _succeeded / _read_standings: side by side)
+    for attr, name in (("_lookup", "admission.lookup (one per batch)"),
+                       ("_succeeded", "admission.succeeded (one per batch)"),
+                       ("_read_standings", "admission.standings (per batch with stale orgs)"),
+                       ("_write_counts", "admission.write_counts (quota flush)")):
+        if callable(getattr(admission, attr, None)):
+            probe.wrap(admission, attr, name)
     for owner, attr, name in (
-        (runlog, "has_succeeded", "bq.has_succeeded"), (gate, "check", "bq.gate_check"),
-        (gate, "record_run", "bq.gate_record_run"), (runlog, "run_started", "bq.runlog_started"),
-        (runlog, "run_finished", "bq.runlog_finished"), (runlog, "record_rejected", "bq.runlog_rejected"),
-        (events, "publish_event", "events.publish_event"), (events, "flush", "events.flush"),
-        (service.loader, "load", "config.load"), (service.handler, "handle", "handler.handle"),
+        # admission: one await per run; the batch's lookups run once per batch in worker threads
+        (admission, "admit", "admission.admit (batch wait + lookup)"),
+        (runlog, "succeeded_among", "bq.succeeded_among"), (gate, "standings", "bq.gate_standings"),
+        (gate, "record_runs", "bq.record_runs"), (runlog, "flush", "bq.runlog_flush"),
+        # staging only (write=False): no BigQuery call under these any more
+        (runlog, "run_started", "runlog.run_started (stage)"), (runlog, "run_finished", "runlog.run_finished (stage)"),
+        (runlog, "record_rejected", "runlog.record_rejected (stage)"),
+        (events, "publish_event", "events.publish_event"),
+        (service.loader, "load", "config.load"), (handler, "handle", "handler.handle"),
     ):
         probe.wrap(owner, attr, name)
     for cls, hooks in ((consumer.observers.RunLogObserver, ("pipeline_started", "pipeline_finished")),
@@ -182,6 +200,9 @@ def install_probe(service: Any, probe: Probe) -> None:
         for hook in hooks:
             probe.wrap(cls, hook, f"observer.{cls.__name__}.{hook}")
     probe.wrap(consumer.handler.Executor, "run", "executor.run (incl. observers)")
+    # The run-log group commit as the handler awaits it (after executor.run, before the ack). A proxy, not
+    # a class patch: the commits that GroupCommit.soon() starts on its own timer are not a run's wait.
+    handler.commit_runlog = _TimedCommit(handler.commit_runlog, probe, "commit_runlog (group commit wait)")
 
     # asyncio.to_thread as seen from the loop: minus the wrapped call's own time = the hop + queueing for
     # the default executor's threads (min(32, cpus + 4) = 6 here).
@@ -243,10 +264,45 @@ async def loop_lag(probe: Probe, interval: float = 0.02) -> None:
         probe.add("loop.lag", max(0.0, loop.time() - start - interval))
 
 
+class _TimedCommit:
+    """handler.commit_runlog with its awaits timed; everything else (soon, drain, flushes) passes through."""
+
+    def __init__(self, commit: Any, probe: Probe, name: str):
+        self._commit, self._probe, self._name = commit, probe, name
+
+    async def __call__(self) -> None:
+        start = time.perf_counter()
+        try:
+            await self._commit()
+        finally:
+            self._probe.add(self._name, time.perf_counter() - start)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._commit, attr)
+
+
+def batching_counters(service: Any) -> dict[str, int]:
+    """Cumulative counters of the hot path's batching (consumer/admission.py, runtime/batching.py)."""
+    handler = service.handler
+    admission = handler.admission
+    commit = handler.commit_runlog
+    commit = getattr(commit, "_commit", commit)  # unwrap the probe's proxy
+    out = {"admission batches": admission._batcher.batches, "admission items": admission._batcher.items,
+           "runlog commits": commit.flushes, "runlog commit waiters": commit._batcher.items}
+    for kind, n in admission.calls.items():
+        out[f"admission calls {kind}"] = n
+    return out
+
+
 def consumer_snapshot(service: Any, probe: Probe) -> dict[str, Any]:
+    """Figures since the previous snapshot: the probe's (reset by the caller) and the batching counters'."""
     pool = service.pools[0]
+    counters = batching_counters(service)
+    last = getattr(probe, "last_counters", {})
+    probe.last_counters = counters  # type: ignore[attr-defined]
     return {"probe": probe.snapshot(), "pool": dict(vars(pool.stats)), "rss_kb": rss_kb(os.getpid()),
-            "bq_calls": service.services.runlog.calls}
+            "bq_calls": service.services.runlog.calls,
+            "batching": {name: n - last.get(name, 0) for name, n in counters.items()}}
 
 
 # ================================================================================================
@@ -265,12 +321,9 @@ def child_consumer() -> None:
     services = Services(settings)
     service = ConsumerService(settings, services, notify=services.notifier)
     whatifs = [name for name in os.environ.get("BENCH_WHATIF", "").split(",") if name]
-    if "events-await-own" in whatifs:  # class-level: before the probe, so the probe times the new hook
-        install_whatifs(service, probe, ["events-await-own"])
     if os.environ.get("BENCH_PROBE", "1") == "1":
         install_probe(service, probe)
-    # instance-level: after the probe, so the probe counts only the BigQuery calls still made
-    install_whatifs(service, probe, [name for name in whatifs if name != "events-await-own"])
+    install_whatifs(service, whatifs)
     sequence = 0
 
     def dump() -> None:  # on SIGUSR1: write what was measured since the last dump, then start afresh
@@ -736,7 +789,8 @@ CATEGORIES = (
     ("protobuf / proto-plus", ("proto/", "protobuf/")),
     ("pydantic / schemas (events, run requests)", ("pydantic/", "pydantic_core/", "schemas/", "jsonschema/")),
     ("pipeline (executor, loader, results)", ("pipeline/",)),
-    ("consumer (handler, pool, slots, observers)", ("consumer/",)),
+    ("consumer (handler, admission, pool, slots, observers)", ("consumer/",)),
+    ("runtime/batching.py (MicroBatcher, GroupCommit)", ("runtime/",)),
     ("tenancy / warehouse (gate, runlog, query building)", ("tenancy/", "warehouse/")),
     ("publisher/events.py (EventPublisher)", ("publisher/",)),
     ("asyncio event loop", ("asyncio/",)),
@@ -744,9 +798,12 @@ CATEGORIES = (
 )
 INCLUSIVE = (
     ("RunHandler.handle (consumer/handler.py): a run's own code on the loop", "consumer/handler.py"),
+    ("AdmissionControl (consumer/admission.py)", "consumer/admission.py"),
+    ("MicroBatcher / GroupCommit (runtime/batching.py)", "runtime/batching.py"),
     ("RunLog (warehouse/runlog.py)", "warehouse/runlog.py"),
     ("OrgGate (tenancy/gate.py)", "tenancy/gate.py"),
-    ("QueryRunner (warehouse/query.py): the 3 queries", "warehouse/query.py"),
+    ("QueryRunner (warehouse/query.py): succeeded_among, standings, record_runs", "warehouse/query.py"),
+    ("Pub/Sub client (all)", "pubsub_v1/"),
     ("EventPublisher (publisher/events.py)", "publisher/events.py"),
     ("Executor (pipeline/executor.py)", "pipeline/executor.py"),
     ("google-cloud-bigquery", "bigquery/"),
@@ -795,17 +852,19 @@ def pyspy_summary(raw: Path) -> dict[str, Any]:
 
 
 def phase_pyspy(consumer: ConsumerUnderTest, completions: Completions, publisher: Any, orgs: list[str],
-                count: int, workdir: Path) -> dict[str, Any] | None:
+                count: int, workdir: Path, rate: int = 100) -> dict[str, Any] | None:
     pyspy = Path(sys.executable).with_name("py-spy")
     if not pyspy.exists() or consumer.mode != "process":
         print("  py-spy: not installed in the venv (pip install py-spy), or --consumer thread; skipped")
         return None
     raw = workdir / "pyspy.txt"
+    errors = workdir / "pyspy.err"
     requests = build_requests(orgs, count)
-    recorder = subprocess.Popen(  # noqa: S603
-        [str(pyspy), "record", "--pid", str(consumer.pid), "--rate", "100", "--format", "raw", "--nonblocking",
-         "--gil", "--threads", "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        preexec_fn=die_with_parent)  # noqa: PLW1509
+    with errors.open("wb") as err:  # a file, not a pipe: py-spy's messages can never block it
+        recorder = subprocess.Popen(  # noqa: S603
+            [str(pyspy), "record", "--pid", str(consumer.pid), "--rate", str(rate), "--format", "raw",
+             "--nonblocking", "--gil", "--threads", "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=err,
+            preexec_fn=die_with_parent)  # noqa: PLW1509
     time.sleep(1.5)
     started = time.perf_counter()
     publisher.publish_many(requests)
@@ -818,152 +877,47 @@ def phase_pyspy(consumer: ConsumerUnderTest, completions: Completions, publisher
         recorder.kill()
         recorder.wait(10)
     if not raw.exists():
-        error = recorder.stderr.read().decode(errors="replace")[:500] if recorder.stderr else ""
-        print(f"  py-spy produced nothing: {error}")
+        error = errors.read_text(errors="replace")[-1500:] if errors.exists() else ""
+        print(f"  py-spy produced nothing (exit code {recorder.returncode}): {error}")
         return None
     summary = pyspy_summary(raw)
-    summary.update(runs=count, elapsed_s=elapsed, raw=str(raw))
+    summary.update(runs=count, elapsed_s=elapsed, raw=str(raw), rate=rate)
     return summary
 
 
 # ================================================================================================
-# What-if prototypes, applied inside the consumer process only (BENCH_WHATIF): they estimate the gain of
-# each suggested change; none of them is a change to the service's code.
+# Variants: bench-only what-ifs applied inside the consumer process (BENCH_WHATIF), and settings variants.
+# Each is measured in a fresh consumer process after the stock one. (The earlier prototypes gate-cache,
+# quota-batch, no-succeeded-check, runlog-group-commit and events-await-own are now the service's own code:
+# consumer/admission.py, runtime/batching.py, consumer/observers.py.)
 # ================================================================================================
 WHATIFS = {
-    "gate-cache": "org gate decision cached per org for 30 s (no gate query on a hit)",
-    "quota-batch": "record_run counted in memory, one MERGE per org per second (not one per run)",
-    "no-succeeded-check": "no has_succeeded query (upper bound of: skip it on delivery_attempt 1 / fold it into "
-                          "the gate query / local LRU of succeeded run_ids)",
-    "runlog-group-commit": "run log rows of all concurrent runs written together (one insertAll per table per "
-                           "20 ms), each run still waits for its rows to be written before its ack",
-    "events-await-own": "pipeline_finished awaits its own pipeline_completed future on the loop "
-                        "(asyncio.wrap_future), instead of flush() of every pending event in a worker thread",
     "threads-32": "asyncio default executor of 32 threads (default: min(32, cpus + 4) = 6 here)",
     "http-no-trust-env": "BigQuery client's requests session with trust_env = False (no proxy/netrc lookup and "
                          "no scan of os.environ on every HTTP request)",
 }
-# Settings, not code: applied to the consumer's settings for variants that name it (not part of "all").
-SETTINGS_VARIANTS = {
-    "wide": "consumer_workers x4 and per_org_concurrency x4 (settings only)",
+# Settings, not code: name -> (description, settings update from the run's settings).
+SETTINGS_VARIANTS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
+    "wide": ("consumer_workers x4 and per_org_concurrency x4",
+             lambda s: {"consumer_workers": min(256, s.consumer_workers * 4),
+                        "per_org_concurrency": min(256, s.per_org_concurrency * 4)}),
+    "workers64": ("consumer_workers=64, per_org_concurrency=8",
+                  lambda s: {"consumer_workers": 64, "per_org_concurrency": 8}),
+    "batch-delay-20": ("batch_delay_ms=20 (admission batches and run-log commits gather 20 ms, default 5)",
+                       lambda s: {"batch_delay_ms": 20.0}),
+    "no-gate-cache": ("gate_cache_seconds=0 (org standings read for every admission batch)",
+                      lambda s: {"gate_cache_seconds": 0.0}),
 }
-WHATIF_ALL = "all"
 
 
-def install_whatifs(service: Any, probe: Probe, names: list[str]) -> None:
-    import consumer.observers
-    from schemas import EventType, PipelineEvent
-    from schemas.events import EventError
+def variant_description(part: str) -> str:
+    return WHATIFS[part] if part in WHATIFS else f"{SETTINGS_VARIANTS[part][0]} (settings only)"
 
-    services = service.services
-    gate, runlog = services.gate, services.runlog
-    if "gate-cache" in names:
-        checked = gate.check
-        cache: dict[str, tuple[float, Any]] = {}
 
-        def cached_check(org_slug: str) -> Any:
-            hit = cache.get(org_slug)
-            if hit is not None and hit[0] > time.monotonic():
-                return hit[1]
-            decision = checked(org_slug)
-            cache[org_slug] = (time.monotonic() + 30.0, decision)
-            return decision
-
-        cached_check._probe_name = "bq.gate_check"  # type: ignore[attr-defined]
-        gate.check = cached_check
-
-    if "quota-batch" in names:
-        pending: Counter[str] = Counter()
-        lock = threading.Lock()
-
-        def record_run(org_slug: str) -> None:
-            with lock:
-                pending[org_slug] += 1
-
-        def flusher() -> None:
-            import uuid as _uuid
-
-            from tenancy.central import utcnow
-            while True:
-                time.sleep(1.0)
-                with lock:
-                    counts = dict(pending)
-                    pending.clear()
-                for org_slug, n in counts.items():
-                    now = utcnow()
-                    day = now.date()
-                    start = time.perf_counter()
-                    gate.central.queries.dml(
-                        f"MERGE {gate.central.ref('org_usage_quotas')} AS T "  # noqa: S608
-                        "USING (SELECT @org_slug AS org_slug, @day AS usage_date) AS S "
-                        "ON T.`org_slug` = S.org_slug AND T.`usage_date` = S.usage_date "
-                        "WHEN MATCHED THEN UPDATE SET `pipelines_run_today` = T.`pipelines_run_today` + @n, "
-                        "`last_run_at` = @now, `updated_at` = @now "
-                        "WHEN NOT MATCHED THEN INSERT (`usage_id`, `org_slug`, `usage_date`, `pipelines_run_today`, "
-                        "`pipelines_succeeded_today`, `pipelines_failed_today`, `last_run_at`, `created_at`, "
-                        "`updated_at`) VALUES (@usage_id, @org_slug, @day, @n, 0, 0, @now, @now, @now)",
-                        {"org_slug": org_slug, "day": day, "now": now, "n": n,
-                         "usage_id": f"{org_slug}_{day.isoformat()}_{_uuid.uuid4().hex[:8]}"})
-                    probe.add("bq.quota_batch_merge (background)", time.perf_counter() - start)
-
-        threading.Thread(target=flusher, daemon=True, name="quota-batch").start()
-        record_run._probe_name = "bq.gate_record_run"  # type: ignore[attr-defined]
-        gate.record_run = record_run
-
-    if "no-succeeded-check" in names:
-        def has_succeeded(run_id: str, org_slug: str | None = None) -> bool:
-            return False
-
-        has_succeeded._probe_name = "bq.has_succeeded"  # type: ignore[attr-defined]
-        runlog.has_succeeded = has_succeeded
-
-    if "runlog-group-commit" in names:
-        insert = runlog._insert
-        cond = threading.Condition()
-        queue: dict[str, list[tuple[list[Any], threading.Event, dict[str, bool]]]] = {}
-
-        def group_insert(table: str, items: list[Any]) -> bool:
-            done, box = threading.Event(), {}
-            with cond:
-                queue.setdefault(table, []).append((items, done, box))
-                cond.notify()
-            done.wait()
-            return box.get("ok", False)
-
-        def committer() -> None:
-            while True:
-                with cond:
-                    while not queue:
-                        cond.wait()
-                time.sleep(0.02)  # linger: let concurrent runs join the batch
-                with cond:
-                    batch = dict(queue)
-                    queue.clear()
-                for table, entries in batch.items():
-                    start = time.perf_counter()
-                    ok = insert(table, [item for items, _, _ in entries for item in items])
-                    probe.add(f"bq.group_insert {table.rsplit('.', 1)[-1]} (rows of {len(entries)} calls)",
-                              time.perf_counter() - start)
-                    for _, done, box in entries:
-                        box["ok"] = ok
-                        done.set()
-
-        threading.Thread(target=committer, daemon=True, name="runlog-group-commit").start()
-        runlog._insert = group_insert
-
+def install_whatifs(service: Any, names: list[str]) -> None:
+    """Instance-level, after the probe. (threads-32 is applied in child_consumer's event loop.)"""
     if "http-no-trust-env" in names:
-        services.bigquery._http.trust_env = False
-
-    if "events-await-own" in names:
-        async def pipeline_finished(self: Any, result: Any, context: Any) -> None:
-            event = PipelineEvent.for_request(
-                EventType.PIPELINE_COMPLETED, self.request, attempt=self.attempt, pipeline_id=result.pipeline_id,
-                status=result.status.value, rows_processed=result.rows_processed, duration_ms=result.duration_ms,
-                error=EventError.from_error_info(result.error) if result.error else None)
-            # Ordering key = run_id: this future resolves after the run's earlier events were sent.
-            await asyncio.wrap_future(self.publisher.publish_event(event))
-
-        consumer.observers.EventObserver.pipeline_finished = pipeline_finished  # type: ignore[method-assign]
+        service.services.bigquery._http.trust_env = False
 
 
 # ================================================================================================
@@ -986,10 +940,11 @@ def main() -> None:
     parser.add_argument("--no-probe", action="store_true", help="no timing probe in the consumer")
     parser.add_argument("--py-spy", type=int, default=0, metavar="N",
                         help="afterwards, N more runs under py-spy (not part of the figures)")
+    parser.add_argument("--py-spy-rate", type=int, default=100, metavar="HZ", help="py-spy samples per second")
     parser.add_argument("--whatif", default="", metavar="LIST",
-                        help=f"comma-separated prototypes to measure after the stock consumer, each in a fresh "
-                             f"consumer process: {', '.join(WHATIFS)}, {WHATIF_ALL} (all together), or "
-                             f"A+B for a combination")
+                        help=f"comma-separated variants to measure after the stock consumer, each in a fresh "
+                             f"consumer process: {', '.join([*WHATIFS, *SETTINGS_VARIANTS])}, or A+B for a "
+                             f"combination")
     parser.add_argument("--whatif-messages", type=int, default=0, help="run requests per what-if (default: --messages)")
     parser.add_argument("--log-level", default="INFO", help="consumer log level (logs go to a file)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
@@ -1007,7 +962,7 @@ def main() -> None:
         child_consumer()
         return
     for name in [n for n in args.whatif.split(",") if n]:
-        known = {*WHATIFS, *SETTINGS_VARIANTS, WHATIF_ALL}
+        known = {*WHATIFS, *SETTINGS_VARIANTS}
         unknown = [part for part in name.split("+") if part not in known]
         if unknown:
             parser.error(f"unknown --whatif {unknown}; known: {', '.join(sorted(known))}")
@@ -1026,13 +981,6 @@ def main() -> None:
         print(f"\n(section updated in {RESULTS.relative_to(ROOT)})")
 
 
-def whatif_parts(name: str) -> list[str]:
-    """Code prototypes a variant names (`all` = every one of WHATIFS)."""
-    parts = name.split("+")
-    code = list(WHATIFS) if WHATIF_ALL in parts else [part for part in parts if part in WHATIFS]
-    return code + [part for part in parts if part in SETTINGS_VARIANTS]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import shutil
 
@@ -1042,7 +990,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("WARNING", "json")
     workdir = Path(tempfile.mkdtemp(prefix="bench-consume-"))
     results: dict[str, Any] = {"args": vars(args), "workdir": str(workdir), "load_start": loadavg(),
-                               "variants": {}}
+                               "variants": {}, "code": code_version()}
     ok = False
     try:
         with LocalStack() as stack:
@@ -1117,17 +1065,19 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
     vdir = workdir / variant.replace("+", "_")
     vdir.mkdir()
     settings = own_requests_subscription(settings, variant)
-    if "wide" in variant.split("+"):
-        settings = settings.model_copy(update={"consumer_workers": settings.consumer_workers * 4,
-                                               "per_org_concurrency": settings.per_org_concurrency * 4})
-    if variant != "stock":
-        os.environ["BENCH_WHATIF"] = ",".join(part for part in whatif_parts(variant) if part in WHATIFS)
+    parts = [] if variant == "stock" else variant.split("+")
+    for part in parts:
+        if part in SETTINGS_VARIANTS:  # settings_env() passes them to the consumer process
+            settings = settings.model_copy(update=SETTINGS_VARIANTS[part][1](settings))
+    out_settings = {name: getattr(settings, name) for name in REPORTED_SETTINGS}
+    if parts:
+        os.environ["BENCH_WHATIF"] = ",".join(part for part in parts if part in WHATIFS)
     try:
         consumer = ConsumerUnderTest(settings, vdir, args.consumer, probe=not args.no_probe)
     finally:
         os.environ.pop("BENCH_WHATIF", None)
     pids = {**pids, "consumer process": consumer.pid} if args.consumer == "process" else dict(pids)
-    out: dict[str, Any] = {"messages": count}
+    out: dict[str, Any] = {"messages": count, "settings": out_settings}
     try:
         warm = build_requests(orgs, args.warmup)
         publisher.publish_many(warm)
@@ -1203,7 +1153,7 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
         stage(f"[{variant}] (c) publish -> pipeline_completed p50 {out['latency']['p50'] * 1000:.0f} ms")
 
         if args.py_spy and variant == "stock":
-            out["pyspy"] = phase_pyspy(consumer, completions, publisher, orgs, args.py_spy, vdir)
+            out["pyspy"] = phase_pyspy(consumer, completions, publisher, orgs, args.py_spy, vdir, args.py_spy_rate)
     finally:
         out["exit_code"] = consumer.stop()
         with contextlib.suppress(OSError):
@@ -1275,6 +1225,20 @@ def own_requests_subscription(settings: Any, variant: str) -> Any:
     return settings.model_copy(update={"requests_subscription": name})
 
 
+def code_version() -> str:
+    """The commit measured, and the service files that differ from it (bench/ aside)."""
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True,  # noqa: S603, S607
+                                  timeout=30).stdout.rstrip("\n")
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+             if not line[3:].startswith("bench/")]
+    return f"commit {commit}" + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else " (clean tree)")
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -1289,15 +1253,24 @@ def stage(text: str) -> None:
 # ================================================================================================
 # Report
 # ================================================================================================
+# A run, in order: admission (shared batches) -> config -> executor + observers -> group commit -> ack.
+# Batched work (admission lookups, bq.*, the run-log flush, the quota flush) runs once per batch or commit:
+# its calls/run < 1 shows the batching, its ms/run each run's share.
 PER_RUN_ORDER = (
     "handler.handle", "pool.callback_to_handler (hop + slot wait)",
-    "bq.has_succeeded", "bq.gate_check", "bq.gate_record_run", "config.load",
+    "admission.admit (batch wait + lookup)", "admission.lookup (one per batch)", "admission.succeeded (one per batch)",
+    "admission.standings (per batch with stale orgs)", "bq.succeeded_among",
+    "bq.gate_standings", "config.load",
     "executor.run (incl. observers)", "observer.RunLogObserver.pipeline_started",
     "observer.EventObserver.pipeline_started", "observer.EventObserver.step_started",
     "observer.EventObserver.step_finished", "observer.RunLogObserver.pipeline_finished",
-    "observer.EventObserver.pipeline_finished", "bq.runlog_started", "bq.runlog_finished", "events.publish_event",
-    "events.flush",
+    "observer.EventObserver.pipeline_finished", "runlog.run_started (stage)", "runlog.run_finished (stage)",
+    "runlog.record_rejected (stage)", "events.publish_event",
+    "commit_runlog (group commit wait)", "bq.runlog_flush",
+    "admission.write_counts (quota flush)", "bq.record_runs",
 )
+REPORTED_SETTINGS = ("consumer_workers", "per_org_concurrency", "batch_delay_ms", "gate_cache_seconds",
+                     "quota_flush_seconds")
 
 
 def probe_table(snapshot: dict[str, Any], runs: int) -> list[str]:
@@ -1312,7 +1285,7 @@ def probe_table(snapshot: dict[str, Any], runs: int) -> list[str]:
     for name in PER_RUN_ORDER:
         if name in probe:
             lines.append(row(name))
-    for name in sorted(n for n in probe if n.startswith("bq.") and n not in PER_RUN_ORDER):
+    for name in sorted(n for n in probe if n.startswith(("bq.", "admission.", "runlog.")) and n not in PER_RUN_ORDER):
         lines.append(row(name))
     for name in sorted(n for n in probe if n.startswith("to_thread[")):
         inner = probe.get(name[len("to_thread["):-1])
@@ -1331,7 +1304,31 @@ def probe_table(snapshot: dict[str, Any], runs: int) -> list[str]:
             s = probe[name]
             lines.append(f"{name:<50} {'':>9} {s['mean_ms']:>8.1f} {s['p50_ms']:>7.1f} {s['p95_ms']:>7.1f}"
                          f"  max {s['max_ms']:.0f} ms ({s['count']} samples)")
+    lines += batching_lines(snapshot.get("batching", {}), runs)
     return lines
+
+
+def batching_lines(b: dict[str, int], runs: int) -> list[str]:
+    if not b:
+        return []
+    out = []
+    batches, commits = b.get("admission batches", 0), b.get("runlog commits", 0)
+    if batches:
+        out.append(f"admission: {batches} batches, {b.get('admission items', 0) / batches:.1f} requests per batch; "
+                   f"succeeded_among {b.get('admission calls succeeded_among', 0)}, standings "
+                   f"{b.get('admission calls standings', 0)}, record_runs {b.get('admission calls record_runs', 0)} "
+                   f"calls ({runs} runs)")
+    if commits:
+        waiters = b.get("runlog commit waiters", 0)
+        out.append(f"run-log group commit: {commits} commits (flushes), {waiters / commits:.1f} waiters per commit, "
+                   f"{runs / commits:.1f} runs per commit")
+    return out
+
+
+def _http_per_run(snapshot: dict[str, Any], runs: int) -> float | None:
+    probe = snapshot.get("probe", {})
+    http = [s["count"] for n, s in probe.items() if n.startswith("http.")]
+    return sum(http) / runs if http else None
 
 
 def _mib(kb: float) -> str:
@@ -1346,13 +1343,18 @@ def render(r: dict[str, Any], command: str) -> str:
     ratio = cons["rate"] / bare["rate"]
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     q = mem["quarters_kb"]
+    st = stock.get("settings", {})
+    target = "meets it" if ratio >= 0.5 else f"x{0.5 / ratio:.1f} short"
     out = [
         f"Command: `{command}` ({when}). Consumer: {a['consumer']} mode (its own process = as `convergence "
-        f"consume` runs), workers={a['workers']}, per_org={a['per_org']}, {a['orgs']} orgs, no-op pipeline "
-        f"`{PIPELINE}`; bqemulator time-travel snapshots {'ON (stock)' if a['bq_time_travel'] else 'off'}.",
+        f"consume` runs), --workers {a['workers']} --per-org {a['per_org']} --orgs {a['orgs']} (settings: "
+        + ", ".join(f"{k}={v}" for k, v in st.items())
+        + f"), no-op pipeline `{PIPELINE}`; service code {r.get('code', '?')}; probe "
+        f"{'off' if a['no_probe'] else 'on'}; bqemulator time-travel "
+        f"snapshots {'ON (stock)' if a['bq_time_travel'] else 'off'}.",
         "",
         "```",
-        f"throughput  consumer / bare subscriber      : {ratio:.4f}   (target >= 0.5; x{1 / ratio:.0f} short)",
+        f"throughput  consumer / bare subscriber      : {ratio:.4f}   (target >= 0.5: {target})",
         f"latency     p50 / p95, consumer / bare      : x{lat['p50'] / blat['p50']:.1f} / "
         f"x{lat['p95'] / blat['p95']:.1f}",
         f"memory      consumer RSS after / before     : {mem['after_kb'] / mem['before_kb']:.3f}   "
@@ -1388,21 +1390,39 @@ def render(r: dict[str, Any], command: str) -> str:
     bcpu = bare["cpu"]
     out.append(f"bare (a) for comparison: subscriber process {bcpu['bench process'] / bare['messages'] * 1000:.3f} "
                f"ms/msg, pubsub emulator {bcpu['pubsub emulator (java)'] / bare['messages'] * 1000:.3f} ms/msg")
+    # What the machine allows: the emulators and the bench's own event follower share the cores with the
+    # consumer. Even a consumer that cost no CPU could not run faster than this.
+    others = sum(used for name, used in cpu.items() if name not in ("wall_s", "consumer process")) / runs
+    cores = os.cpu_count() or 1
+    if others > 0:
+        ceiling = cores / others
+        out.append(f"ceiling: the other processes need {others * 1000:.2f} ms CPU per run; on {cores} cores a "
+                   f"consumer costing nothing would reach {ceiling:.0f} runs/s = ratio {ceiling / bare['rate']:.2f}")
     all_runs = max(1, runs + a["warmup"] + lat["n"] + a["py_spy"])
     out.append(f"consumer log lines per run: {stock.get('log_lines', 0) / all_runs:.1f}")
-    out += ["```", "", f"Inside the consumer during (b) ({runs} runs, backlog, {a['workers']} workers busy):", "",
-            "```"]
-    out += probe_table(stock["throughput_snapshot"], runs)
-    out.append(f"pool stats: {stock['throughput_snapshot']['pool']}")
-    out += ["```", "",
-            f"Inside the consumer during (c) ({lat['n']} runs at {stock['latency_rate']:g}/s, otherwise idle):",
-            "", "```"]
-    out += probe_table(stock["latency_snapshot"], max(1, lat["n"]))
-    out.append("```")
+    http_per_run = _http_per_run(stock["throughput_snapshot"], runs)
+    if http_per_run is not None:
+        out.append(f"BigQuery HTTP requests per run during (b): {http_per_run:.3f}")
+    if a["no_probe"]:
+        b = stock["throughput_snapshot"].get("batching", {})
+        out += batching_lines(b, runs)
+        out.append("```")
+    else:
+        out += ["```", "", f"Inside the consumer during (b) ({runs} runs, backlog, {st.get('consumer_workers', '?')} "
+                "workers busy; rows after `commit_runlog` and the admission lookup are per batch/commit, counted per "
+                "run):", "", "```"]
+        out += probe_table(stock["throughput_snapshot"], runs)
+        out.append(f"pool stats: {stock['throughput_snapshot']['pool']}")
+        out += ["```", "",
+                f"Inside the consumer during (c) ({lat['n']} runs at {stock['latency_rate']:g}/s, otherwise idle):",
+                "", "```"]
+        out += probe_table(stock["latency_snapshot"], max(1, lat["n"]))
+        out.append("```")
     p = stock.get("pyspy")
     if p:
-        cpu_ms = p["samples"] * 10 / p["runs"]  # 100 Hz, GIL holder only
-        out += ["", f"py-spy --gil, {p['runs']} further runs on a backlog ({p['samples']} samples at 100 Hz = "
+        rate = p.get("rate", 100)
+        cpu_ms = p["samples"] * 1000 / rate / p["runs"]  # GIL holder only
+        out += ["", f"py-spy --gil, {p['runs']} further runs on a backlog ({p['samples']} samples at {rate} Hz = "
                 f"{cpu_ms:.1f} ms of GIL-holding Python per run). Own time by component (innermost matching frame):",
                 "", "```"]
         for label, count in p["own"]:
@@ -1410,14 +1430,17 @@ def render(r: dict[str, Any], command: str) -> str:
         out.append("inclusive (anywhere on the stack):")
         for label, count in p["inclusive"]:
             out.append(f"{count / p['samples'] * 100:5.1f}%  {label}")
+        out.append("innermost frames (top 8):")
+        for frame, count in p.get("leaf", [])[:8]:
+            out.append(f"{count / p['samples'] * 100:5.1f}%  {frame}")
         out.append("threads holding the GIL:")
         for thread, count in p["threads"]:
             out.append(f"{count / p['samples'] * 100:5.1f}%  {thread}")
         out.append("```")
     others = [v for v in r["variants"] if v != "stock"]
     if others:
-        out += ["", "What-if prototypes (bench-only monkeypatches inside a fresh consumer process, same stack, same "
-                "run; the service code is unchanged):", "", "```",
+        out += ["", "Variants (each in a fresh consumer process, same stack, same run; what-ifs are bench-only "
+                "monkeypatches, the service code is unchanged):", "", "```",
                 f"{'variant':<26} {'runs/s':>7} {'x stock':>7} {'/ bare':>7} {'p50 ms':>7} {'p95 ms':>7} "
                 f"{'BQ HTTP/run':>11}   CPU ms/run: {'bqemu':>6} {'pubsub':>6} {'consumer':>8}"]
         for name in ["stock", *others]:
@@ -1426,8 +1449,8 @@ def render(r: dict[str, Any], command: str) -> str:
                 out.append(f"{name:<26} failed: {v['error'][:200]}")
                 continue
             t, lv = v["throughput"], v["latency"]
-            probe = v["throughput_snapshot"]["probe"]
-            http = sum(s["count"] for n, s in probe.items() if n.startswith("http.")) / t["runs"]
+            http = _http_per_run(v["throughput_snapshot"], t["runs"])
+            http = float("nan") if http is None else http
             bq_cpu = t["cpu"]["bqemulator"] / t["runs"] * 1000
             ps_cpu = t["cpu"]["pubsub emulator (java)"] / t["runs"] * 1000
             c_cpu = t["cpu"].get("consumer process", 0.0) / t["runs"] * 1000
@@ -1437,10 +1460,7 @@ def render(r: dict[str, Any], command: str) -> str:
         out.append("```")
         out.append("")
         for name in others:
-            parts = name.split("+")
-            texts = ["all the code prototypes together"] if WHATIF_ALL in parts else []
-            texts += [{**WHATIFS, **SETTINGS_VARIANTS}[part] for part in parts if part != WHATIF_ALL]
-            out.append(f"- `{name}`: " + "; ".join(texts))
+            out.append(f"- `{name}`: " + "; ".join(variant_description(part) for part in name.split("+")))
     out.append(f"\nEvents seen: {r['event_types']}; consumer exit code {stock['exit_code']}. Load average "
                f"(1/5/15 min) at start {r['load_start']}, at end {r.get('load_end', '?')}: other sessions share "
                f"the 2 cores, compare ratios, not absolute rates.")

@@ -110,8 +110,13 @@ class AdmissionControl:
     async def _admit_batch(self, items: list[tuple[str, str]]) -> list[Admission]:
         now = self.clock()
         stale = {org for org, _ in items if (c := self._standings.get(org)) is None or c.expires <= now}
-        succeeded, fresh = await asyncio.to_thread(self._lookup, items, stale)
-        for org, (standing, written) in fresh.items():
+        stale = {org for org in stale if _valid_slug(org)}
+        # The two lookups are independent: run them side by side (latency is the slower one, not the sum).
+        lookups = [asyncio.to_thread(self._succeeded, items)]
+        if stale:
+            lookups.append(asyncio.to_thread(self._read_standings, stale))
+        succeeded, *fresh = await asyncio.gather(*lookups)
+        for org, (standing, written) in (fresh[0] if fresh else {}).items():
             self._standings[org] = _Cached(standing, now + self.cache_seconds, written)
         gate = self.services.gate
         out = []
@@ -129,22 +134,23 @@ class AdmissionControl:
             self._standings = {o: c for o, c in self._standings.items() if c.expires > now}
         return out
 
-    def _lookup(self, items: list[tuple[str, str]],
-                stale: set[str]) -> tuple[set[tuple[str, str]], dict[str, tuple[OrgStanding, int]]]:
-        from warehouse.identifiers import InvalidIdentifier, validate_org_slug
-
-        succeeded = self.services.runlog.succeeded_among(items)
+    def _succeeded(self, items: list[tuple[str, str]]) -> set[tuple[str, str]]:
         self.calls["succeeded_among"] += 1
-        valid = set()
-        for org in stale:
-            try:
-                valid.add(validate_org_slug(org))
-            except InvalidIdentifier:
-                continue
-        if not valid:
-            return succeeded, {}
+        return self.services.runlog.succeeded_among(items)
+
+    def _read_standings(self, orgs: set[str]) -> dict[str, tuple[OrgStanding, int]]:
         with self._usage_lock:
-            standings = self.services.gate.standings(valid)
-            written = {org: self._written[org] for org in valid}
+            standings = self.services.gate.standings(orgs)
+            written = {org: self._written[org] for org in orgs}
         self.calls["standings"] += 1
-        return succeeded, {org: (standing, written[org]) for org, standing in standings.items()}
+        return {org: (standing, written[org]) for org, standing in standings.items()}
+
+
+def _valid_slug(org: str) -> bool:
+    from warehouse.identifiers import InvalidIdentifier, validate_org_slug
+
+    try:
+        validate_org_slug(org)
+    except InvalidIdentifier:
+        return False
+    return True

@@ -54,8 +54,9 @@ class RunHandler:
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
         # Concurrent runs share BigQuery calls: admission lookups, and one run-log insert per commit.
         self.admission = AdmissionControl.from_settings(services)
+        # Two commits may overlap (RunLog.flush writes a snapshot): a run never waits for a slow one to end.
         self.commit_runlog = GroupCommit(self._flush_runlog, max_delay=self.settings.batch_delay_ms / 1000,
-                                         name="runlog-commit")
+                                         max_in_flight=2, name="runlog-commit")
 
     async def _flush_runlog(self) -> None:
         if not await asyncio.to_thread(self.services.runlog.flush):

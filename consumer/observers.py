@@ -17,8 +17,6 @@ from schemas.events import EventError
 log = structlog.get_logger(__name__)
 
 _EVENTS_TIMEOUT_SECONDS = 30.0
-# A run's RUNNING row is written within this time; a run that ends sooner writes it with its final row.
-RUNNING_ROW_WITHIN_SECONDS = 1.0
 
 
 class CompositeObserver(RunObserver):
@@ -110,7 +108,7 @@ class RunLogObserver(RunObserver):
             pipeline_id=context.pipeline_id, trigger=self.request.trigger.value, attempt=self.attempt,
             parameters=dict(self.request.parameters), trace_id=self.request.trace_id, write=False,
         )
-        self.commit.soon(RUNNING_ROW_WITHIN_SECONDS)
+        self.commit.soon()  # visible at once: a run that dies early still leaves its RUNNING row
 
     async def pipeline_finished(self, result: PipelineResult, context: RunContext) -> None:
         self.runlog.run_finished(

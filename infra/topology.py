@@ -200,7 +200,7 @@ def follower_subscription(
     settings: Settings, name: str, run_id: str | None = None, ttl: timedelta = FOLLOWER_TTL
 ) -> SubscriptionSpec:
     """An events subscription for one follower (`publish run --wait`). Ordered (events are published with
-    ordering key org_slug, so each run's events arrive in order). The filter is applied by Pub/Sub but NOT by
+    an ordering key chosen by org, so each run's events arrive in order). The filter is applied by Pub/Sub but NOT by
     the emulator: followers must also filter by run_id themselves."""
     if run_id is not None and ('"' in run_id or "\\" in run_id):
         raise TopologyError("run_id must not contain quotes or backslashes (it goes into a filter)")

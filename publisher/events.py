@@ -1,12 +1,16 @@
-"""Publish pipeline events: ordered per org (ordering key = org_slug), fire-and-forget with flush().
+"""Publish pipeline events: ordered per org, fire-and-forget with flush().
 
-One key per org, not per run: a run's events keep their order (an org's events are ordered as a whole),
-and the events of an org's concurrent runs share publish batches. With one key per run every run needed
-its own batches and RPCs: about twice the CPU per run (bench/RESULTS.md)."""
+Ordering key: one of `events_ordering_keys` shards, chosen by the org (`org-07`). All of an org's events
+share a key, so an org's events, and each run's, keep their order. Why not one key per run or per org:
+the client publishes each key's messages in its own batches, one batch in flight per key, so with
+thousands of runs or orgs nearly every event became its own publish RPC (and commit thread); a bounded
+number of keys lets the events of many runs share batches (bench/event_ordering.py, bench/RESULTS.md).
+"""
 
 from __future__ import annotations
 
 import threading
+import zlib
 from concurrent import futures
 from types import TracebackType
 from typing import Self
@@ -42,6 +46,7 @@ class EventPublisher:
         self.topic_path = settings.topic_path(topic or settings.events_topic)
         self.ordered = ordered
         self.strict_schema = strict_schema
+        self.ordering_keys = settings.events_ordering_keys
         self._owns_client = client is None
         self._client = client or publisher_client(
             settings, publisher_options=types.PublisherOptions(enable_message_ordering=ordered)
@@ -49,11 +54,16 @@ class EventPublisher:
         self._pending: set[futures.Future[str]] = set()
         self._lock = threading.Lock()
 
+    def ordering_key(self, org_slug: str | None) -> str:
+        if not org_slug:
+            return ""
+        return f"org-{zlib.crc32(org_slug.encode()) % self.ordering_keys:02d}"
+
     def publish_event(self, event: PipelineEvent) -> futures.Future[str]:
         data = event.to_json()
         if self.strict_schema:
             validate_pipeline_event(event.to_dict())
-        key = (event.org_slug or "") if self.ordered else ""
+        key = self.ordering_key(event.org_slug) if self.ordered else ""
         try:
             future = self._client.publish(self.topic_path, data, ordering_key=key, **event.attributes())
         except PublishToPausedOrderingKeyException:
@@ -74,7 +84,7 @@ class EventPublisher:
         log.error("event not published", event_type=event.event_type.value, run_id=event.run_id,
                   error=f"{type(error).__name__}: {error}")  # fmt: skip
         if key:
-            # After a failure the client pauses this ordering key; later events of the org must still go out.
+            # After a failure the client pauses this ordering key; later events must still go out.
             self._client.resume_publish(self.topic_path, key)
 
     def flush(self, timeout: float | None = None) -> bool:

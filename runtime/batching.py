@@ -103,13 +103,14 @@ class GroupCommit:
     caller staged before calling are durable (or the flush's failure is raised). Concurrent callers share
     one flush."""
 
-    def __init__(self, flush: Callable[[], Awaitable[None]], *, max_delay: float = 0.01, name: str = "commit"):
+    def __init__(self, flush: Callable[[], Awaitable[None]], *, max_delay: float = 0.01, max_in_flight: int = 1,
+                 name: str = "commit"):
         async def process(items: list[None]) -> list[None]:
             await flush()
             return [None] * len(items)
 
         self._batcher: MicroBatcher[None, None] = MicroBatcher(process, max_delay=max_delay, max_size=1_000_000,
-                                                               max_in_flight=1, name=name)
+                                                               max_in_flight=max_in_flight, name=name)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
 

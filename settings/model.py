@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     gate_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # Runs counted against the daily quota are written together at most this often (and at shutdown).
     quota_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Events are ordered per org through this many ordering keys (publisher/events.py): an org's events
+    # always share one key; fewer keys, bigger publish batches.
+    events_ordering_keys: int = Field(default=16, ge=1, le=1024)
     # How long a batch (admission lookups, run-log rows) waits for company before going out.
     batch_delay_ms: float = Field(default=5.0, ge=0, le=1000)
     # Per-org gauges (runs waiting/running) for at most this many orgs per process; 0: aggregate only.

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from google.cloud import bigquery
 
@@ -74,29 +75,41 @@ class OrgGate:
         return self.decide(org_slug, self.standings([org_slug])[org_slug])
 
     def standings(self, org_slugs: Iterable[str]) -> dict[str, OrgStanding]:
-        """What the gate decides on, for many orgs in one query (each org's rows matched by its own slug)."""
+        """What the gate decides on, for many orgs in one query (each org's rows matched by its own slug).
+
+        Plain filtered rows of the three tables, the latest picked here: on the emulator this is twice as
+        fast as ranking in SQL, and it returns a few rows per org at most."""
         orgs = sorted({validate_org_slug(org) for org in org_slugs})
         if not orgs:
             return {}
         c = self.central
         rows = c.queries.rows(
-            "WITH profile AS (SELECT `org_slug`, ARRAY_AGG(`status` ORDER BY COALESCE(`updated_at`, "  # noqa: S608
-            "`created_at`) DESC LIMIT 1)[OFFSET(0)] AS org_status FROM " + c.ref("org_profiles") +
-            " WHERE `org_slug` IN UNNEST(@orgs) GROUP BY `org_slug`), "
-            "subscription AS (SELECT `org_slug`, ARRAY_AGG(STRUCT(`plan_name` AS plan, `status` AS status) "
-            "ORDER BY `updated_at` DESC LIMIT 1)[OFFSET(0)] AS latest FROM " + c.ref("org_subscriptions") +
-            " WHERE `org_slug` IN UNNEST(@orgs) GROUP BY `org_slug`), "
-            # MAX, not SUM: should a race ever create two counter rows for a day, both are incremented.
-            "usage AS (SELECT `org_slug`, MAX(`pipelines_run_today`) AS runs FROM " + c.ref("org_usage_quotas") +
-            " WHERE `org_slug` IN UNNEST(@orgs) AND `usage_date` = @day GROUP BY `org_slug`) "
-            "SELECT o AS org_slug, profile.org_status, subscription.latest.plan AS plan, "
-            "subscription.latest.status AS sub_status, usage.runs AS runs_today FROM UNNEST(@orgs) AS o "
-            "LEFT JOIN profile ON profile.`org_slug` = o LEFT JOIN subscription ON subscription.`org_slug` = o "
-            "LEFT JOIN usage ON usage.`org_slug` = o",
+            "SELECT 'profile' AS kind, `org_slug`, `status`, CAST(NULL AS STRING) AS plan, "  # noqa: S608
+            "COALESCE(`updated_at`, `created_at`) AS at, CAST(NULL AS INT64) AS runs FROM " + c.ref("org_profiles") +
+            " WHERE `org_slug` IN UNNEST(@orgs) UNION ALL "
+            "SELECT 'subscription', `org_slug`, `status`, `plan_name`, `updated_at`, NULL FROM " +
+            c.ref("org_subscriptions") + " WHERE `org_slug` IN UNNEST(@orgs) UNION ALL "
+            "SELECT 'usage', `org_slug`, NULL, NULL, NULL, `pipelines_run_today` FROM " + c.ref("org_usage_quotas") +
+            " WHERE `org_slug` IN UNNEST(@orgs) AND `usage_date` = @day",
             {"orgs": orgs, "day": self.today()})
-        found = {row["org_slug"]: OrgStanding(row.get("org_status"), row.get("plan"), row.get("sub_status"),
-                                              int(row.get("runs_today") or 0)) for row in rows}
-        return {org: found.get(org, OrgStanding(None, None, None, 0)) for org in orgs}
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        runs: dict[str, int] = {}
+        for row in rows:
+            org, kind = row["org_slug"], row["kind"]
+            if kind == "usage":
+                # MAX, not SUM: should a race ever create two counter rows for a day, both are incremented.
+                runs[org] = max(runs.get(org, 0), int(row["runs"] or 0))
+                continue
+            seen = latest.get((org, kind))
+            if seen is None or _later(row["at"], seen["at"]):
+                latest[(org, kind)] = row
+        out = {}
+        for org in orgs:
+            profile = latest.get((org, "profile")) or {}
+            subscription = latest.get((org, "subscription")) or {}
+            out[org] = OrgStanding(profile.get("status"), subscription.get("plan"), subscription.get("status"),
+                                   runs.get(org, 0))
+        return out
 
     def decide(self, org: str, standing: OrgStanding, runs_not_yet_counted: int = 0) -> GateDecision:
         """The decision for one org; `runs_not_yet_counted`: runs recorded since `standing` was read."""
@@ -154,3 +167,7 @@ class OrgGate:
             "@now)",
             {"orgs": orgs, "counts": [counts[org] for org in orgs], "day": day, "now": now,
              "day_text": day.isoformat(), "nonce": uuid.uuid4().hex[:8]})
+
+
+def _later(a: datetime | None, b: datetime | None) -> bool:
+    return a is not None and (b is None or a > b)

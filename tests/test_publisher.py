@@ -135,7 +135,7 @@ def test_events_are_schema_valid_and_ordered_per_run(settings: Settings, pull_me
     by_run: dict[str, list[PipelineEvent]] = {}
     for item in received:
         event = decode_pipeline_event(item.message.data)  # the full JSON Schema check
-        assert item.message.ordering_key == event.org_slug
+        assert item.message.ordering_key == events.ordering_key(event.org_slug) != ""
         assert item.message.attributes["event_type"] == event.event_type.value
         by_run.setdefault(event.run_id, []).append(event)
     for run_id, events_sent in sent.items():
@@ -173,3 +173,11 @@ def test_a_failed_event_does_not_block_the_rest_of_its_run(
         events.publish_event(second).result(timeout=30)
     [item] = pull_messages(settings, follower.name, 1)
     assert decode_pipeline_event(item.message.data).event_id == second.event_id
+
+
+def test_an_orgs_events_share_one_of_a_bounded_set_of_ordering_keys(settings: Settings) -> None:
+    with EventPublisher(settings) as events:
+        keys = {org: events.ordering_key(org) for org in (f"org_{i:04d}" for i in range(1000))}
+        assert all(events.ordering_key(org) == key for org, key in keys.items())  # stable: one key per org
+        assert events.ordering_key(None) == ""
+    assert len(set(keys.values())) == settings.events_ordering_keys == 16

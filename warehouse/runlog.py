@@ -260,18 +260,21 @@ class RunLog:
         self._insert(self.runs_table, [(f"{plog}:DEAD_LETTERED", row)])
 
     def flush(self) -> bool:
-        """Write whatever is buffered or pending (steps of unfinished runs, failed inserts). True if all went."""
+        """Write whatever is buffered or pending (steps of unfinished runs, failed inserts). True if all went.
+
+        Takes one snapshot of both tables' rows, then writes step rows first and run rows only after them:
+        a final run row (SUCCESS) is what makes a redelivery a duplicate, so it must never be written while
+        its steps' rows are missing. Concurrent flushes are safe (each writes its own snapshot)."""
         with self._lock:
-            steps = [item for rows in self._steps.values() for item in rows]
+            steps = [item for rows in self._steps.values() for item in rows] + self._pending[self.steps_table]
+            runs = self._pending[self.runs_table]
             self._steps.clear()
-        for table, extra in ((self.steps_table, steps), (self.runs_table, [])):
-            with self._lock:
-                waiting = bool(self._pending[table])
-            # Step rows first, run rows only after them: a final run row (SUCCESS) is what makes a redelivery
-            # a duplicate, so it must never be written while its steps' rows are still missing.
-            if (extra or waiting) and not self._insert(table, extra):
-                return False
-        return True
+            self._pending[self.steps_table], self._pending[self.runs_table] = [], []
+        if steps and not self._write(self.steps_table, steps):
+            if runs:
+                self._keep(self.runs_table, runs, "waiting for their steps' rows")
+            return False
+        return not runs or self._write(self.runs_table, runs)
 
     def close(self) -> None:
         if not self.flush():
@@ -407,6 +410,9 @@ class RunLog:
         with self._lock:
             batch = self._pending[table] + items
             self._pending[table] = []
+        return self._write(table, batch)
+
+    def _write(self, table: str, batch: list[tuple[str, dict[str, Any]]]) -> bool:
         ok = True
         for start in range(0, len(batch), _MAX_INSERT_ROWS):  # group commits can gather many runs' rows
             ok = self._insert_chunk(table, batch[start:start + _MAX_INSERT_ROWS]) and ok
