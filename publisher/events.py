@@ -1,10 +1,11 @@
 """Publish pipeline events: ordered per org, fire-and-forget with flush().
 
 Ordering key: one of `events_ordering_keys` shards, chosen by the org (`org-07`). All of an org's events
-share a key, so an org's events, and each run's, keep their order. Why not one key per run or per org:
-the client publishes each key's messages in its own batches, one batch in flight per key, so with
-thousands of runs or orgs nearly every event became its own publish RPC (and commit thread); a bounded
-number of keys lets the events of many runs share batches (bench/event_ordering.py, bench/RESULTS.md).
+share a key, so an org's events, and each run's, keep their order. The client batches each key's messages
+separately, one batch in flight per key, so every distinct key costs batches and RPCs of its own; a
+bounded number of keys lets the events of many runs share them, however many runs and orgs there are.
+Measured (bench/event_ordering.py, 200 runs/s over 50 orgs): client CPU per run x1.84 of unordered
+publishing with one key per run, x1.61 with 16 org shards.
 """
 
 from __future__ import annotations
