@@ -7,9 +7,10 @@ Every request needs both answers before it runs. Asked one by one that is three 
 - an org's gate standing is reused for `gate_cache_seconds`, and orgs that need a fresh one share one
   `standings` query;
 - runs counted against the daily quota are added up here and written with one MERGE for all orgs at
-  most every `quota_flush_seconds` (and at shutdown). Decisions count the runs not yet written, so this
-  process never lets an org past its quota; other processes see them after the next flush (the quota
-  stays soft across processes, as it always was).
+  most every `quota_flush_seconds` (and at shutdown). Decisions count the runs not yet written and the
+  requests admitted earlier in the same batch, so this process does not let an org past its quota;
+  other processes see its runs after the next flush (across processes the quota stays soft, as it
+  always was, and counts not yet written are lost if the process is killed).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class AdmissionControl:
             self._standings[org] = _Cached(standing, now + self.cache_seconds, written)
         gate = self.services.gate
         out = []
+        admitted: Counter[str] = Counter()  # requests of one batch take quota slots one after another
         for org, run_id in items:
             if (org, run_id) in succeeded:
                 out.append(Admission(True, None))
@@ -129,7 +131,9 @@ class AdmissionControl:
                 out.append(Admission(False, gate.check(org)))
                 continue
             unwritten = self._recorded[org] - cached.counted_base
-            out.append(Admission(False, gate.decide(org, cached.standing, unwritten)))
+            decision = gate.decide(org, cached.standing, unwritten + admitted[org])
+            admitted[org] += decision.allowed
+            out.append(Admission(False, decision))
         if len(self._standings) > 100_000:  # thousands of orgs is normal; unbounded is not
             self._standings = {o: c for o, c in self._standings.items() if c.expires > now}
         return out

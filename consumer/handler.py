@@ -75,7 +75,11 @@ class RunHandler:
         try:
             request = decode_run_request(data, attributes)
         except MessageRejected as error:
-            return await self._reject_undecodable(attributes, message_id, attempt, error)
+            try:
+                return await self._reject_undecodable(attributes, message_id, attempt, error)
+            except RunLogUnavailable as unavailable:  # the rejection is not recorded yet: it must come back
+                return Outcome(OutcomeKind.RETRY, f"msg_{message_id}", UNKNOWN_ORG, code="INFRASTRUCTURE_ERROR",
+                               message=str(unavailable))
         request = with_trace_id(request, attributes)  # body, else attributes, else derived from run_id
         with run_context(run_id=request.run_id, org_slug=request.org_slug, trace_id=request.trace_id,
                          pipeline=request.pipeline, attempt=attempt):

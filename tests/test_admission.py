@@ -151,3 +151,18 @@ def test_an_invalid_slug_is_refused_without_touching_other_requests(env):
 
     bad, good = asyncio.run(main())
     assert bad.decision.code == "INVALID_ORG_SLUG" and good.decision.code == "ALLOWED"
+
+
+def test_requests_admitted_together_do_not_share_the_last_quota_slots(env):
+    settings, client, cipher = env
+    org = unique("admt")
+    onboard_org(client, settings, cipher, org, "STARTER")
+    limit = load_plans(settings).plan("STARTER").daily_pipeline_runs
+    control = admission(settings)
+
+    async def main():
+        return await asyncio.gather(*(control.admit(f"run_{uuid.uuid4().hex[:10]}", org) for _ in range(limit + 3)))
+
+    codes = [answer.decision.code for answer in asyncio.run(main())]
+    assert control.calls["standings"] == 1  # one batch
+    assert codes.count("ALLOWED") == limit and codes.count("QUOTA_EXCEEDED") == 3

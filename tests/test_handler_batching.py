@@ -89,3 +89,19 @@ def test_a_run_whose_log_cannot_be_written_is_nacked_then_succeeds_once_it_can(s
     assert second.kind is OutcomeKind.SUCCEEDED
     assert services.runlog.latest_run(req.run_id, org).status == "SUCCESS"
     assert [s.step_id for s in services.runlog.step_logs(req.run_id, org)] == ["noop"]
+
+
+def test_a_rejection_that_cannot_be_recorded_is_nacked_then_recorded(services):
+    bq = services.bigquery
+    bq.delete_table(f"{bq.project}.{services.settings.central_dataset}.org_meta_pipeline_runs")
+
+    async def malformed():
+        return await handler_for(services).handle(b"{not json", {}, "m-bad-1", 1)
+
+    first = asyncio.run(malformed())
+    assert (first.kind, first.code) == (OutcomeKind.RETRY, "INFRASTRUCTURE_ERROR")
+    assert bootstrap(bq, services.settings).ok
+    second = asyncio.run(malformed())
+    assert (second.kind, second.code) == (OutcomeKind.REJECTED, "MALFORMED_JSON")
+    record = services.runlog.latest_run("msg_m-bad-1")
+    assert record is not None and record.status == "REJECTED" and record.error_code == "MALFORMED_JSON"
