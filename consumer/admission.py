@@ -53,7 +53,9 @@ class AdmissionControl:
         self._standings: dict[str, _Cached] = {}
         self._recorded: Counter[str] = Counter()  # runs counted by this process, ever
         self._written: Counter[str] = Counter()  # of those, already in org_usage_quotas
-        self._usage_lock = threading.Lock()  # a standing is never read while a counter MERGE is under way
+        self._writing: Counter[str] = Counter()  # of those, in a MERGE under way
+        self._counts_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self._batcher: MicroBatcher[tuple[str, str], Admission] = MicroBatcher(
             self._admit_batch, max_delay=batch_delay, max_size=500, max_in_flight=2, name="admission")
@@ -99,13 +101,22 @@ class AdmissionControl:
             self._flush_task = asyncio.ensure_future(self._flush_later())
 
     def _write_counts(self) -> None:
-        with self._usage_lock:
-            pending = {org: n - self._written[org] for org, n in list(self._recorded.items())}
-            pending = {org: n for org, n in pending.items() if n > 0}
+        with self._write_lock:  # one MERGE at a time
+            with self._counts_lock:
+                pending = {org: n - self._written[org] - self._writing[org] for org, n in list(self._recorded.items())}
+                pending = {org: n for org, n in pending.items() if n > 0}
+                self._writing.update(pending)
             if not pending:
                 return
-            self.services.gate.record_runs(pending)
-            self._written.update(pending)  # under the lock: a standing read next includes these runs
+            try:
+                self.services.gate.record_runs(pending)
+            except BaseException:
+                with self._counts_lock:
+                    self._writing.subtract(pending)  # not written: they go with the next flush
+                raise
+            with self._counts_lock:  # one step: a reader never sees them neither writing nor written
+                self._writing.subtract(pending)
+                self._written.update(pending)
             self.calls["record_runs"] += 1
 
     async def _admit_batch(self, items: list[tuple[str, str]]) -> list[Admission]:
@@ -143,9 +154,11 @@ class AdmissionControl:
         return self.services.runlog.succeeded_among(items)
 
     def _read_standings(self, orgs: set[str]) -> dict[str, tuple[OrgStanding, int]]:
-        with self._usage_lock:
-            standings = self.services.gate.standings(orgs)
-            written = {org: self._written[org] for org in orgs}
+        standings = self.services.gate.standings(orgs)
+        # Runs of a MERGE under way may or may not be in what was just read: they count as written, so a
+        # race can only under-count (the quota is soft), never refuse a run that has its slot.
+        with self._counts_lock:
+            written = {org: self._written[org] + self._writing[org] for org in orgs}
         self.calls["standings"] += 1
         return {org: (standing, written[org]) for org, standing in standings.items()}
 
