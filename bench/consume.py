@@ -7,16 +7,20 @@ One local stack (Pub/Sub emulator + bqemulator), one run, the same number of mes
   (b) the whole consumer (ConsumerService: batched admission = succeeded check + org gate + quota count,
       run-log group commit, events) on run requests for
       the one-step no-op pipeline `utility/smoke/noop`, spread round-robin over --orgs orgs, as a backlog;
-      run requests/s from the first to the last `pipeline_completed` (Pub/Sub publish times of the events),
-      and its ratio to (a).
+      run requests/s from the first to the last completion, and its ratio to (a). Completions are counted
+      from the consumer's own /metrics (METRICS_PORT; `convergence_outcomes_total{outcome="succeeded"}`,
+      polled every 0.1 s); no subscription is attached to the events topic during (b), like (a) which has
+      none: the emulator discards the events and neither it nor the bench spends CPU delivering them. Every
+      run is checked afterwards (`convergence_runs_total` by status, and one run-log query).
   (c) latency: with the consumer otherwise idle, --latency-runs requests published at a steady
-      --latency-rate; publish -> `pipeline_completed` published, p50/p95; baseline: publish -> bare
-      subscriber callback at the same rate.
+      --latency-rate; publish -> `pipeline_completed` published (Pub/Sub publish time of the event, followed
+      through an events subscription created after (b)), p50/p95; baseline: publish -> bare subscriber
+      callback at the same rate.
   (d) memory: consumer process RSS after a warm-up, during and after (b) (use --messages 10000 for the
       issue's "memory flat over 10,000 messages").
 
 The consumer runs as its own process by default (as `convergence consume` does in production; the
-benchmark's publisher and event counter do not share its GIL); `--consumer thread` runs it in this
+benchmark's publisher and completion counter do not share its GIL); `--consumer thread` runs it in this
 process with devstack.BackgroundConsumer instead. A probe inside the consumer process times each stage
 of a run (admission wait and its batched BigQuery lookups, the run-log group commit, BigQuery calls and
 their HTTP requests, event publishing, thread hops, slot wait, event loop lag), counts batch sizes, and adds
@@ -36,10 +40,13 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import http.client
 import json
 import os
 import random
+import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -522,7 +529,147 @@ def create_topic_and_subscription(settings: Any, topic: str, subscription: str) 
 
 
 # ================================================================================================
-# Counting pipeline_completed events (Pub/Sub publish times: the counter's own speed does not matter)
+# Counting completions in (b) from the consumer's /metrics (no events subscription: costs next to nothing)
+# ================================================================================================
+METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([^ ]+)')
+METRIC_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+POLLED = ("convergence_outcomes_total", "convergence_runs_total", "convergence_messages_acked_total")
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_metrics(text: str, names: tuple[str, ...] = POLLED) -> Samples:
+    """The samples of `names` in a Prometheus text exposition: (name, sorted labels) -> value."""
+    out: Samples = {}
+    for line in text.splitlines():
+        if not line.startswith(names):
+            continue
+        match = METRIC_LINE.match(line)
+        if match is None or match.group(1) not in names:
+            continue
+        labels = tuple(sorted(METRIC_LABEL.findall(match.group(2) or "")))
+        out[(match.group(1), labels)] = float(match.group(3))
+    return out
+
+
+def by_label(samples: Samples, name: str, label: str, **where: str) -> dict[str, float]:
+    """{value of `label`: sample} for the samples of `name` whose other labels match `where`."""
+    out: dict[str, float] = {}
+    for (metric, labels), value in samples.items():
+        as_dict = dict(labels)
+        if metric == name and all(as_dict.get(k) == v for k, v in where.items()) and label in as_dict:
+            out[as_dict[label]] = out.get(as_dict[label], 0.0) + value
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
+    return {key: round(value - before.get(key, 0.0)) for key, value in sorted(after.items())
+            if round(value - before.get(key, 0.0))}
+
+
+class MetricsPoller(threading.Thread):
+    """Scrapes the consumer's /metrics every `interval` seconds over one kept-alive connection and keeps
+    (time, succeeded runs) for its requests subscription. A scrape is one small HTTP request answered on the
+    consumer's loop (prometheus_client's text encoder over a few dozen series): no Pub/Sub traffic at all."""
+
+    def __init__(self, port: int, subscription: str, interval: float = 0.1):
+        super().__init__(daemon=True, name="metrics-poller")
+        self.port, self.subscription, self.interval = port, subscription, interval
+        self.lock = threading.Lock()
+        self.samples: list[tuple[float, float]] = []  # (perf_counter, succeeded outcomes so far)
+        self.latest: Samples = {}
+        self.polls = self.errors = 0
+        self._conn: http.client.HTTPConnection | None = None
+        self._stop_event = threading.Event()
+        self._polled = threading.Condition(self.lock)
+
+    def fetch(self) -> Samples | None:
+        try:
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            self._conn.request("GET", "/metrics")
+            response = self._conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise http.client.HTTPException(f"HTTP {response.status}")
+        except (OSError, http.client.HTTPException):
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            return None
+        return parse_metrics(body.decode(errors="replace"))
+
+    def succeeded(self, samples: Samples) -> float:
+        return by_label(samples, "convergence_outcomes_total", "outcome",
+                        subscription=self.subscription).get("succeeded", 0.0)
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            sent = time.perf_counter()
+            samples = self.fetch()
+            received = time.perf_counter()
+            with self.lock:
+                if samples is None:
+                    self.errors += 1
+                else:
+                    # the counters were read somewhere between sending and receiving: take the middle
+                    self.samples.append(((sent + received) / 2, self.succeeded(samples)))
+                    self.latest = samples
+                    self.polls += 1
+                self._polled.notify_all()
+            self._stop_event.wait(max(0.0, self.interval - (time.perf_counter() - sent)))
+        if self._conn is not None:
+            self._conn.close()
+
+    def value(self) -> float:
+        with self.lock:
+            return self.samples[-1][1] if self.samples else 0.0
+
+    def fresh(self, timeout: float = 30) -> Samples:
+        """The samples of a scrape sent after this call."""
+        with self.lock:
+            target = self.polls + 2
+            if not self._polled.wait_for(lambda: self.polls >= target, timeout):
+                raise RuntimeError(f"no /metrics answer from the consumer on port {self.port}")
+            return dict(self.latest)
+
+    def wait_for(self, count: float, timeout: float, progress: Callable[[int], None] | None = None,
+                 base: float = 0.0) -> int:
+        """Until `count` runs succeeded (absolute counter value); returns how many above `base`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = int(self.value() - base)
+            if progress:
+                progress(done)
+            if self.value() >= count or time.monotonic() > deadline:
+                return done
+            time.sleep(0.1)
+
+    def crossing(self, count: float) -> float:
+        """When the counter reached `count`: linear between the last scrape below it and the first at it."""
+        with self.lock:
+            samples = list(self.samples)
+        for i, (when, value) in enumerate(samples):
+            if value >= count:
+                if i == 0:
+                    return when
+                before, below = samples[i - 1]
+                return before + (when - before) * (count - below) / max(1e-9, value - below)
+        raise ValueError(f"the counter never reached {count}")
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(15)
+
+
+# ================================================================================================
+# Following pipeline_completed events for (c) and py-spy (Pub/Sub publish times: the follower's own
+# speed does not matter). Created after (b), deleted before the next consumer's (b).
 # ================================================================================================
 class Completions:
     def __init__(self, settings: Any):
@@ -530,6 +677,7 @@ class Completions:
 
         name = f"bench-events-{uuid.uuid4().hex[:8]}"
         create_subscription_on(settings, name, settings.events_topic)
+        self.settings, self.name = settings, name
         self.subscriber = subscriber_client(settings)
         self.lock = threading.Lock()
         self.completed: dict[str, tuple[float, str]] = {}  # run_id -> (publish time, status)
@@ -569,10 +717,24 @@ class Completions:
             return Counter(self.completed[run_id][1] for run_id in run_ids if run_id in self.completed)
 
     def close(self) -> None:
+        """Stop following and delete the subscription: the events topic has none left."""
+        from infra.apply import delete_subscription
+
         self.future.cancel()
         with contextlib.suppress(Exception):
             self.future.result(timeout=10)
         self.subscriber.close()
+        delete_subscription(self.name, self.settings)
+
+
+def events_topic_subscriptions(settings: Any) -> list[str]:
+    from infra.clients import publisher_client
+
+    publisher = publisher_client(settings)
+    try:
+        return list(publisher.list_topic_subscriptions(topic=settings.topic_path(settings.events_topic)))
+    finally:
+        publisher.transport.close()
 
 
 def create_subscription_on(settings: Any, name: str, topic: str) -> None:
@@ -1021,16 +1183,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["bare"] = phase_bare(settings, build_requests(orgs, args.messages), pids)
             stage(f"(a) bare subscriber: {results['bare']['rate']:.0f} msg/s")
 
-            completions = Completions(settings)
             publisher = RequestPublisher(settings)
+            event_types: Counter[str] = Counter()
             try:
                 variants = ["stock"] + [n for n in args.whatif.split(",") if n]
                 for variant in variants:
                     count = args.messages if variant == "stock" else (args.whatif_messages or args.messages)
                     try:
                         results["variants"][variant] = measure_consumer(
-                            settings, workdir, args, variant, count, orgs, completions, publisher, pids,
-                            latency_rate=results.get("latency_rate"))
+                            settings, workdir, args, variant, count, orgs, event_types, publisher, pids,
+                            services.runlog, latency_rate=results.get("latency_rate"))
                     except Exception as error:  # a broken prototype must not lose the other figures
                         if variant == "stock":
                             raise
@@ -1045,8 +1207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stage(f"(c) bare latency p50 {results['bare_latency']['p50'] * 1000:.1f} ms")
             finally:
                 publisher.close()
-                completions.close()
-                results["event_types"] = dict(completions.event_types)
+                results["event_types"] = dict(event_types)
                 results["load_end"] = loadavg()
                 services.close()
         ok = True
@@ -1059,12 +1220,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, variant: str, count: int,
-                     orgs: list[str], completions: Completions, publisher: Any, pids: dict[str, int | None],
-                     latency_rate: float | None) -> dict[str, Any]:
-    """(b), (c) and (d) for one consumer process (the stock service, or one with what-if prototypes)."""
+                     orgs: list[str], event_types: Counter[str], publisher: Any, pids: dict[str, int | None],
+                     runlog: Any, latency_rate: float | None) -> dict[str, Any]:
+    """(b), (c) and (d) for one consumer process (the stock service, or one with what-if prototypes).
+
+    The warm-up and (b) count completions from the consumer's /metrics, with no subscription on the events
+    topic (as in (a), the only Pub/Sub traffic is the requests and their acks, plus the events the consumer
+    publishes, which the emulator drops). The events follower that (c) and py-spy need is created after (b)
+    and deleted before this returns, so the next consumer's (b) runs without it too."""
     vdir = workdir / variant.replace("+", "_")
     vdir.mkdir()
     settings = own_requests_subscription(settings, variant)
+    settings = settings.model_copy(update={"metrics_port": free_port()})
     parts = [] if variant == "stock" else variant.split("+")
     for part in parts:
         if part in SETTINGS_VARIANTS:  # settings_env() passes them to the consumer process
@@ -1078,20 +1245,29 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
         os.environ.pop("BENCH_WHATIF", None)
     pids = {**pids, "consumer process": consumer.pid} if args.consumer == "process" else dict(pids)
     out: dict[str, Any] = {"messages": count, "settings": out_settings}
+    poller = MetricsPoller(settings.metrics_port, settings.requests_subscription)
+    poller.start()
+    completions: Completions | None = None
     try:
         warm = build_requests(orgs, args.warmup)
         publisher.publish_many(warm)
-        if completions.wait([r.run_id for r in warm], timeout=120) < len(warm):
-            raise RuntimeError(f"warm-up did not complete; consumer log: {consumer.log_path}")
+        if poller.wait_for(args.warmup, timeout=120) < args.warmup:
+            raise RuntimeError(f"warm-up did not complete (metrics port {settings.metrics_port}, "
+                               f"{poller.polls} scrapes, {poller.errors} failed); consumer log: {consumer.log_path}")
         time.sleep(1.0)
         consumer.snapshot()  # drop the warm-up's figures
         rss_before = rss_kb(consumer.pid)
         bq_rss_before = rss_kb(pids["bqemulator"] or 0)
         stage(f"[{variant}] consumer warmed up ({args.warmup} runs), RSS {rss_before / 1024:.1f} MiB")
 
-        # (b) throughput on a backlog
+        # (b) throughput on a backlog; completions from /metrics, nothing subscribed to the events topic
+        attached = events_topic_subscriptions(settings)
+        if attached:
+            raise RuntimeError(f"subscriptions on the events topic before (b): {attached}")
         requests = build_requests(orgs, count)
-        run_ids = [r.run_id for r in requests]
+        before = poller.fresh()
+        base = poller.succeeded(before)
+        polls_before = poller.polls
         sampler = RssSampler(consumer.pid)
         sampler.start()
         meter = CpuMeter(pids)
@@ -1106,29 +1282,41 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
 
         if args.window <= 0 or args.window >= count:
             publisher.publish_many(requests, timeout=300)
-            got = completions.wait(run_ids, timeout=max(600, count * 1.0), progress=progress)
+            got = poller.wait_for(base + count, timeout=max(600, count * 1.0), progress=progress, base=base)
         else:
-            got = feed(publisher, completions, requests, args.window, timeout=max(600, count * 1.0),
+            got = feed(publisher, poller, requests, args.window, base, timeout=max(600, count * 1.0),
                        progress=progress)
         cpu = meter.stop()
         samples = sampler.stop()
-        if got < len(run_ids):
-            raise RuntimeError(f"only {got} of {len(run_ids)} runs completed; consumer log: {consumer.log_path}")
-        times = completions.times(run_ids)
-        span = times[-1] - times[0]
-        window = max(2, len(times) // 10)
+        polls = poller.polls - polls_before
+        if got < count:
+            raise RuntimeError(f"only {got} of {count} runs completed; consumer log: {consumer.log_path}")
+        after = poller.fresh()
+        first, last = poller.crossing(base + 1), poller.crossing(base + count)
+        span = last - first
+        window = max(2, count // 10)
+        runs_by_status = functools.partial(by_label, name="convergence_runs_total", label="status", pipeline=PIPELINE)
+        outcomes = functools.partial(by_label, name="convergence_outcomes_total", label="outcome",
+                                     subscription=settings.requests_subscription)
         out["throughput"] = {
-            "runs": len(times), "rate": (len(times) - 1) / span, "span_s": span, "cpu": cpu,
-            "statuses": dict(completions.statuses(run_ids)),
-            "first_decile_rate": (window - 1) / max(1e-9, times[window - 1] - times[0]),
-            "last_decile_rate": (window - 1) / max(1e-9, times[-1] - times[-window]),
+            "runs": count, "rate": (count - 1) / span, "span_s": span, "cpu": cpu,
+            "statuses": delta(runs_by_status(after), runs_by_status(before)),
+            "outcomes": delta(outcomes(after), outcomes(before)),
+            "first_decile_rate": (window - 1) / max(1e-9, poller.crossing(base + window) - first),
+            "last_decile_rate": (window - 1) / max(1e-9, last - poller.crossing(base + count - window + 1)),
+            "polls": polls, "poll_interval_s": poller.interval, "events_subscriptions": len(attached),
         }
         time.sleep(1.0)
         out["memory"] = {"before_kb": rss_before, "after_kb": rss_kb(consumer.pid), "quarters_kb": marks,
                          "peak_kb": max((kb for _, kb in samples), default=0), "bq_before_kb": bq_rss_before,
                          "bq_after_kb": rss_kb(pids["bqemulator"] or 0)}
         out["throughput_snapshot"] = consumer.snapshot()
-        stage(f"[{variant}] (b) {out['throughput']['rate']:.1f} runs/s")
+        out["throughput"]["runlog_succeeded"] = runlog_succeeded(runlog, requests)  # after (b)'s measurements
+        stage(f"[{variant}] (b) {out['throughput']['rate']:.1f} runs/s; {out['throughput']['statuses']}; run log: "
+              f"{out['throughput']['runlog_succeeded']}/{count} SUCCESS")
+
+        # The events follower for (c) and py-spy, from now on (its stream opens while the consumer settles).
+        completions = Completions(settings)
 
         # (c) latency at a steady moderate rate, consumer otherwise idle: first let it settle (with a
         # backlog held longer than ~5 min the emulator redelivers copies, handled as duplicates at the end)
@@ -1155,6 +1343,11 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
         if args.py_spy and variant == "stock":
             out["pyspy"] = phase_pyspy(consumer, completions, publisher, orgs, args.py_spy, vdir, args.py_spy_rate)
     finally:
+        poller.stop()
+        if completions is not None:
+            event_types.update(completions.event_types)
+            with contextlib.suppress(Exception):
+                completions.close()
         out["exit_code"] = consumer.stop()
         with contextlib.suppress(OSError):
             out["log_lines"] = sum(1 for _ in consumer.log_path.open("rb"))
@@ -1165,16 +1358,21 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
     return out
 
 
-def feed(publisher: Any, completions: Completions, requests: list[Any], window: int, timeout: float,
+def runlog_succeeded(runlog: Any, requests: list[Any], chunk: int = 1000) -> int:
+    """How many of these runs have a SUCCESS row in the run log (a few queries, after the measurement)."""
+    pairs = [(r.org_slug, r.run_id) for r in requests]
+    return sum(len(runlog.succeeded_among(pairs[i:i + chunk])) for i in range(0, len(pairs), chunk))
+
+
+def feed(publisher: Any, poller: MetricsPoller, requests: list[Any], window: int, base: float, timeout: float,
          progress: Callable[[int], None]) -> int:
-    """Keep `window` run requests published and not yet completed: the consumer is never short of work,
-    and no message waits in the client's flow-control queue long enough for the emulator to redeliver it."""
-    run_ids = {r.run_id for r in requests}
+    """Keep `window` run requests published and not yet completed (completed: the consumer's succeeded count
+    above `base`): the consumer is never short of work, and no message waits in the client's flow-control
+    queue long enough for the emulator to redeliver it."""
     deadline = time.monotonic() + timeout
     sent = 0
     while True:
-        with completions.lock:
-            done = len(run_ids.intersection(completions.completed))
+        done = int(poller.value() - base)
         progress(done)
         if done >= len(requests) or time.monotonic() > deadline:
             return done
@@ -1363,8 +1561,15 @@ def render(r: dict[str, Any], command: str) -> str:
         f"(a) bare streaming pull, ack only    : {bare['rate']:8.0f} msg/s   ({bare['messages']} msgs, "
         f"{bare['span_s']:.2f} s first->last callback, {bare['duplicates']} redelivered)",
         f"(b) whole consumer, no-op pipeline   : {cons['rate']:8.2f} runs/s  ({cons['runs']} runs in "
-        f"{cons['span_s']:.0f} s first->last pipeline_completed; first/last 10%: {cons['first_decile_rate']:.1f} / "
-        f"{cons['last_decile_rate']:.1f} runs/s; {cons['statuses']})",
+        f"{cons['span_s']:.1f} s first->last completion; first/last 10%: {cons['first_decile_rate']:.1f} / "
+        f"{cons['last_decile_rate']:.1f} runs/s; {cons['statuses']}, run log {cons.get('runlog_succeeded', '?')}/"
+        f"{cons['runs']} SUCCESS)",
+        "    (b) completions counted from the consumer's /metrics; no subscription on the events topic during (b), "
+        "like (a) which has none",
+        f"    (convergence_outcomes_total{{outcome=\"succeeded\"}} scraped every "
+        f"{cons.get('poll_interval_s', 0.1):g} s, "
+        f"{cons.get('polls', '?')} scrapes, times interpolated between scrapes; outcomes {cons.get('outcomes', '?')}; "
+        f"events-topic subscriptions at the start of (b): {cons.get('events_subscriptions', '?')})",
         f"(c) publish -> pipeline_completed    : p50 {lat['p50'] * 1000:6.0f} ms  p95 {lat['p95'] * 1000:6.0f} ms  "
         f"max {lat['max'] * 1000:.0f} ms  ({lat['n']} runs at {stock['latency_rate']:g}/s)",
         f"    bare publish -> callback         : p50 {blat['p50'] * 1000:6.1f} ms  p95 {blat['p95'] * 1000:6.1f} ms  "
@@ -1390,8 +1595,8 @@ def render(r: dict[str, Any], command: str) -> str:
     bcpu = bare["cpu"]
     out.append(f"bare (a) for comparison: subscriber process {bcpu['bench process'] / bare['messages'] * 1000:.3f} "
                f"ms/msg, pubsub emulator {bcpu['pubsub emulator (java)'] / bare['messages'] * 1000:.3f} ms/msg")
-    # What the machine allows: the emulators and the bench's own event follower share the cores with the
-    # consumer. Even a consumer that cost no CPU could not run faster than this.
+    # What the machine allows: the emulators and the bench process (publishing, scraping /metrics) share the
+    # cores with the consumer. Even a consumer that cost no CPU could not run faster than this.
     others = sum(used for name, used in cpu.items() if name not in ("wall_s", "consumer process")) / runs
     cores = os.cpu_count() or 1
     if others > 0:
@@ -1461,7 +1666,8 @@ def render(r: dict[str, Any], command: str) -> str:
         out.append("")
         for name in others:
             out.append(f"- `{name}`: " + "; ".join(variant_description(part) for part in name.split("+")))
-    out.append(f"\nEvents seen: {r['event_types']}; consumer exit code {stock['exit_code']}. Load average "
+    out.append(f"\nEvents seen by the follower (after (b) only: (c) and py-spy): {r['event_types']}; "
+               f"consumer exit code {stock['exit_code']}. Load average "
                f"(1/5/15 min) at start {r['load_start']}, at end {r.get('load_end', '?')}: other sessions share "
                f"the 2 cores, compare ratios, not absolute rates.")
     return "\n".join(out)
