@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import results_file  # noqa: E402 - bench/results_file.py, next to this script
 from google.cloud import pubsub_v1  # noqa: E402
 from google.cloud.pubsub_v1 import types  # noqa: E402
 
@@ -116,15 +117,7 @@ def report(results: dict[str, list[tuple[float, float, float]]], command: str) -
 
 
 def write_section(text: str) -> None:
-    body = f"{SECTION_START}\n{text}\n{SECTION_END}"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION_START in current and SECTION_END in current:
-        head, rest = current.split(SECTION_START, 1)
-        _, tail = rest.split(SECTION_END, 1)
-        current = head + body + tail
-    else:
-        current = current.rstrip("\n") + f"\n\n{TITLE}\n\n" + body + "\n"
-    RESULTS.write_text(current)
+    results_file.write_section(TITLE, SECTION_START, SECTION_END, text, RESULTS)
 
 
 def main() -> None:

@@ -30,6 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import results_file  # noqa: E402 - bench/results_file.py, next to this script
+
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION_START = "<!-- bench/fanout.py: start -->"
 SECTION_END = "<!-- bench/fanout.py: end -->"
@@ -248,15 +250,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def write_section(report: str) -> None:
-    body = f"{SECTION_START}\n{report}\n{SECTION_END}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        _, tail = rest.split(SECTION_END, 1)
-        text = head + body + tail
-    else:
-        text = text.rstrip("\n") + f"\n\n{TITLE}\n\n" + body + "\n"
-    RESULTS.write_text(text)
+    results_file.write_section(TITLE, SECTION_START, SECTION_END, report, RESULTS)
 
 
 def main() -> None:
