@@ -91,3 +91,17 @@ def pull_messages(local_stack: Any) -> Iterator[Callable[..., list[Any]]]:
     yield pull
     for subscriber in clients:
         subscriber.close()
+
+
+@pytest.fixture(scope="module")
+def tenancy_env(local_stack: Any, tmp_path_factory: Any) -> tuple[Any, Any, Any]:
+    """(settings, BigQuery client, local keyring) on a freshly bootstrapped central dataset of its own."""
+    from kms.local import LocalKeyring
+    from tests.test_warehouse_support import emulator_settings
+    from warehouse.bootstrap import bootstrap
+    from warehouse.client import make_client
+
+    settings = emulator_settings(local_stack, local_keyring_path=tmp_path_factory.mktemp("keys") / "keyring.key")
+    client = make_client(settings)
+    assert bootstrap(client, settings).ok
+    return settings, client, LocalKeyring(settings.local_keyring_path)

@@ -10,26 +10,15 @@ from datetime import UTC, datetime
 import pytest
 
 from consumer.admission import AdmissionControl
-from kms.local import LocalKeyring
 from pipeline.results import PipelineResult, RunStatus
 from runtime.services import Services
 from tenancy.gate import OrgGate
 from tenancy.onboarding import onboard_org
 from tenancy.plans import load_plans
 from tenancy.subscriptions import Subscriptions
-from tests.test_warehouse_support import emulator_settings, unique
-from warehouse.bootstrap import bootstrap
-from warehouse.client import make_client
+from tests.test_warehouse_support import unique
 
 pytestmark = pytest.mark.emulator
-
-
-@pytest.fixture(scope="module")
-def env(local_stack, tmp_path_factory):
-    settings = emulator_settings(local_stack, local_keyring_path=tmp_path_factory.mktemp("keys") / "keyring.key")
-    client = make_client(settings)
-    assert bootstrap(client, settings).ok
-    return settings, client, LocalKeyring(settings.local_keyring_path)
 
 
 def admission(settings, **overrides) -> AdmissionControl:
@@ -51,8 +40,8 @@ def usage_today(client, settings, org: str) -> int:
     return int(rows[0]["n"] or 0)
 
 
-def test_many_requests_share_two_lookups_and_each_gets_its_own_orgs_answer(env):
-    settings, client, cipher = env
+def test_many_requests_share_two_lookups_and_each_gets_its_own_orgs_answer(tenancy_env):
+    settings, client, cipher = tenancy_env
     active, suspended, ghost = unique("adma"), unique("adms"), unique("admg")
     onboard_org(client, settings, cipher, active, "SCALE")
     onboard_org(client, settings, cipher, suspended, "SCALE")
@@ -80,8 +69,8 @@ def test_many_requests_share_two_lookups_and_each_gets_its_own_orgs_answer(env):
         assert answer.decision.org_slug == org
 
 
-def test_cached_standing_still_stops_an_org_at_its_quota_and_the_counts_reach_bigquery(env):
-    settings, client, cipher = env
+def test_cached_standing_still_stops_an_org_at_its_quota_and_the_counts_reach_bigquery(tenancy_env):
+    settings, client, cipher = tenancy_env
     org = unique("admq")
     onboard_org(client, settings, cipher, org, "STARTER")
     limit = load_plans(settings).plan("STARTER").daily_pipeline_runs
@@ -107,8 +96,8 @@ def test_cached_standing_still_stops_an_org_at_its_quota_and_the_counts_reach_bi
     assert OrgGate(client, settings).check(org).code == "QUOTA_EXCEEDED"
 
 
-def test_counts_of_many_orgs_go_out_in_one_merge(env):
-    settings, client, cipher = env
+def test_counts_of_many_orgs_go_out_in_one_merge(tenancy_env):
+    settings, client, cipher = tenancy_env
     orgs = [unique("admm") for _ in range(3)]
     for org in orgs:
         onboard_org(client, settings, cipher, org, "SCALE")
@@ -125,8 +114,8 @@ def test_counts_of_many_orgs_go_out_in_one_merge(env):
     assert [usage_today(client, settings, org) for org in orgs] == [1, 2, 3]
 
 
-def test_without_a_cache_a_suspension_is_seen_by_the_next_request(env):
-    settings, client, cipher = env
+def test_without_a_cache_a_suspension_is_seen_by_the_next_request(tenancy_env):
+    settings, client, cipher = tenancy_env
     org = unique("admz")
     onboard_org(client, settings, cipher, org, "SCALE")
     control = admission(settings, cache_seconds=0.0)
@@ -139,8 +128,8 @@ def test_without_a_cache_a_suspension_is_seen_by_the_next_request(env):
     assert asyncio.run(check()) == "SUBSCRIPTION_SUSPENDED"
 
 
-def test_an_invalid_slug_is_refused_without_touching_other_requests(env):
-    settings, client, cipher = env
+def test_an_invalid_slug_is_refused_without_touching_other_requests(tenancy_env):
+    settings, client, cipher = tenancy_env
     org = unique("admv")
     onboard_org(client, settings, cipher, org, "SCALE")
     control = admission(settings)
@@ -153,8 +142,8 @@ def test_an_invalid_slug_is_refused_without_touching_other_requests(env):
     assert bad.decision.code == "INVALID_ORG_SLUG" and good.decision.code == "ALLOWED"
 
 
-def test_requests_admitted_together_do_not_share_the_last_quota_slots(env):
-    settings, client, cipher = env
+def test_requests_admitted_together_do_not_share_the_last_quota_slots(tenancy_env):
+    settings, client, cipher = tenancy_env
     org = unique("admt")
     onboard_org(client, settings, cipher, org, "STARTER")
     limit = load_plans(settings).plan("STARTER").daily_pipeline_runs

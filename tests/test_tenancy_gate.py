@@ -7,15 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kms.local import LocalKeyring
 from tenancy.api_keys import OrgApiKeys, hash_api_key, org_slug_from_api_key, verify_org_api_key
 from tenancy.gate import OrgGate
 from tenancy.onboarding import OrgAlreadyExists, onboard_org
 from tenancy.plans import load_plans
 from tenancy.subscriptions import Subscriptions
-from tests.test_warehouse_support import count_rows, emulator_settings, unique
-from warehouse.bootstrap import bootstrap
-from warehouse.client import make_client
+from tests.test_warehouse_support import count_rows, unique
 
 pytestmark = pytest.mark.emulator
 
@@ -30,16 +27,8 @@ BILLING_TABLE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def env(local_stack, tmp_path_factory):
-    settings = emulator_settings(local_stack, local_keyring_path=tmp_path_factory.mktemp("keys") / "keyring.key")
-    client = make_client(settings)
-    assert bootstrap(client, settings).ok
-    return settings, client, LocalKeyring(settings.local_keyring_path)
-
-
-def test_onboarding_creates_every_row_and_the_dataset(env):
-    settings, client, cipher = env
+def test_onboarding_creates_every_row_and_the_dataset(tenancy_env):
+    settings, client, cipher = tenancy_env
     org = unique("acme")
     result = onboard_org(client, settings, cipher, org, "STARTER", company_name="Acme", admin_email="ops@acme.io")
     assert result.dataset_id == f"{org}_dev" and result.dataset_created
@@ -62,8 +51,8 @@ def test_onboarding_creates_every_row_and_the_dataset(env):
         onboard_org(client, settings, cipher, unique("acme"), "PLATINUM")
 
 
-def test_org_api_keys_verify_only_for_their_org(env):
-    settings, client, cipher = env
+def test_org_api_keys_verify_only_for_their_org(tenancy_env):
+    settings, client, cipher = tenancy_env
     a, b = unique("orga"), unique("orgb")
     key_a = onboard_org(client, settings, cipher, a, "STARTER").api_key
     key_b = onboard_org(client, settings, cipher, b, "STARTER").api_key
@@ -78,8 +67,8 @@ def test_org_api_keys_verify_only_for_their_org(env):
 
 
 @pytest.mark.parametrize(("billing", "backend", "allowed", "code"), BILLING_TABLE)
-def test_billing_status_table(env, billing, backend, allowed, code):
-    settings, client, cipher = env
+def test_billing_status_table(tenancy_env, billing, backend, allowed, code):
+    settings, client, cipher = tenancy_env
     org = unique("bill")
     onboard_org(client, settings, cipher, org, "PROFESSIONAL")
     Subscriptions(client, settings).update(org, billing_status=billing)
@@ -89,8 +78,8 @@ def test_billing_status_table(env, billing, backend, allowed, code):
         assert backend in decision.message and org in decision.message
 
 
-def test_unknown_statuses_and_orgs_are_refused_with_their_own_codes(env):
-    settings, client, cipher = env
+def test_unknown_statuses_and_orgs_are_refused_with_their_own_codes(tenancy_env):
+    settings, client, cipher = tenancy_env
     gate = OrgGate(client, settings)
     assert gate.check(unique("ghost")).code == "ORG_NOT_FOUND"
     assert gate.check("DROP TABLE").code == "INVALID_ORG_SLUG"
@@ -103,8 +92,8 @@ def test_unknown_statuses_and_orgs_are_refused_with_their_own_codes(env):
     assert gate.check(org).code == "ORG_INACTIVE"
 
 
-def test_quota_exhaustion_refuses_the_next_run_and_says_so(env):
-    settings, client, cipher = env
+def test_quota_exhaustion_refuses_the_next_run_and_says_so(tenancy_env):
+    settings, client, cipher = tenancy_env
     org = unique("quota")
     onboard_org(client, settings, cipher, org, "STARTER")
     limit = load_plans(settings).plan("STARTER").daily_pipeline_runs
