@@ -85,7 +85,7 @@ class OrgGate:
         c = self.central
         rows = c.queries.rows(
             "SELECT 'profile' AS kind, `org_slug`, `status`, CAST(NULL AS STRING) AS plan, "  # noqa: S608
-            "COALESCE(`updated_at`, `created_at`) AS at, CAST(NULL AS INT64) AS runs FROM " + c.ref("org_profiles") +
+            "COALESCE(`updated_at`, `created_at`) AS changed_at, CAST(NULL AS INT64) AS runs FROM " + c.ref("org_profiles") +
             " WHERE `org_slug` IN UNNEST(@orgs) UNION ALL "
             "SELECT 'subscription', `org_slug`, `status`, `plan_name`, `updated_at`, NULL FROM " +
             c.ref("org_subscriptions") + " WHERE `org_slug` IN UNNEST(@orgs) UNION ALL "
@@ -101,7 +101,7 @@ class OrgGate:
                 runs[org] = max(runs.get(org, 0), int(row["runs"] or 0))
                 continue
             seen = latest.get((org, kind))
-            if seen is None or _later(row["at"], seen["at"]):
+            if seen is None or _later(row["changed_at"], seen["changed_at"]):
                 latest[(org, kind)] = row
         out = {}
         for org in orgs:

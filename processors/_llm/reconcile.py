@@ -27,10 +27,11 @@ SUMMARY_CHARS = 200
 
 _SELECT = """
 WITH calculated AS (
-  SELECT cost_date, model, token_type, SUM(cost) AS cost
+  SELECT cost_date, model, token_type, SUM(calc_lines.cost) AS cost
   FROM ({calculated}) AS calc_lines
   GROUP BY cost_date, model, token_type
-  HAVING SUM(cost) != 0
+  -- Qualified: in HAVING a bare `cost` is the SELECT alias, an aggregate of an aggregate in GoogleSQL.
+  HAVING SUM(calc_lines.cost) != 0
 ),
 billed AS (
   SELECT cost_date, model, token_type, SUM(cost) AS cost
