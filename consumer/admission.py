@@ -6,11 +6,16 @@ Every request needs both answers before it runs. Asked one by one that is three 
 - the requests that arrive together share one `succeeded_among` query (runtime.batching.MicroBatcher);
 - an org's gate standing is reused for `gate_cache_seconds`, and orgs that need a fresh one share one
   `standings` query;
-- runs counted against the daily quota are added up here and written with one MERGE for all orgs at
-  most every `quota_flush_seconds` (and at shutdown). Decisions count the runs not yet written and the
-  requests admitted earlier in the same batch, so this process does not let an org past its quota;
-  other processes see its runs after the next flush (across processes the quota stays soft, as it
-  always was, and counts not yet written are lost if the process is killed).
+- admitting a run writes nothing. The quota counts today's runs in the append-only run log (rows the
+  run's own logging writes anyway, by streaming insert) plus the runs this process admitted whose rows
+  the log does not show yet, plus the requests admitted earlier in the same batch. So this process never
+  lets an org past its quota, and other processes see its runs as soon as their RUNNING rows are written
+  (across processes the quota stays soft).
+
+Why no counter table: a MERGE of the counts per process per second puts N mutating DML statements a
+second on one table, and BigQuery ("Quotas and limits" page) runs at most 2 mutating DML statements
+(UPDATE, DELETE, MERGE) at once per table, queues 20 and fails the rest, and allows 1,500 table
+modifications per table per day (one MERGE a second is 86,400). Reading the log costs no DML at all.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import structlog
 
 from runtime.batching import MicroBatcher
+from tenancy.central import utcnow
 from tenancy.gate import GateDecision, OrgStanding
 
 log = structlog.get_logger(__name__)
@@ -40,23 +48,21 @@ class Admission:
 class _Cached:
     standing: OrgStanding
     expires: float
-    counted_base: int  # this process's runs already written to the counters when `standing` was read
+    read_at: datetime  # wall time just before the read: an older read never replaces a newer one
 
 
 class AdmissionControl:
-    def __init__(self, services: Any, *, cache_seconds: float, quota_flush_seconds: float, batch_delay: float,
-                 clock=time.monotonic):
+    def __init__(self, services: Any, *, cache_seconds: float, batch_delay: float, clock=time.monotonic,
+                 wall_clock=utcnow, quota_flush_seconds: float | None = None):
+        # quota_flush_seconds: accepted for older settings; nothing is flushed any more.
         self.services = services  # runlog and gate are reached lazily: building this creates no client
         self.cache_seconds = cache_seconds
-        self.quota_flush_seconds = quota_flush_seconds
         self.clock = clock
+        self.wall_clock = wall_clock
         self._standings: dict[str, _Cached] = {}
-        self._recorded: Counter[str] = Counter()  # runs counted by this process, ever
-        self._written: Counter[str] = Counter()  # of those, already in org_usage_quotas
-        self._writing: Counter[str] = Counter()  # of those, in a MERGE under way
+        # Runs this process admitted whose rows the run log has not shown yet: org -> run_id -> UTC day.
+        self._unlogged: dict[str, dict[str, date]] = {}
         self._counts_lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._flush_task: asyncio.Task[None] | None = None
         self._batcher: MicroBatcher[tuple[str, str], Admission] = MicroBatcher(
             self._admit_batch, max_delay=batch_delay, max_size=500, max_in_flight=2, name="admission")
         self.calls: Counter[str] = Counter()  # BigQuery calls by kind (tests, benchmark)
@@ -64,61 +70,32 @@ class AdmissionControl:
     @classmethod
     def from_settings(cls, services: Any) -> AdmissionControl:
         s = services.settings
-        return cls(services, cache_seconds=s.gate_cache_seconds, quota_flush_seconds=s.quota_flush_seconds,
-                   batch_delay=s.batch_delay_ms / 1000)
+        return cls(services, cache_seconds=s.gate_cache_seconds, batch_delay=s.batch_delay_ms / 1000)
 
     async def admit(self, run_id: str, org_slug: str) -> Admission:
         return await self._batcher.submit((org_slug, run_id))
 
-    def count_run(self, org_slug: str) -> None:
-        """One more run against the org's daily quota; written with the next flush."""
-        self._recorded[org_slug] += 1
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.ensure_future(self._flush_later())
+    def count_run(self, org_slug: str, run_id: str | None = None) -> None:
+        """One more run against the org's daily quota, counted here until the run log shows its rows.
+        Without a run_id the run can never be matched to its rows: it counts until the day ends."""
+        run_id = run_id or f"unmatched-{uuid.uuid4().hex}"
+        today = self.wall_clock().date()
+        with self._counts_lock:
+            self._unlogged.setdefault(org_slug, {})[run_id] = today
+
+    def unlogged(self, org_slug: str) -> int:
+        """Runs of the org this process admitted today that the run log did not show at the last read."""
+        today = self.wall_clock().date()
+        with self._counts_lock:
+            return sum(1 for day in self._unlogged.get(org_slug, {}).values() if day == today)
 
     async def flush_usage(self) -> None:
-        """Write the runs counted and not yet written (at shutdown, and every quota_flush_seconds)."""
-        await asyncio.to_thread(self._write_counts)
+        """Nothing to write: kept for callers of the former counter flush."""
 
     async def aclose(self) -> None:
         await self._batcher.drain()
-        if self._flush_task is not None and not self._flush_task.done():
-            self._flush_task.cancel()
-        try:
-            await self.flush_usage()
-        except Exception:  # noqa: BLE001 - at shutdown: say what is lost, do not hide other cleanup
-            log.exception("quota counters not written at shutdown",
-                          runs=sum(self._recorded.values()) - sum(self._written.values()))
 
     # -- internals ---------------------------------------------------------------------------------------
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.quota_flush_seconds)
-        try:
-            await self.flush_usage()
-        except Exception as error:  # noqa: BLE001 - counts stay pending and go with the next flush
-            log.warning("quota counters not written; retrying with the next flush",
-                        error=f"{type(error).__name__}: {error}"[:300])
-            self._flush_task = asyncio.ensure_future(self._flush_later())
-
-    def _write_counts(self) -> None:
-        with self._write_lock:  # one MERGE at a time
-            with self._counts_lock:
-                pending = {org: n - self._written[org] - self._writing[org] for org, n in list(self._recorded.items())}
-                pending = {org: n for org, n in pending.items() if n > 0}
-                self._writing.update(pending)
-            if not pending:
-                return
-            try:
-                self.services.gate.record_runs(pending)
-            except BaseException:
-                with self._counts_lock:
-                    self._writing.subtract(pending)  # not written: they go with the next flush
-                raise
-            with self._counts_lock:  # one step: a reader never sees them neither writing nor written
-                self._writing.subtract(pending)
-                self._written.update(pending)
-            self.calls["record_runs"] += 1
-
     async def _admit_batch(self, items: list[tuple[str, str]]) -> list[Admission]:
         now = self.clock()
         stale = {org for org, _ in items if (c := self._standings.get(org)) is None or c.expires <= now}
@@ -128,8 +105,12 @@ class AdmissionControl:
         if stale:
             lookups.append(asyncio.to_thread(self._read_standings, stale))
         succeeded, *fresh = await asyncio.gather(*lookups)
-        for org, (standing, written) in (fresh[0] if fresh else {}).items():
-            self._standings[org] = _Cached(standing, now + self.cache_seconds, written)
+        if fresh:
+            standings, read_at = fresh[0]
+            for org, standing in standings.items():
+                seen = self._standings.get(org)
+                if seen is None or seen.read_at <= read_at:
+                    self._standings[org] = _Cached(standing, now + self.cache_seconds, read_at)
         gate = self.services.gate
         out = []
         admitted: Counter[str] = Counter()  # requests of one batch take quota slots one after another
@@ -141,8 +122,7 @@ class AdmissionControl:
             if cached is None:  # not a valid slug: the gate says why
                 out.append(Admission(False, gate.check(org)))
                 continue
-            unwritten = self._recorded[org] - cached.counted_base
-            decision = gate.decide(org, cached.standing, unwritten + admitted[org])
+            decision = gate.decide(org, cached.standing, self.unlogged(org) + admitted[org])
             admitted[org] += decision.allowed
             out.append(Admission(False, decision))
         if len(self._standings) > 100_000:  # thousands of orgs is normal; unbounded is not
@@ -153,14 +133,31 @@ class AdmissionControl:
         self.calls["succeeded_among"] += 1
         return self.services.runlog.succeeded_among(items)
 
-    def _read_standings(self, orgs: set[str]) -> dict[str, tuple[OrgStanding, int]]:
-        standings = self.services.gate.standings(orgs)
-        # Runs of a MERGE under way may or may not be in what was just read: they count as written, so a
-        # race can only under-count (the quota is soft), never refuse a run that has its slot.
+    def _read_standings(self, orgs: set[str]) -> tuple[dict[str, OrgStanding], datetime]:
+        """Standings, and this process's unlogged runs that the same snapshot shows logged are dropped.
+
+        The gate is asked about the unlogged runs known now and about every run started from now on (a
+        run counted while the query is under way starts after this instant), so a run the log already
+        counts is never also counted as unlogged."""
+        read_at = self.wall_clock()
+        today = read_at.date()
         with self._counts_lock:
-            written = {org: self._written[org] + self._writing[org] for org in orgs}
+            for org in list(self._unlogged):  # a new day: yesterday's runs no longer count
+                runs = {r: d for r, d in self._unlogged[org].items() if d == today}
+                if runs:
+                    self._unlogged[org] = runs
+                else:
+                    del self._unlogged[org]
+            mine = [(org, run_id) for org in orgs for run_id in self._unlogged.get(org, {})
+                    if not run_id.startswith("unmatched-")]
+        standings = self.services.gate.standings(orgs, mine=mine, since=read_at)
+        with self._counts_lock:
+            for org, standing in standings.items():
+                runs = self._unlogged.get(org)
+                for run_id in standing.logged & set(runs or ()):
+                    del runs[run_id]
         self.calls["standings"] += 1
-        return {org: (standing, written[org]) for org, standing in standings.items()}
+        return standings, read_at
 
 
 def _valid_slug(org: str) -> bool:

@@ -126,7 +126,7 @@ class RunHandler:
             return Outcome(OutcomeKind.HANDED_OFF, request.run_id, request.org_slug, code="HANDED_OFF_TO_PULL")
 
         if attempt == 1:
-            self.admission.count_run(request.org_slug)
+            self.admission.count_run(request.org_slug, request.run_id)
         context = RunContext(
             org_slug=request.org_slug, run_id=request.run_id, pipeline_id=config.run_pipeline_id(request.org_slug),
             parameters=dict(request.parameters), trigger=request.trigger, attempt=attempt,

@@ -2,24 +2,26 @@
 (ACTIVE or TRIAL; spec 001's billing-status table), and its plan's daily run quota is not used up.
 
 One parameterized query answers for many orgs at once (`standings`); `decide` turns an org's standing into
-a decision with its own reason code. The quota is soft: two runs checked at the same moment may both pass
-the last slot (counting happens in `record_runs`, which the consumer batches: consumer/admission.py).
+a decision with its own reason code. Runs are counted from the append-only run log, so admitting a run
+writes no counter: the consumer adds the runs it admitted and has not logged yet (consumer/admission.py).
+The quota is soft across processes: two processes checking at the same moment may both pass the last slot.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from google.cloud import bigquery
 
+from pipeline.results import RunStatus
 from settings import Settings
 from tenancy.central import Central, utcnow
 from tenancy.plans import Plans, load_plans
 from warehouse.identifiers import InvalidIdentifier, validate_org_slug
+from warehouse.runlog import RUNS_TABLE
 
 ALLOWED = "ALLOWED"
 INVALID_ORG_SLUG = "INVALID_ORG_SLUG"
@@ -42,7 +44,8 @@ class OrgStanding:
     org_status: str | None
     plan: str | None
     subscription_status: str | None
-    runs_today: int
+    runs_today: int  # distinct runs in today's run log
+    logged: frozenset[str] = frozenset()  # of the run_ids asked about (`standings(mine=, since=)`), those logged
 
 
 @dataclass(frozen=True)
@@ -74,31 +77,50 @@ class OrgGate:
             return GateDecision(False, INVALID_ORG_SLUG, str(error))
         return self.decide(org_slug, self.standings([org_slug])[org_slug])
 
-    def standings(self, org_slugs: Iterable[str]) -> dict[str, OrgStanding]:
+    def standings(self, org_slugs: Iterable[str], mine: Iterable[tuple[str, str]] = (),
+                  since: datetime | None = None) -> dict[str, OrgStanding]:
         """What the gate decides on, for many orgs in one query (each org's rows matched by its own slug).
 
-        Plain filtered rows of the three tables, the latest picked here: on the emulator this is twice as
-        fast as ranking in SQL, and it returns a few rows per org at most."""
+        Today's runs are counted from the append-only run log (distinct run_ids with a row that started
+        today and is not a refusal), never from a counter table kept by DML. `mine` (org, run_id) pairs and
+        `since`: runs of the caller not known to be logged; the answer says which of them the log holds,
+        plus every run started at or after `since` (`OrgStanding.logged`), from the same snapshot as the
+        count, so a caller adding its unlogged runs never counts one twice.
+
+        Plain filtered rows of the profile and subscription tables, the latest picked here: on the emulator
+        this is twice as fast as ranking in SQL, and it returns a few rows per org at most."""
         orgs = sorted({validate_org_slug(org) for org in org_slugs})
         if not orgs:
             return {}
         c = self.central
+        day = self.today()
+        day_start = datetime.combine(day, time.min, tzinfo=UTC)
+        day_end = day_start + timedelta(days=1)
+        wanted = sorted({str(run_id) for org, run_id in mine if org in orgs})
+        runs_today = (" FROM " + c.ref(RUNS_TABLE) + " WHERE `org_slug` IN UNNEST(@orgs) AND `event_time` >= @day_start"
+                      " AND `start_time` >= @day_start AND `start_time` < @day_end AND `status` != @rejected")
         rows = c.queries.rows(
             "SELECT 'profile' AS kind, `org_slug`, `status`, CAST(NULL AS STRING) AS plan, "  # noqa: S608
-            "COALESCE(`updated_at`, `created_at`) AS changed_at, CAST(NULL AS INT64) AS runs FROM " + c.ref("org_profiles") +
-            " WHERE `org_slug` IN UNNEST(@orgs) UNION ALL "
+            "COALESCE(`updated_at`, `created_at`) AS changed_at, CAST(NULL AS INT64) AS runs FROM " +
+            c.ref("org_profiles") + " WHERE `org_slug` IN UNNEST(@orgs) UNION ALL "
             "SELECT 'subscription', `org_slug`, `status`, `plan_name`, `updated_at`, NULL FROM " +
             c.ref("org_subscriptions") + " WHERE `org_slug` IN UNNEST(@orgs) UNION ALL "
-            "SELECT 'usage', `org_slug`, NULL, NULL, NULL, `pipelines_run_today` FROM " + c.ref("org_usage_quotas") +
-            " WHERE `org_slug` IN UNNEST(@orgs) AND `usage_date` = @day",
-            {"orgs": orgs, "day": self.today()})
+            "SELECT 'runs', `org_slug`, NULL, NULL, NULL, COUNT(DISTINCT `run_id`)" + runs_today +
+            " GROUP BY `org_slug` UNION ALL "
+            "SELECT DISTINCT 'logged', `org_slug`, `run_id`, NULL, NULL, NULL" + runs_today +
+            " AND (`run_id` IN UNNEST(@mine) OR `start_time` >= @since)",
+            {"orgs": orgs, "day_start": day_start, "day_end": day_end, "rejected": RunStatus.REJECTED.value,
+             "mine": wanted, "since": since or day_end})
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         runs: dict[str, int] = {}
+        logged: dict[str, set[str]] = {}
         for row in rows:
             org, kind = row["org_slug"], row["kind"]
-            if kind == "usage":
-                # MAX, not SUM: should a race ever create two counter rows for a day, both are incremented.
-                runs[org] = max(runs.get(org, 0), int(row["runs"] or 0))
+            if kind == "runs":
+                runs[org] = int(row["runs"] or 0)
+                continue
+            if kind == "logged":
+                logged.setdefault(org, set()).add(row["status"])
                 continue
             seen = latest.get((org, kind))
             if seen is None or _later(row["changed_at"], seen["changed_at"]):
@@ -108,7 +130,7 @@ class OrgGate:
             profile = latest.get((org, "profile")) or {}
             subscription = latest.get((org, "subscription")) or {}
             out[org] = OrgStanding(profile.get("status"), subscription.get("plan"), subscription.get("status"),
-                                   runs.get(org, 0))
+                                   runs.get(org, 0), frozenset(logged.get(org, ())))
         return out
 
     def decide(self, org: str, standing: OrgStanding, runs_not_yet_counted: int = 0) -> GateDecision:
@@ -142,31 +164,38 @@ class OrgGate:
         return GateDecision(True, ALLOWED, f"{runs} of {plan.daily_pipeline_runs} runs used today", org, plan.name,
                             status, runs, plan.daily_pipeline_runs)
 
-    def record_run(self, org_slug: str) -> None:
-        """Count one run in today's org_usage_quotas row (created on the day's first run)."""
-        self.record_runs({org_slug: 1})
+    def refresh_usage(self, day: date | None = None) -> int:
+        """Rewrite the day's org_usage_quotas counters (run, succeeded, failed) from the run log: one MERGE
+        for all orgs. A reporting copy only: the gate never reads it (it counts the log itself).
 
-    def record_runs(self, counts: Mapping[str, int]) -> None:
-        """Add runs to today's counters of several orgs in one MERGE (one row per org and day)."""
-        counts = {validate_org_slug(org): int(n) for org, n in counts.items() if int(n) > 0}
-        if not counts:
-            return
+        Run it from one scheduled job, not from consumers: every 15 minutes is 96 MERGEs a day on
+        org_usage_quotas, one at a time. BigQuery ("Quotas and limits" page): at most 2 mutating DML
+        statements (UPDATE, DELETE, MERGE) run at once per table and 20 queue; 1,500 table modifications
+        per table per day. Its target rows are written by DML (onboarding, this MERGE), never streamed:
+        DML cannot change rows still in the streaming buffer ("Transform data with DML" page). Returns the
+        rows changed."""
+        day = day or self.today()
         now = self.clock()
-        day = now.date()
-        orgs = sorted(counts)
-        self.central.queries.dml(
-            f"MERGE {self.central.ref('org_usage_quotas')} AS T "  # noqa: S608 - validated name
-            "USING (SELECT org AS org_slug, n FROM UNNEST(@orgs) AS org WITH OFFSET i "
-            "JOIN UNNEST(@counts) AS n WITH OFFSET j ON i = j) AS S "
-            "ON T.`org_slug` = S.org_slug AND T.`usage_date` = @day "
-            "WHEN MATCHED THEN UPDATE SET `pipelines_run_today` = T.`pipelines_run_today` + S.n, "
-            "`last_run_at` = @now, `updated_at` = @now "
+        day_start = datetime.combine(day, time.min, tzinfo=UTC)
+        c = self.central
+        return c.queries.dml(
+            f"MERGE {c.ref('org_usage_quotas')} AS T USING ("  # noqa: S608 - validated names
+            "SELECT `org_slug`, COUNT(DISTINCT `run_id`) AS runs, "
+            "COUNT(DISTINCT IF(`status` = @success, `run_id`, NULL)) AS succeeded, "
+            "COUNT(DISTINCT IF(`status` IN UNNEST(@failed), `run_id`, NULL)) AS failed, "
+            "MAX(`start_time`) AS last_run FROM " + c.ref(RUNS_TABLE) +
+            " WHERE `event_time` >= @day_start AND `start_time` >= @day_start AND `start_time` < @day_end "
+            "AND `status` != @rejected GROUP BY `org_slug`) AS S "
+            "ON T.`org_slug` = S.`org_slug` AND T.`usage_date` = @day "
+            "WHEN MATCHED THEN UPDATE SET `pipelines_run_today` = S.runs, `pipelines_succeeded_today` = S.succeeded, "
+            "`pipelines_failed_today` = S.failed, `last_run_at` = S.last_run, `updated_at` = @now "
             "WHEN NOT MATCHED THEN INSERT (`usage_id`, `org_slug`, `usage_date`, `pipelines_run_today`, "
             "`pipelines_succeeded_today`, `pipelines_failed_today`, `last_run_at`, `created_at`, `updated_at`) "
-            "VALUES (CONCAT(S.org_slug, '_', @day_text, '_', @nonce), S.org_slug, @day, S.n, 0, 0, @now, @now, "
-            "@now)",
-            {"orgs": orgs, "counts": [counts[org] for org in orgs], "day": day, "now": now,
-             "day_text": day.isoformat(), "nonce": uuid.uuid4().hex[:8]})
+            "VALUES (CONCAT(S.`org_slug`, '_', @day_text), S.`org_slug`, @day, S.runs, S.succeeded, S.failed, "
+            "S.last_run, @now, @now)",
+            {"day": day, "day_start": day_start, "day_end": day_start + timedelta(days=1), "now": now,
+             "day_text": day.isoformat(), "success": RunStatus.SUCCESS.value, "rejected": RunStatus.REJECTED.value,
+             "failed": [RunStatus.FAILED.value, RunStatus.TIMEOUT.value]})
 
 
 def _later(a: datetime | None, b: datetime | None) -> bool:

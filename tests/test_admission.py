@@ -1,11 +1,12 @@
 """Admission on the emulator: concurrent requests share BigQuery round trips, yet each gets its own org's
-answer; cached standings still enforce the quota exactly in this process; counters reach BigQuery."""
+answer; cached standings still enforce the quota exactly in this process; runs are counted from the run
+log (no counter DML on the hot path), and a run both logged and admitted here counts once."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.emulator
 
 
 def admission(settings, **overrides) -> AdmissionControl:
-    options = {"cache_seconds": 30.0, "quota_flush_seconds": 0.05, "batch_delay": 0.01} | overrides
+    options = {"cache_seconds": 30.0, "batch_delay": 0.01} | overrides
     return AdmissionControl(Services(settings), **options)
 
 
@@ -38,6 +39,23 @@ def usage_today(client, settings, org: str) -> int:
         f"SELECT MAX(pipelines_run_today) AS n FROM `{client.project}.{settings.central_dataset}.org_usage_quotas` "
         f"WHERE org_slug = '{org}' AND usage_date = CURRENT_DATE()").result())
     return int(rows[0]["n"] or 0)
+
+
+def recorded(client) -> list[str]:
+    """Every statement this client instance sends from now on (the client's own method, wrapped)."""
+    sent: list[str] = []
+    query = client.query
+
+    def recording(sql, *args, **kwargs):
+        sent.append(sql)
+        return query(sql, *args, **kwargs)
+
+    client.query = recording
+    return sent
+
+
+def dml(sent: list[str]) -> int:
+    return sum(1 for sql in sent if sql.lstrip().upper().startswith(("MERGE", "UPDATE", "DELETE")))
 
 
 def test_many_requests_share_two_lookups_and_each_gets_its_own_orgs_answer(tenancy_env):
@@ -69,49 +87,93 @@ def test_many_requests_share_two_lookups_and_each_gets_its_own_orgs_answer(tenan
         assert answer.decision.org_slug == org
 
 
-def test_cached_standing_still_stops_an_org_at_its_quota_and_the_counts_reach_bigquery(tenancy_env):
+def test_cached_standing_still_stops_an_org_at_its_quota_and_other_processes_see_the_logged_runs(tenancy_env):
     settings, client, cipher = tenancy_env
     org = unique("admq")
     onboard_org(client, settings, cipher, org, "STARTER")
     limit = load_plans(settings).plan("STARTER").daily_pipeline_runs
-    control = admission(settings, quota_flush_seconds=0.2)
+    control = admission(settings)
+    sent = recorded(control.services.bigquery)
 
     codes = []
 
     async def main():
         for _ in range(limit + 2):
-            answer = await control.admit(f"run_{uuid.uuid4().hex[:10]}", org)
+            run_id = f"run_{uuid.uuid4().hex[:10]}"
+            answer = await control.admit(run_id, org)
             codes.append(answer.decision.code)
-            if answer.decision.allowed:
-                control.count_run(org)
+            if answer.decision.allowed:  # as the handler does: count it, then the run logs its RUNNING row
+                control.count_run(org, run_id)
+                control.services.runlog.run_started(run_id=run_id, org_slug=org, pipeline="p")
         await control.aclose()
 
     asyncio.run(main())
     assert codes == ["ALLOWED"] * limit + ["QUOTA_EXCEEDED"] * 2
-    # Standings read once (cached), however many runs; the counters written in few MERGEs, not one per run.
-    assert control.calls["standings"] == 1
-    assert 1 <= control.calls["record_runs"] <= 3
-    assert usage_today(client, settings, org) == limit
-    # Another process reading BigQuery now sees the quota used up.
-    assert OrgGate(client, settings).check(org).code == "QUOTA_EXCEEDED"
+    assert control.calls["standings"] == 1  # read once (cached), however many runs
+    assert dml(sent) == 0 and not any("org_usage_quotas" in sql for sql in sent)  # admitting wrote no counter
+    # Another process reading BigQuery now sees the quota used up, from the run log.
+    decision = OrgGate(client, settings).check(org)
+    assert (decision.code, decision.runs_today) == ("QUOTA_EXCEEDED", limit)
 
 
-def test_counts_of_many_orgs_go_out_in_one_merge(tenancy_env):
+def test_a_run_admitted_here_and_already_logged_counts_once(tenancy_env):
+    settings, client, cipher = tenancy_env
+    org = unique("adml")
+    onboard_org(client, settings, cipher, org, "STARTER")
+    limit = load_plans(settings).plan("STARTER").daily_pipeline_runs
+    control = admission(settings, cache_seconds=0.0)  # every batch reads the log again
+
+    async def admit_and_run(log_it: bool) -> str:
+        run_id = f"run_{uuid.uuid4().hex[:10]}"
+        answer = await control.admit(run_id, org)
+        if answer.decision.allowed:
+            control.count_run(org, run_id)
+            if log_it:
+                control.services.runlog.run_started(run_id=run_id, org_slug=org, pipeline="p")
+        return answer.decision.code
+
+    async def main():
+        # Half the runs logged, half still unlogged (their RUNNING rows not written yet).
+        return [await admit_and_run(log_it=i % 2 == 0) for i in range(limit + 1)]
+
+    codes = asyncio.run(main())
+    assert codes == ["ALLOWED"] * limit + ["QUOTA_EXCEEDED"]
+    assert control.unlogged(org) == limit // 2  # the logged ones were recognized in the log and dropped
+    # The unlogged runs' rows arrive: the next read finds them and they count once, not twice.
+    answer = asyncio.run(control.admit("run_late", org))
+    assert (answer.decision.code, answer.decision.runs_today) == ("QUOTA_EXCEEDED", limit)
+
+
+def test_runs_of_many_orgs_are_counted_from_the_log_in_one_query(tenancy_env):
     settings, client, cipher = tenancy_env
     orgs = [unique("admm") for _ in range(3)]
     for org in orgs:
         onboard_org(client, settings, cipher, org, "SCALE")
-    control = admission(settings, quota_flush_seconds=60)
-
-    async def main():
-        for index, org in enumerate(orgs):
-            for _ in range(index + 1):
-                control.count_run(org)
-        await control.flush_usage()
-
-    asyncio.run(main())
-    assert control.calls == {"record_runs": 1}
+    services = Services(settings)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    for index, org in enumerate(orgs):
+        for n in range(index + 1):
+            run_id = f"run_{uuid.uuid4().hex[:10]}"
+            services.runlog.run_started(run_id=run_id, org_slug=org, pipeline="p")
+            if n == 0:  # a run's final row is the same run, not one more
+                succeed(services, org, run_id)
+        # Not runs of today: a refusal, and a run started yesterday.
+        services.runlog.record_rejected(run_id=f"run_{uuid.uuid4().hex[:10]}", org_slug=org, code="QUOTA_EXCEEDED",
+                                        message="no")
+        services.runlog.run_started(run_id=f"run_{uuid.uuid4().hex[:10]}", org_slug=org, started_at=yesterday)
+    calls = services.runlog.calls
+    gate = services.gate
+    sent = recorded(services.bigquery)
+    standings = gate.standings(orgs)
+    assert len(sent) == 1
+    assert [standings[org].runs_today for org in orgs] == [1, 2, 3]
+    # The reporting counters: one MERGE for all orgs, from the same log.
+    gate.refresh_usage()
+    assert dml(sent) == 1
     assert [usage_today(client, settings, org) for org in orgs] == [1, 2, 3]
+    gate.refresh_usage()  # rewritten, not added to
+    assert [usage_today(client, settings, org) for org in orgs] == [1, 2, 3]
+    assert services.runlog.calls == calls
 
 
 def test_without_a_cache_a_suspension_is_seen_by_the_next_request(tenancy_env):

@@ -13,6 +13,7 @@ from tenancy.onboarding import OrgAlreadyExists, onboard_org
 from tenancy.plans import load_plans
 from tenancy.subscriptions import Subscriptions
 from tests.test_warehouse_support import count_rows, unique
+from warehouse.runlog import RunLog
 
 pytestmark = pytest.mark.emulator
 
@@ -98,10 +99,11 @@ def test_quota_exhaustion_refuses_the_next_run_and_says_so(tenancy_env):
     onboard_org(client, settings, cipher, org, "STARTER")
     limit = load_plans(settings).plan("STARTER").daily_pipeline_runs
     gate = OrgGate(client, settings)
+    runlog = RunLog(client, settings)
     for used in range(limit):
         decision = gate.check(org)
         assert decision.allowed and decision.runs_today == used
-        gate.record_run(org)
+        runlog.run_started(run_id=f"run_{used}", org_slug=org, pipeline="p")  # a started run counts
     refused = gate.check(org)
     assert (refused.allowed, refused.code, refused.runs_today, refused.daily_limit) == (
         False, "QUOTA_EXCEEDED", limit, limit)
