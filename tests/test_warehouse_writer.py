@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -195,15 +196,56 @@ def test_small_append_streams_large_append_loads_in_batches(env, monkeypatch):
 
     monkeypatch.setattr(client, "load_table_from_file", spy)
     large = writer.write(dataset, "usage", generate(), org_slug=org, schema_path=files["usage"])
-    assert (large.method, large.batches, large.rows_written) == ("load", 10, 1000)
-    # Memory is bounded by the batch: when batch k is loaded, at most k+1 batches were ever produced.
-    assert all(count <= (i + 2) * 100 for i, count in enumerate(loaded_after)), loaded_after
+    assert (large.method, large.batches, large.rows_written, large.load_jobs) == ("load", 10, 1000, 1)
+    assert loaded_after == [1000]  # ten batches spooled, one load job after the last
     assert count_rows(client, large.table_id) == 1099
 
     # An append in a range-managed table goes by load job even when small (no streaming buffer to block DML).
     ranged = writer.write(dataset, "usage", rows(org, 3, prefix="r"), org_slug=org, date_column="usage_date",
                           date_range=DAYS, schema_path=files["usage"])
     assert ranged.method == "load"
+
+
+def test_a_multi_batch_write_is_one_load_job_per_write_and_the_spool_is_a_bounded_file(env, monkeypatch):
+    settings, client, org, dataset, files = env
+    counting = CountingClient(client)
+    spooled: list[tuple[int, int]] = []  # (file size, rows produced so far) at each load job
+    produced = 0
+    real_load = client.load_table_from_file
+
+    def load(file, *args, **kwargs):
+        spooled.append((os.fstat(file.fileno()).st_size, produced))  # a file on disk, not a buffer in RAM
+        return real_load(file, *args, **kwargs)
+
+    monkeypatch.setattr(client, "load_table_from_file", load)
+
+    def generate(n: int, prefix: str):
+        nonlocal produced
+        for row in rows(org, n, prefix=prefix):
+            produced += 1
+            yield row
+
+    writer = Writer(counting, settings)  # type: ignore[arg-type]
+    for mode, extra in [("append", {}), ("range_replace", {"date_column": "usage_date", "date_range": DAYS}),
+                        ("merge", {"key_columns": ["usage_date", "item"]})]:
+        before = dict(counting.counts)
+        result = writer.write(dataset, "usage", generate(1000, mode), mode=mode, org_slug=org,
+                              schema_path=files["usage"], **extra)
+        assert (result.batches, result.rows_written, result.load_jobs) == (10, 1000, 1), mode
+        assert counting.counts["load_table_from_file"] - before.get("load_table_from_file", 0) == 1, mode
+    # 1000 rows by 10,000-row-or-smaller batches used to be one job per batch; now 3 writes, 3 jobs.
+    assert counting.counts["load_table_from_file"] == 3
+
+    # The spool is bounded by bytes: past `spool_bytes` it is loaded and emptied while rows still arrive.
+    spooled.clear()
+    produced = 0
+    bounded = Writer(counting, settings, spool_bytes=40_000)  # type: ignore[arg-type]
+    result = bounded.write(dataset, "usage", generate(1000, "bounded"), org_slug=org, schema_path=files["usage"])
+    batch_bytes = sum(len(json.dumps(r, default=str, separators=(",", ":"))) + 1 for r in rows(org, 100, prefix="b"))
+    assert result.load_jobs == len(spooled) > 1
+    assert all(size < 40_000 + batch_bytes for size, _ in spooled)  # at most one batch past the bound
+    assert spooled[0][1] < 1000  # the first job went while rows were still being produced
+    assert count_rows(client, result.table_id, "item LIKE 'bounded%'") == 1000
 
 
 def test_invalid_rows_are_permanent_with_a_clear_message(env):

@@ -1,6 +1,14 @@
 """The one write call processors use: `Writer(client, settings).write(dataset, table, rows, mode=...)`.
 
-Rows are consumed from any iterable in batches of `batch_size`, so memory is bounded by one batch.
+Rows are consumed from any iterable in batches of `batch_size`, so memory is bounded by one batch. Checked
+batches are spooled to a temporary file and go to BigQuery in ONE load job per write (a new job only each
+`spool_bytes`, 512 MiB by default): BigQuery ("Quotas and limits" page) allows 1,500 table modifications
+per table per day, counting every load, copy and query job that writes the table, failed loads included
+("Optimize load jobs" page). One job per 10,000-row batch would spend 100 of them on 1M rows; one per
+write spends 1. The spool is a file, not RAM, where the disk is real; on Cloud Run the container's file
+system is held in memory (container contract), so there `spool_bytes` also bounds the memory a write uses.
+(The Storage Write API's pending streams would commit atomically without a file; load jobs are kept: they
+cost nothing and the emulator serves them the same way.)
 
 Modes (pipelines declare one in YAML):
 - `append`: insert. A single small batch (< `streaming_insert_threshold` rows) of a plain append goes by
@@ -61,6 +69,7 @@ log = structlog.get_logger(__name__)
 
 _SEQ = "_cv_seq"  # staging-only column: input order, so the last duplicate wins a merge
 _TABLE_CACHE_SECONDS = 300.0
+SPOOL_BYTES = 512 * 1024 * 1024
 
 
 class WriteMode(StrEnum):
@@ -80,6 +89,7 @@ class WriteResult:
     method: str  # streaming | load | staged_merge | delete | none
     dml_affected_rows: int = 0
     bigquery_calls: int = 0
+    load_jobs: int = 0
     added_columns: tuple[str, ...] = ()
     schema_problems: tuple[str, ...] = ()
     duration_ms: int = 0
@@ -261,7 +271,12 @@ class _CachedTable:
 
 class Writer:
     def __init__(self, client: bigquery.Client, settings: Settings, *, batch_size: int | None = None,
-                 streaming_threshold: int | None = None, job_timeout: float = 600.0):
+                 streaming_threshold: int | None = None, job_timeout: float = 600.0,
+                 spool_bytes: int = SPOOL_BYTES, spool_dir: str | None = None):
+        if spool_bytes < 1:
+            raise ValueError("spool_bytes must be positive")
+        self.spool_bytes = spool_bytes
+        self.spool_dir = spool_dir  # None: the system's temporary directory (TMPDIR)
         self.client = client
         self.settings = settings
         self.batch_size = batch_size or settings.write_batch_size
@@ -397,12 +412,9 @@ class Writer:
         if second is None and len(first) < self.streaming_threshold and target.streaming_allowed:
             self._stream(target, first, calls)
             return WriteResult(target.table_id, target.mode, len(first), 1, "streaming")
-        written, count = 0, 0
-        for batch in itertools.chain([first], [second] if second else [], batches):
-            self._load(target.table_id, batch, calls)
-            written += len(batch)
-            count += 1
-        return WriteResult(target.table_id, target.mode, written, count, "load")
+        written, count, jobs = self._load(target.table_id, itertools.chain([first], [second] if second else [],
+                                                                            batches), calls)
+        return WriteResult(target.table_id, target.mode, written, count, "load", load_jobs=jobs)
 
     def _stream(self, target: _Target, rows: list[dict[str, Any]], calls: _Calls) -> None:
         # Same rows in the same position get the same id: a retried request is de-duplicated (best effort).
@@ -416,18 +428,43 @@ class Writer:
         if errors:
             raise _insert_errors(target.table_id, errors)
 
-    def _load(self, table_id: str, rows: list[dict[str, Any]], calls: _Calls) -> None:
+    def _load(self, table_id: str, batches: Iterable[list[dict[str, Any]]], calls: _Calls,
+              number: bool = False) -> tuple[int, int, int]:
+        """Spool the batches to a temporary file and load it with one job (one more per `spool_bytes`).
+        `number`: give each row its input position in the staging-only sequence column. Returns rows,
+        batches and load jobs."""
+        written = count = jobs = 0
+        spool = tempfile.TemporaryFile(mode="w+b", dir=self.spool_dir)  # noqa: SIM115 - reused per job
+        try:
+            for batch in batches:
+                for row in batch:
+                    if number:
+                        row[_SEQ] = written
+                    spool.write(_dumps(row).encode("utf-8"))
+                    spool.write(b"\n")
+                    written += 1
+                count += 1
+                if spool.tell() >= self.spool_bytes:
+                    self._load_file(table_id, spool, calls)
+                    jobs += 1
+                    spool.seek(0)
+                    spool.truncate()
+            if spool.tell() or not jobs:
+                self._load_file(table_id, spool, calls)
+                jobs += 1
+        finally:
+            spool.close()
+        return written, count, jobs
+
+    def _load_file(self, table_id: str, spool: Any, calls: _Calls) -> None:
         config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
                                         write_disposition=bigquery.WriteDisposition.WRITE_APPEND)
-        with tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024, mode="r+b") as buffer:  # the client wants r+b
-            for row in rows:
-                buffer.write(_dumps(row).encode("utf-8"))
-                buffer.write(b"\n")
-            metrics.bigquery_bytes("writer", buffer.tell())
-            buffer.seek(0)
-            calls.add()
-            # No `size`: a resumable upload (the emulator refuses the multipart one).
-            job = self.client.load_table_from_file(buffer, table_id, job_config=config)
+        metrics.bigquery_bytes("writer", spool.tell())
+        spool.flush()
+        spool.seek(0)
+        calls.add()
+        # No `size`: a resumable upload (the emulator refuses the multipart one), read from the file in chunks.
+        job = self.client.load_table_from_file(spool, table_id, job_config=config)
         job.result(timeout=self.job_timeout, retry=call_retry(self.settings))
 
     # -- the idempotent modes ----------------------------------------------------------------------------
@@ -442,24 +479,17 @@ class Writer:
             calls.add(runner.calls)
             return WriteResult(target.table_id, target.mode, 0, 0, "delete", dml_affected_rows=affected)
         staging = _Staging(self.client, self.settings, target, calls)
-        written, count = 0, 0
         try:
             staging.create()
-            seq = 0
-            for batch in itertools.chain([first], batches):
-                if target.mode is WriteMode.MERGE:
-                    for row in batch:
-                        row[_SEQ] = seq
-                        seq += 1
-                self._load(staging.table_id, batch, calls)
-                written += len(batch)
-                count += 1
+            written, count, jobs = self._load(staging.table_id, itertools.chain([first], batches), calls,
+                                              number=target.mode is WriteMode.MERGE)
             sql, params = _Sql(target).merge_from(staging.ref)
             affected = runner.dml(sql, params)
             calls.add(runner.calls)
         finally:
             staging.drop()
-        return WriteResult(target.table_id, target.mode, written, count, "staged_merge", dml_affected_rows=affected)
+        return WriteResult(target.table_id, target.mode, written, count, "staged_merge", dml_affected_rows=affected,
+                           load_jobs=jobs)
 
 
 def _insert_errors(table_id: str, errors: Sequence[Mapping[str, Any]]) -> StepError:
