@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--orgs", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--single-runs", type=int, default=100)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--write-results", action="store_true")
@@ -225,6 +226,9 @@ def main() -> None:
         for org in orgs:
             onboard_org(services.bigquery, settings, services.cipher, org, "SCALE")
         hot = asyncio.run(hot_path(services, counts, args.runs, orgs, args.concurrency, args.idle))
+        # A quiet hour: runs arrive one at a time, nothing to share a query with (gate cache still warm).
+        single = asyncio.run(hot_path(services, counts, args.single_runs, orgs, 1, 0))
+        hot["single"] = single
         schema_file = tmp / "schema.json"
         schema_file.write_text(json.dumps(SCHEMA))
         writes = writer_figures(services, counts, orgs[0], args.rows, args.batch_size, schema_file)
@@ -251,10 +255,13 @@ def render(args: argparse.Namespace, hot: dict[str, Any], writes: list[dict[str,
     dml = sum(load["dml"].values())
     dml_tables = dict(load["dml"]) or "none"
     idle_jobs = idle["requests"]["jobs.insert"] + idle["requests"]["jobs.query"]
+    single = hot["single"]
+    single_jobs = single["load"]["requests"]["jobs.insert"] + single["load"]["requests"]["jobs.query"]
     per_process_dml_min = dml / minutes
     lines = [
         f"Command: `.venv/bin/python bench/bq_limits.py --runs {args.runs} --orgs {args.orgs} --concurrency "
-        f"{args.concurrency} --idle {args.idle:g} --rows {args.rows} --batch-size {args.batch_size}` "
+        f"{args.concurrency} --idle {args.idle:g} --single-runs {args.single_runs} --rows {args.rows} "
+        f"--batch-size {args.batch_size}` "
         f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, 2 cores shared). Every BigQuery REST request counted by "
         "wrapping the client's request method (`_call_api`) and its file upload (`load_table_from_file`).",
         "",
@@ -267,6 +274,9 @@ def render(args: argparse.Namespace, hot: dict[str, Any], writes: list[dict[str,
         f"   jobs per run under load = J / runs = {jobs} / {runs} = {jobs / runs:.3f}",
         f"   insertAll per run = I / runs = {inserts} / {runs} = {inserts / runs:.3f} (streaming: not a job, "
         "not a table modification)",
+        f"   one at a time ({sum(single['outcomes'].values())} runs, concurrency 1): jobs per run = "
+        f"{single_jobs} / {sum(single['outcomes'].values())} = {single_jobs / sum(single['outcomes'].values()):.3f}, "
+        f"mutating DML {sum(single['load']['dml'].values())}; admission calls {single['admission']}",
         f"   idle {args.idle:g} s after the runs, same handler: {idle_jobs} jobs, "
         f"{idle['requests']['tabledata.insertAll']} insertAll -> jobs per idle minute = "
         f"{idle_jobs} / {args.idle / 60:.3f} = {idle_jobs / (args.idle / 60):.1f}",

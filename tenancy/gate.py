@@ -97,6 +97,8 @@ class OrgGate:
         day_start = datetime.combine(day, time.min, tzinfo=UTC)
         day_end = day_start + timedelta(days=1)
         wanted = sorted({str(run_id) for org, run_id in mine if org in orgs})
+        # `event_time` prunes to today's partition (the run log is partitioned by it, clustered by org_slug);
+        # `start_time` says which day the run belongs to (a run's final row may be written the next day).
         runs_today = (" FROM " + c.ref(RUNS_TABLE) + " WHERE `org_slug` IN UNNEST(@orgs) AND `event_time` >= @day_start"
                       " AND `start_time` >= @day_start AND `start_time` < @day_end AND `status` != @rejected")
         rows = c.queries.rows(
