@@ -168,7 +168,10 @@ async def test_llm_costs_map_to_focus_and_reruns_leave_one_copy(env, bq):
         assert row["ServiceCategory"] == "AI and Machine Learning"
         assert row["ServiceSubcategory"] == "Generative AI"
         assert row["ChargeCategory"] == "Usage" and row["ChargeFrequency"] == "Usage-Based"
-        assert row["BillingCurrency"] == "USD" and row["x_OrgSlug"] == org
+        assert row["BillingCurrency"] == row["PricingCurrency"] == "USD" and row["x_OrgSlug"] == org
+        assert row["PricingCurrencyEffectiveCost"] == row["EffectiveCost"]
+        # No name in the cost tables nor in the step config: the id itself.
+        assert row["SubAccountName"] == row["SubAccountId"] and row["BillingAccountName"] == row["BillingAccountId"]
         assert row["ProviderName"] == row["PublisherName"] == row["ServiceProviderName"] == row["HostProviderName"]
         assert row["BillingPeriodStart"] == datetime.fromisoformat("2026-03-01T00:00:00+00:00")
         assert row["BillingPeriodEnd"] == datetime.fromisoformat("2026-04-01T00:00:00+00:00")
@@ -251,7 +254,12 @@ def _plants(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                                "ConsumedUnit": None},
         "combo.PricingCategory_set_for_Usage_Purchase": {"PricingCategory": None},
         "allowed.ServiceCategory": {"ServiceCategory": "AI"},
-        "allowed.ServiceSubcategory_AI": {"ServiceSubcategory": "Chatbots"},
+        "allowed.ServiceSubcategory": {"ServiceSubcategory": "Chatbots"},
+        "combo.ServiceName_one_subcategory": {"ServiceSubcategory": "Bots"},
+        "combo.SkuId_null_for_Tax": {"ChargeCategory": "Tax", "PricingCategory": None, "ConsumedQuantity": None,
+                                     "ConsumedUnit": None},
+        "combo.SubAccountName_with_id": {"SubAccountName": None},
+        "combo.BillingAccountName_with_id": {"BillingAccountName": None},
         "combo.ConsumedQuantity_only_Usage": {"ChargeCategory": "Credit"},
         "combo.ConsumedUnit_with_quantity": {"ConsumedUnit": None},
         "combo.PricingUnit_with_quantity": {"PricingUnit": None},
@@ -294,6 +302,11 @@ async def test_conformance_catches_a_planted_violation_of_every_rule(env, bq, mo
     assert not missing, f"rules that missed their planted row: {missing}\n{format_report(report)}"
     assert found["allowed.ChargeCategory"].rows == 1 and found["allowed.ChargeCategory"].sample.endswith(
         "allowed.ChargeCategory")
+    # The six defects the official validator once found, each caught by its own rule.
+    for rule_id in ("not_null.ServiceSubcategory", "combo.SkuId_null_for_Tax", "combo.SubAccountName_with_id",
+                    "combo.BillingAccountName_with_id", "not_null.PricingCurrencyEffectiveCost",
+                    "not_null.PricingCurrency"):
+        assert found[rule_id].rows >= 1 and rule_id in {r.rule_id for r in RULES}
     assert "presence" not in found
 
     # Presence: a table without the 1.3 provider columns and without BilledCost.
@@ -367,7 +380,7 @@ async def test_gcp_billing_export_maps_to_focus_with_credit_rows(env, bq):
     assert len(rows) == 7  # 5 charges + 2 credit rows
     net = sum(Decimal(str(r["net_cost"])) for r in GCP_ROWS)
     assert sum(r["BilledCost"] for r in rows) == net == Decimal("15.039134")
-    by = {(r["SkuMeter"], r["ChargeCategory"]): r for r in rows}
+    by = {(r["SkuMeter"] or r["ChargeDescription"], r["ChargeCategory"]): r for r in rows}
     core = by[("N2 Instance Core", "Usage")]
     assert core["BilledCost"] == Decimal("12.345678") and core["ListCost"] == Decimal("13")
     assert core["ServiceCategory"] == "Compute" and core["ServiceProviderName"] == "Google Cloud"
@@ -380,6 +393,11 @@ async def test_gcp_billing_export_maps_to_focus_with_credit_rows(env, bq):
     assert credit["ConsumedQuantity"] is None and credit["PricingCategory"] is None
     tax = by[("Sales tax", "Tax")]
     assert tax["PricingCategory"] is None and tax["ConsumedQuantity"] is None
+    assert tax["SkuId"] is None and tax["SkuMeter"] is None and tax["ServiceSubcategory"] == "Other (Other)"
+    assert core["ServiceSubcategory"] == "Virtual Machines" and credit["ServiceSubcategory"] == "Virtual Machines"
+    assert core["SubAccountName"] == "Acme Prod" and core["BillingAccountName"] == "01ABCD-EF2345-678901"
+    assert core["PricingCurrency"] == "USD" and core["PricingCurrencyEffectiveCost"] == core["EffectiveCost"]
+    assert credit["PricingCurrencyEffectiveCost"] == Decimal("-2.5")
     assert by[("Gemini 2.5 Pro output", "Usage")]["ServiceCategory"] == "AI and Machine Learning"
     assert by[("Analysis", "Usage")]["ServiceCategory"] == "Analytics"
     storage = by[("Standard Storage", "Usage")]

@@ -152,19 +152,28 @@ async def test_saas_subscriptions_map_to_purchase_and_amortised_usage_rows(env, 
     assert report.rows_checked == len(rows)
 
 
-async def test_four_sources_in_one_month_match_their_source_totals(env, bq):
-    services, org = env
-    seed_sources(services, org)  # OpenAI and Anthropic, 2026-03-02/03
-    gcp = [gcp_row("2026-03-02T10:00:00+00:00", "Compute Engine", "N2 Instance Core", 12.345678, credits=-2.5,
-                   cost_at_list=13.0, invoice="202603", amount=3600.0, unit="seconds"),
-           gcp_row("2026-03-20T20:00:00+00:00", "BigQuery", "Analysis", 0.123456, invoice="202603"),
-           gcp_row("2026-03-31T22:00:00+00:00", "Tax", "Sales tax", 1.07, cost_type="tax", invoice="202603")]
-    write(services, org, "gcp_billing_daily_raw", GCP_SCHEMA, gcp)
+FOUR_SOURCES_GCP = [
+    gcp_row("2026-03-02T10:00:00+00:00", "Compute Engine", "N2 Instance Core", 12.345678, credits=-2.5,
+            cost_at_list=13.0, invoice="202603", amount=3600.0, unit="seconds"),
+    gcp_row("2026-03-20T20:00:00+00:00", "BigQuery", "Analysis", 0.123456, invoice="202603"),
+    gcp_row("2026-03-31T22:00:00+00:00", "Tax", "Sales tax", 1.07, cost_type="tax", invoice="202603")]
+
+
+async def map_four_sources(services, org) -> None:
+    """The four-source fixture month: OpenAI and Anthropic (2026-03-02/03), GCP and SaaS (March 2026)."""
+    seed_sources(services, org)
+    write(services, org, "gcp_billing_daily_raw", GCP_SCHEMA, FOUR_SOURCES_GCP)
     seed_saas(services, org)
     await run_ok("saas_subscription/costs/saas_cost", org, services, MONTH)
     await map_llm(services, org, start=MONTH["start_date"], end=MONTH["end_date"])
     for source in ("gcp", "saas"):
         await run_ok(f"focus/cost/{source}", org, services, MONTH)
+
+
+async def test_four_sources_in_one_month_match_their_source_totals(env, bq):
+    services, org = env
+    await map_four_sources(services, org)
+    gcp = FOUR_SOURCES_GCP
 
     def by_provider(rows):
         out: dict[str, Decimal] = {}

@@ -110,6 +110,32 @@ def sql_text(value: Any) -> str:
     return f"'{text}'"
 
 
+def names_config(config: Mapping[str, Any], key: str) -> dict[str, str]:
+    """The step config's `key`: {id: display name}, both non-empty strings."""
+    names = config.get(key) or {}
+    if not isinstance(names, Mapping):
+        raise invalid(f"{key} must be a mapping {{id: name}}")
+    out: dict[str, str] = {}
+    for ident, name in names.items():
+        if not isinstance(name, str | int) or not str(name).strip() or not str(ident).strip():
+            raise invalid(f"{key}.{ident} must be a non-empty name")
+        out[str(ident)] = str(name)
+    return out
+
+
+def named(column: str, names: Mapping[str, str], prefix: str) -> tuple[str, dict[str, Any]]:
+    """SQL giving the configured name of the id in `column`, else the id itself (NULL when the id is), and
+    its query parameters (`@{prefix}_id_N`, `@{prefix}_name_N`)."""
+    params: dict[str, Any] = {}
+    whens = []
+    for i, (ident, name) in enumerate(sorted(names.items())):
+        params[f"{prefix}_id_{i}"], params[f"{prefix}_name_{i}"] = ident, name
+        whens.append(f"WHEN @{prefix}_id_{i} THEN @{prefix}_name_{i}")
+    if not whens:
+        return column, params
+    return f"CASE {column} {' '.join(whens)} ELSE {column} END", params
+
+
 class FocusSource:
     """Base of the `focus.*` processors. Subclasses set `source` and `inputs`, and build branches."""
 

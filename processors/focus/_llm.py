@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.context import RunContext
-from processors.focus._base import Branch, FocusSource, numeric, sql_text
+from processors.focus._base import Branch, FocusSource, named, names_config, numeric, sql_text
 
 AI_CATEGORY = "'AI and Machine Learning'"
 AI_SUBCATEGORY = "'Generative AI'"
@@ -67,7 +67,13 @@ class LlmFocusSource(FocusSource):
     def extra_params(self, config: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
         account = str(config.get("billing_account_id") or context.org_slug)
         return {"billing_account_id": account,
-                "billing_account_name": str(config.get("billing_account_name") or account)}
+                "billing_account_name": str(config.get("billing_account_name") or account),
+                **self.sub_account_name(config)[1]}
+
+    def sub_account_name(self, config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """SubAccountName: the step config's `sub_account_names` {id: name}, else the id itself. The cost
+        tables carry only ids (the providers' cost reports name no project or workspace)."""
+        return named(self.sub_account[0], names_config(config, "sub_account_names"), "sub_account")
 
     def ctes(self, refs: Mapping[str, str], config: Mapping[str, Any], context: RunContext) -> str:
         billed = ", ".join(self.billed_columns)
@@ -101,11 +107,12 @@ calc_lines AS (
     def branches(self, refs: Mapping[str, str], config: Mapping[str, Any], context: RunContext) -> list[Branch]:
         sub_column, sub_type = self.sub_account
         common = {**provider_columns(self.provider, self.service), **day_columns("cost_date"),
-                  "SubAccountId": sub_column,
+                  "SubAccountId": sub_column, "SubAccountName": self.sub_account_name(config)[0],
                   "SubAccountType": f"CASE WHEN {sub_column} IS NOT NULL THEN {sql_text(sub_type)} END"}
         billed = {
             **common,
             "BilledCost": numeric("amount_usd"), "EffectiveCost": numeric("amount_usd"),
+            "PricingCurrencyEffectiveCost": numeric("amount_usd"),
             "ListCost": numeric("amount_usd"), "ContractedCost": numeric("amount_usd"),
             "BillingCurrency": "UPPER(currency)", "PricingCurrency": "UPPER(currency)",
             "ChargePeriodStart": "bucket_start", "ChargePeriodEnd": "bucket_end",
@@ -116,6 +123,7 @@ calc_lines AS (
         calculated = {
             **common,
             "BilledCost": numeric("0"), "EffectiveCost": numeric("cost"),
+            "PricingCurrencyEffectiveCost": numeric("cost"),
             "ListCost": numeric("cost"), "ContractedCost": numeric("cost"),
             "BillingCurrency": "UPPER(IFNULL(currency, 'USD'))", "PricingCurrency": "UPPER(IFNULL(currency, 'USD'))",
             "ChargePeriodStart": "TIMESTAMP(cost_date)",

@@ -51,6 +51,8 @@ NOT_NULL = (
     "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingAccountId", "BillingCurrency",
     "BillingPeriodStart", "BillingPeriodEnd", "ChargeCategory", "ChargePeriodStart", "ChargePeriodEnd",
     "InvoiceIssuerName", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName", "ServiceProviderName",
+    # Conditional columns whose 1.2 column table also says "Allows nulls: False".
+    "ServiceSubcategory", "PricingCurrency", "PricingCurrencyEffectiveCost",
 )
 CHARGE_CATEGORIES = ("Usage", "Purchase", "Tax", "Credit", "Adjustment")
 CHARGE_FREQUENCIES = ("One-Time", "Recurring", "Usage-Based")
@@ -60,8 +62,50 @@ SERVICE_CATEGORIES = (
     "Multicloud", "Identity", "Integration", "Internet of Things", "Management and Governance", "Media",
     "Migration", "Mobile", "Networking", "Security", "Storage", "Web", "Other",
 )
-AI_SUBCATEGORIES = ("AI Platforms", "Bots", "Generative AI", "Machine Learning", "Natural Language Processing",
-                    "Other (AI and Machine Learning)")
+# FOCUS 1.2 ServiceSubcategory allowed values, each under its one parent ServiceCategory (column
+# ServiceSubcategory, "Allowed values").
+SUBCATEGORIES: dict[str, tuple[str, ...]] = {
+    "AI and Machine Learning": ("AI Platforms", "Bots", "Generative AI", "Machine Learning",
+                                "Natural Language Processing", "Other (AI and Machine Learning)"),
+    "Analytics": ("Analytics Platforms", "Business Intelligence", "Data Processing", "Search", "Streaming Analytics",
+                  "Other (Analytics)"),
+    "Business Applications": ("Productivity and Collaboration", "Other (Business Applications)"),
+    "Compute": ("Containers", "End User Computing", "Quantum Compute", "Serverless Compute", "Virtual Machines",
+                "Other (Compute)"),
+    "Databases": ("Caching", "Data Warehouses", "Ledger Databases", "NoSQL Databases", "Relational Databases",
+                  "Time Series Databases", "Other (Databases)"),
+    "Developer Tools": ("Developer Platforms", "Continuous Integration and Deployment", "Development Environments",
+                        "Source Code Management", "Quality Assurance", "Other (Developer Tools)"),
+    "Identity": ("Identity and Access Management", "Other (Identity)"),
+    "Integration": ("API Management", "Messaging", "Workflow Orchestration", "Other (Integration)"),
+    "Internet of Things": ("IoT Analytics", "IoT Platforms", "Other (Internet of Things)"),
+    "Management and Governance": ("Architecture", "Compliance", "Cost Management", "Data Governance",
+                                  "Disaster Recovery", "Endpoint Management", "Observability", "Support",
+                                  "Other (Management and Governance)"),
+    "Media": ("Content Creation", "Gaming", "Media Streaming", "Mixed Reality", "Other (Media)"),
+    "Migration": ("Data Migration", "Resource Migration", "Other (Migration)"),
+    "Mobile": ("Other (Mobile)",),
+    "Multicloud": ("Multicloud Integration", "Other (Multicloud)"),
+    "Networking": ("Application Networking", "Content Delivery", "Network Connectivity", "Network Infrastructure",
+                   "Network Routing", "Network Security", "Other (Networking)"),
+    "Security": ("Secret Management", "Security Posture Management", "Threat Detection and Response",
+                 "Other (Security)"),
+    "Storage": ("Backup Storage", "Block Storage", "File Storage", "Object Storage", "Storage Platforms",
+                "Other (Storage)"),
+    "Web": ("Application Platforms", "Other (Web)"),
+    "Other": ("Other (Other)",),
+}
+AI_SUBCATEGORIES = SUBCATEGORIES["AI and Machine Learning"]
+
+
+def default_subcategory(category: str) -> str:
+    """The spec's catch-all subcategory of a category: "Other (<category>)"."""
+    return f"Other ({category})"
+
+
+def _subcategory_pairs() -> str:
+    pairs = ", ".join(f"'{c}|{s}'" for c, subs in SUBCATEGORIES.items() for s in subs)  # fixed constants
+    return f"CONCAT(ServiceCategory, '|', ServiceSubcategory) NOT IN ({pairs})"
 
 
 def _in(column: str, values: Sequence[str]) -> str:
@@ -95,9 +139,18 @@ RULES: tuple[Rule, ...] = (
          "ChargeCategory IN ('Usage', 'Purchase') AND ChargeClass IS NULL AND PricingCategory IS NULL"),
     Rule("allowed.ServiceCategory", "ServiceCategory is one of the spec's values",
          f"ServiceCategory IS NOT NULL AND NOT {_in('ServiceCategory', SERVICE_CATEGORIES)}"),
-    Rule("allowed.ServiceSubcategory_AI", "ServiceSubcategory of AI and Machine Learning is one of the spec's values",
-         f"ServiceCategory = 'AI and Machine Learning' AND ServiceSubcategory IS NOT NULL "
-         f"AND NOT {_in('ServiceSubcategory', AI_SUBCATEGORIES)}"),
+    Rule("allowed.ServiceSubcategory", "ServiceSubcategory is one of the spec's values for its ServiceCategory",
+         f"ServiceCategory IS NOT NULL AND ServiceSubcategory IS NOT NULL AND {_subcategory_pairs()}"),
+    # {ref} and {where}: the checked table and the check's scope, for rules across rows.
+    Rule("combo.ServiceName_one_subcategory", "A ServiceName has one ServiceSubcategory",
+         "ServiceName IN (SELECT ServiceName FROM {ref} WHERE {where} GROUP BY ServiceName "
+         "HAVING COUNT(DISTINCT IFNULL(ServiceSubcategory, '')) > 1)"),
+    Rule("combo.SkuId_null_for_Tax", "SkuId is null when ChargeCategory is Tax",
+         "ChargeCategory = 'Tax' AND SkuId IS NOT NULL"),
+    Rule("combo.SubAccountName_with_id", "SubAccountName is set when SubAccountId is",
+         "SubAccountId IS NOT NULL AND SubAccountName IS NULL"),
+    Rule("combo.BillingAccountName_with_id", "BillingAccountName is set (every source's accounts can be named)",
+         "BillingAccountId IS NOT NULL AND BillingAccountName IS NULL"),
     Rule("combo.ConsumedQuantity_only_Usage", "ConsumedQuantity and ConsumedUnit are null unless ChargeCategory "
          "is Usage (and not a correction)",
          "(ConsumedQuantity IS NOT NULL OR ConsumedUnit IS NOT NULL) "
@@ -195,7 +248,7 @@ def check(client: Any, settings: Any, org_slug: str, *, dataset: str | None = No
     if rules:
         branches = "\nUNION ALL\n".join(
             f"SELECT '{r.rule_id}' AS rule_id, {_SAMPLE} AS sample FROM {ref} "  # noqa: S608 - validated names
-            f"WHERE {where} AND ({r.violation})"
+            f"WHERE {where} AND ({r.violation.replace('{ref}', ref).replace('{where}', where)})"
             for r in rules)
         sql = (f"SELECT rule_id, COUNT(*) AS violating_rows, MIN(sample) AS sample FROM ({branches}) AS v "  # noqa: S608
                "GROUP BY rule_id ORDER BY rule_id")
@@ -210,9 +263,8 @@ def check(client: Any, settings: Any, org_slug: str, *, dataset: str | None = No
 
 def _mentions_only(rule: Rule, columns: set[str]) -> list[bool]:
     code = re.sub(r"r?'[^']*'", "''", rule.violation)  # string literals are values, not columns
-    names = set(re.findall(r"\b([A-Z][A-Za-z]+)\b", code))
-    sql_words = {"IS", "NOT", "NULL", "AND", "OR", "IN", "REGEXP_CONTAINS"}
-    return [name in columns for name in names - sql_words]
+    names = {name for name in re.findall(r"\b([A-Z][A-Za-z]+)\b", code) if not name.isupper()}  # not SQL words
+    return [name in columns for name in names]
 
 
 def format_report(report: Report) -> str:

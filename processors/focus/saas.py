@@ -34,7 +34,7 @@ from typing import Any
 from pipeline.context import RunContext
 from processors._llm.params import invalid
 from processors.focus._base import Branch, FocusSource, numeric, sql_text
-from processors.focus.conformance import AI_SUBCATEGORIES, SERVICE_CATEGORIES
+from processors.focus.conformance import SERVICE_CATEGORIES, SUBCATEGORIES, default_subcategory
 
 _MONTHS = """CASE LOWER(billing_cycle) WHEN 'annual' THEN 12 WHEN 'yearly' THEN 12 WHEN 'quarterly' THEN 3
       ELSE 1 END"""  # as calculate_subscription_cost
@@ -51,22 +51,29 @@ def _vendor_case(vendors: Mapping[str, Any], key: str, default: str) -> str:
 
 
 def vendors_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """`vendors` with every mapped vendor's subcategory filled in ("Other (<category>)" when not given), and
+    the default category. Categories and subcategories must be FOCUS 1.2 values, the subcategory under its
+    category."""
     vendors = config.get("vendors") or {}
     if not isinstance(vendors, Mapping):
         raise invalid("vendors must be a mapping {provider: {name, category}}")
     default = str(config.get("default_service_category") or "Other")
+    if default not in SERVICE_CATEGORIES:
+        raise invalid(f"default_service_category {default!r} is not a FOCUS ServiceCategory")
+    out: dict[str, Any] = {}
     for slug, value in vendors.items():
         if not isinstance(value, Mapping):
             raise invalid(f"vendors.{slug} must be a mapping {{name, category}}")
         category = value.get("category")
         if category is not None and category not in SERVICE_CATEGORIES:
             raise invalid(f"vendors.{slug}.category {category!r} is not a FOCUS ServiceCategory")
+        category = str(category or default)
         subcategory = value.get("subcategory")
-        if subcategory is not None and category == "AI and Machine Learning" and subcategory not in AI_SUBCATEGORIES:
-            raise invalid(f"vendors.{slug}.subcategory {subcategory!r} is not a FOCUS AI ServiceSubcategory")
-    if default not in SERVICE_CATEGORIES:
-        raise invalid(f"default_service_category {default!r} is not a FOCUS ServiceCategory")
-    return dict(vendors), default
+        if subcategory is not None and subcategory not in SUBCATEGORIES[category]:
+            raise invalid(f"vendors.{slug}.subcategory {subcategory!r} is not a FOCUS ServiceSubcategory of "
+                          f"{category}")
+        out[slug] = {**value, "category": category, "subcategory": str(subcategory or default_subcategory(category))}
+    return out, default
 
 
 class SaasFocus(FocusSource):
@@ -117,9 +124,11 @@ daily AS (
         name = _vendor_case(vendors, "name", "provider")
         common = {
             "InvoiceIssuerName": name, "ProviderName": name, "PublisherName": name,
-            "ServiceProviderName": name, "HostProviderName": name, "ServiceName": name,
+            "ServiceProviderName": name, "HostProviderName": name,
+            # A vendor selling two services (GitHub: repositories, Copilot) names each with `service`.
+            "ServiceName": _vendor_case(vendors, "service", name),
             "ServiceCategory": _vendor_case(vendors, "category", sql_text(default_category)),
-            "ServiceSubcategory": _vendor_case(vendors, "subcategory", "CAST(NULL AS STRING)"),
+            "ServiceSubcategory": _vendor_case(vendors, "subcategory", sql_text(default_subcategory(default_category))),
             "BillingAccountId": "@billing_account_id", "BillingAccountName": "@billing_account_name",
             "BillingAccountType": "'Organization'",
             "BillingCurrency": "UPPER(currency)", "PricingCurrency": "UPPER(currency)",
