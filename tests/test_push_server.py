@@ -80,7 +80,8 @@ def _start(tmp_path: Path, handler_seconds: float, grace: float) -> tuple[subpro
     script = tmp_path / "serve.py"
     script.write_text(SERVER_SCRIPT)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "LOG_FORMAT": "json"}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "LOG_FORMAT": "json"}
     process = subprocess.Popen([sys.executable, str(script), str(port), str(handler_seconds), str(grace)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return process, f"http://127.0.0.1:{port}"
