@@ -16,6 +16,8 @@ from pipeline.errors import ConfigError, ConfigProblem, InvalidPipelineRef, Pipe
 from pipeline.models import PipelineConfig
 
 _SEGMENT = re.compile(r"^[a-z0-9_]{1,64}$")
+# YAML files under configs/ that hold data for the platform rather than a pipeline: never loaded as one.
+NON_PIPELINE_FILES = frozenset({"config.yml", "providers.yml", "dataset_types.yml", "plans.yml"})
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ class PipelineLoader:
 
     def load(self, ref: PipelineRef | str) -> PipelineConfig:
         path = self.path_for(ref)
+        if path.name in NON_PIPELINE_FILES:
+            raise PipelineNotFound(f"unknown pipeline {ref}: that file holds platform data, not a pipeline")
         if not path.is_file():
             raise PipelineNotFound(f"unknown pipeline {ref}: no file {path.relative_to(self.configs_dir)}")
         return self.load_file(path)

@@ -11,12 +11,10 @@ import yaml
 
 from pipeline.context import PlaceholderError, resolve_placeholders
 from pipeline.errors import ConfigError, ConfigProblem
-from pipeline.loader import PipelineLoader
+from pipeline.loader import NON_PIPELINE_FILES, PipelineLoader
 from pipeline.models import PipelineConfig
 from pipeline.registry import ProcessorRegistry
 
-# YAML files under configs/ that hold data for the platform rather than a pipeline.
-NON_PIPELINE_FILES = frozenset({"config.yml", "providers.yml", "dataset_types.yml", "plans.yml"})
 _FILE_KEY_SUFFIXES = ("_file", "_dir")
 
 

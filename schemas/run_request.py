@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -133,6 +134,13 @@ def validate_run_request(data: Any) -> RunRequest:
             RejectCode.UNSUPPORTED_SCHEMA_VERSION,
             f"schema_version {preview(version)} is not supported (this consumer knows {SCHEMA_VERSION!r})",
         )
+    parameters = data.get("parameters")
+    if isinstance(parameters, dict):
+        for name, value in parameters.items():
+            # JSON has no NaN or Infinity; Python would write them as bare words that no strict parser reads.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MessageRejected(RejectCode.SCHEMA_INVALID,
+                                      f"parameters.{str(name)[:64]}: {value} is not a finite JSON number")
     found = problems(RUN_REQUEST_V1, data)
     path_problem = _pipeline_problem(data.get("pipeline"))
     if path_problem and all(path[:1] == ("pipeline",) for path, _ in found):
@@ -187,4 +195,4 @@ def rfc3339(moment: datetime) -> str:
 
 
 def compact_json(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

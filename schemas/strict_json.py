@@ -49,6 +49,10 @@ def loads_object(data: bytes, max_bytes: int, what: str = "message body") -> dic
         ) from None
     except RecursionError:
         raise MessageRejected(RejectCode.MALFORMED_JSON, f"{what} is nested too deeply") from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800" parses, but no UTF-8 message (a republish, an event) can carry it
+        raise MessageRejected(RejectCode.MALFORMED_JSON, f"{what} holds a lone UTF-16 surrogate") from None
     if not isinstance(value, dict):
         raise MessageRejected(RejectCode.SCHEMA_INVALID, f"{what} must be a JSON object, got {json_type(value)}")
     return value

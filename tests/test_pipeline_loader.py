@@ -55,6 +55,16 @@ def test_unknown_pipeline_is_its_own_error(configs):
         PipelineLoader(configs).load("openai/cost/nope")
 
 
+@pytest.mark.parametrize("ref", ["setup/bootstrap/config", "setup//plans"])
+def test_platform_data_files_are_not_pipelines(ref):
+    # The repository's own configs: these files exist, hold platform data and must never load as a pipeline.
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    loader = PipelineLoader(configs)
+    assert loader.path_for(ref).is_file()
+    with pytest.raises(PipelineNotFound, match="platform data, not a pipeline"):
+        loader.load(ref)
+
+
 def test_ref_round_trip():
     assert str(PipelineRef.parse("anthropic//usage_cost")) == "anthropic//usage_cost"
 

@@ -234,6 +234,7 @@ def test_parameter_values_are_never_echoed() -> None:
         (b"42", INVALID, "got integer"),
         (b"null", INVALID, "got null"),
         (b"[" * 5_000 + b"]" * 5_000, RejectCode.MALFORMED_JSON, "nested too deeply"),
+        (b'{"org_slug": "\\ud800"}', RejectCode.MALFORMED_JSON, "lone UTF-16 surrogate"),
     ],
 )
 def test_undecodable_bytes(data: bytes, code: RejectCode, expected: str) -> None:
@@ -241,6 +242,19 @@ def test_undecodable_bytes(data: bytes, code: RejectCode, expected: str) -> None
         decode_run_request(data, {})
     assert caught.value.code is code
     assert expected in caught.value.message
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_parameters_are_refused(value: float) -> None:
+    with pytest.raises(MessageRejected) as caught:
+        RunRequest.create("acme", "openai/cost/usage_cost", {"x": value})
+    assert caught.value.code is RejectCode.SCHEMA_INVALID and "not a finite JSON number" in caught.value.message
+    # 1e400 is valid JSON text that Python reads as infinity: refused the same way, never re-published
+    data = json.dumps(good_request(parameters={"x": 1})).encode().replace(b'"x":1', b'"x":1e400')
+    data = data.replace(b'"x": 1', b'"x": 1e400')
+    with pytest.raises(MessageRejected) as caught:
+        decode_run_request(data, {})
+    assert caught.value.code is RejectCode.SCHEMA_INVALID
 
 
 def test_huge_payload_is_refused_before_parsing() -> None:
