@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -170,10 +171,7 @@ class ApiDoor:
         if len(raw) > MAX_BODY_BYTES:
             raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
         # Any content type: `curl -d '{...}'` sends JSON as application/x-www-form-urlencoded.
-        try:
-            data = json.loads(raw) if raw.strip() else {}
-        except (UnicodeDecodeError, ValueError):
-            raise ApiError(400, "INVALID_JSON", "request body must be a JSON object") from None
+        data = parse_json_body(raw) if raw.strip() else {}
         if not isinstance(data, dict):
             raise ApiError(422, "INVALID_BODY", "request body must be a JSON object")
         try:
@@ -298,6 +296,73 @@ class ApiDoor:
         if not deleted:
             raise ApiError(404, "PROCEDURE_NOT_FOUND", f"procedure {name} does not exist")
         return web.json_response({"deleted": name})
+
+
+MAX_JSON_DEPTH = 32  # a valid body nests 2 deep; the limit keeps the parser far from the recursion limit
+# The closing quote is optional so an unterminated string is eaten once: linear time on any input.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _json_depth(text: str) -> int:
+    depth = deepest = 0
+    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:  # parsers disagree on which copy wins: refuse rather than guess
+            raise ApiError(400, "DUPLICATE_KEY", f"request body repeats the key {key[:40]!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ApiError(400, "NON_FINITE_NUMBER", f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as infinity
+        raise ApiError(400, "NON_FINITE_NUMBER", f"{text[:40]} is too large for a JSON number")
+    return value
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, no lone surrogates, nesting at most MAX_JSON_DEPTH.
+
+    The consumer's parser (schemas/strict_json.py) refuses the same things: a body accepted here is never
+    rejected there as malformed.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ApiError(400, "INVALID_JSON", f"request body is not valid UTF-8 (bad byte at offset {error.start})") \
+            from None
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        raise ApiError(400, "JSON_TOO_DEEP", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                          parse_float=_finite_float)
+    except json.JSONDecodeError as error:
+        raise ApiError(400, "INVALID_JSON", f"request body is not valid JSON: {error.msg} (line {error.lineno}, "
+                                            f"column {error.colno})") from None
+    except RecursionError:  # not reachable below MAX_JSON_DEPTH; kept so it can never be a 500
+        raise ApiError(400, "JSON_TOO_DEEP", f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as error:  # an integer past Python's digit limit
+        raise ApiError(400, "INVALID_JSON", f"request body is not valid JSON: {str(error)[:120]}") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800": valid JSON text, but no UTF-8 can carry it on to Pub/Sub
+        raise ApiError(400, "INVALID_JSON", "request body holds a lone UTF-16 surrogate (\\uD800-\\uDFFF)") from None
+    return data
 
 
 def _procedure_name(request: web.Request) -> str:

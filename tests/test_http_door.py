@@ -314,3 +314,156 @@ def test_procedure_routes_need_the_root_key(server, platform):
     got, _, answer = server.call("GET", "/api/v1/procedures/calculate_subscription_cost", headers=root)
     assert (got, answer["code"]) == (404, "PROCEDURE_NOT_FOUND")
     assert server.call("DELETE", "/api/v1/procedures/calculate_subscription_cost", headers=root)[0] == 404
+
+
+# ---- malformed requests: a specific 4xx, never a 5xx ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stub_server(platform):
+    """A door that records instead of publishing, without rate limits: bad input only, nothing runs."""
+    app, door = door_app(platform, rate_limit_enabled=False)
+    door.services.__dict__["requests"] = stub = StubRequests()
+    server = Server(app)
+    server.stub = stub
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(("raw", "status", "code"), [
+    (b"[" * 30_000 + b"]" * 30_000, 400, "JSON_TOO_DEEP"),
+    (b'{"parameters": ' * 3_000 + b"1" + b"}" * 3_000, 400, "JSON_TOO_DEEP"),
+    (b'{"parameters": {"x": NaN}}', 400, "NON_FINITE_NUMBER"),
+    (b'{"parameters": {"x": Infinity}}', 400, "NON_FINITE_NUMBER"),
+    (b'{"parameters": {"x": -Infinity}}', 400, "NON_FINITE_NUMBER"),
+    (b'{"parameters": {"x": 1e400}}', 400, "NON_FINITE_NUMBER"),
+    (b'{"parameters": {"x": 1}, "parameters": {"x": 2}}', 400, "DUPLICATE_KEY"),
+    (b'{"parameters": {"x": "\\ud800"}}', 400, "INVALID_JSON"),
+    (b'{"parameters": {"x": ' + b"9" * 5_000 + b"}}", 400, "INVALID_JSON"),
+    (b'{"parameters": {"x": "caf\xe9"}}', 400, "INVALID_JSON"),
+    (b'"\\' + b'\\"' * 30_000, 400, "INVALID_JSON"),
+    (b"[]", 422, "INVALID_BODY"),
+])
+def test_malformed_bodies_answer_a_specific_4xx(platform, stub_server, raw, status, code):
+    before = len(stub_server.stub.published)
+    got, _, answer = stub_server.call("POST", run_path("acme_door"), headers=key_of(platform), raw=raw)
+    assert (got, answer["code"]) == (status, code), answer
+    assert len(stub_server.stub.published) == before
+
+
+def test_platform_data_paths_are_not_pipelines(platform, stub_server):
+    for path in ("/api/v1/pipelines/run/acme_door/setup/bootstrap/config",
+                 "/api/v1/pipelines/run/acme_door/setup//plans"):
+        got, _, answer = stub_server.call("POST", path, {}, key_of(platform))
+        assert (got, answer["code"]) == (404, "UNKNOWN_PIPELINE"), (path, answer)
+        assert "platform data" in answer["detail"]
+
+
+def test_finite_floats_still_pass(platform, stub_server):
+    got, _, answer = stub_server.call("POST", run_path("acme_door"), raw=b'{"parameters": {"x": 1.5e300, "y": -0.0}}',
+                                      headers=key_of(platform))
+    assert got == 202, answer
+    assert answer["parameters"] == {"x": 1.5e300, "y": -0.0}
+    request = stub_server.stub.published[-1]
+    assert json.loads(request.to_json())["parameters"]["x"] == 1.5e300
+
+
+def _fuzz_strategies():
+    from urllib.parse import quote
+
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+                        st.text(max_size=40))
+    values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                           st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+                          max_leaves=12)
+    shaped = st.fixed_dictionaries({}, optional={
+        "parameters": st.dictionaries(st.text(max_size=12), values, max_size=5),
+        "date": st.one_of(st.text(max_size=12), st.dates().map(str), values),
+        "month": st.one_of(st.text(max_size=8), values), "trigger": st.one_of(st.sampled_from(["adhoc", "backfill"]),
+                                                                             values),
+        "start_date": st.dates().map(str), "end_date": st.dates().map(str),
+    })
+    # json.dumps writes NaN/Infinity as bare words: the very input to refuse
+    bodies = st.one_of(
+        shaped.map(lambda body: json.dumps(body).encode()),
+        values.map(lambda body: json.dumps(body).encode()),
+        st.binary(max_size=200),
+        st.tuples(st.integers(1, 3000), st.sampled_from(["[", "{\"a\":", "[{\"p\":"])).map(
+            lambda t: (t[1] * t[0]).encode()),
+        shaped.map(lambda body: json.dumps(body).encode()).flatmap(
+            lambda raw: st.integers(0, max(len(raw) - 1, 0)).map(lambda cut: raw[:cut])),  # truncated
+    )
+    segment_text = st.one_of(
+        st.sampled_from(["testing", "consumer", "ok", "setup", "bootstrap", "config", "plans", "..", ".", "",
+                         "ok.yml", "schemas", "system", "procedures", "Consumer", "%2e%2e", "%2F", "%00", "a" * 80]),
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=12).map(lambda t: quote(t, safe="")),
+        st.from_regex(r"[a-z0-9_]{1,10}", fullmatch=True),
+    )
+    pipeline_paths = st.tuples(segment_text, segment_text, segment_text).map(lambda t: "/".join(t))
+    orgs = st.one_of(st.just("acme_door"), st.just("acme_door"), segment_text)
+    paths = st.one_of(
+        st.tuples(orgs, pipeline_paths).map(lambda t: f"/api/v1/pipelines/run/{t[0]}/{t[1]}"),
+        segment_text.map(lambda t: f"/api/v1/pipelines/runs/{t}"),
+        segment_text.map(lambda t: f"/api/v1/procedures/{t}"),
+        st.lists(segment_text, max_size=7).map(lambda parts: "/api/v1/pipelines/run/" + "/".join(parts)),
+    )
+    methods = st.sampled_from(["POST", "POST", "POST", "GET", "DELETE", "PUT"])
+    return methods, paths, bodies
+
+
+FUZZ_HEADERS = {"Content-Type": "application/json", "X-CA-Root-Key": "wrong-root-key"}
+
+
+def test_fuzz_bodies_find_no_5xx(platform, stub_server):
+    """Random bodies on real run paths, with a valid key: below 500 always, and what the door accepts the
+    consumer's decoder accepts too (no 202 that the worker then rejects as malformed)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from schemas import decode_run_request
+
+    _, _, bodies = _fuzz_strategies()
+    targets = st.sampled_from([OK, "testing//flat", "setup/bootstrap/config", "setup//plans", "testing/consumer/no"])
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(pipeline=targets, raw=bodies)
+    def one(pipeline, raw):
+        published = len(stub_server.stub.published)
+        got, _, answer = stub_server.call("POST", run_path("acme_door", pipeline),
+                                          headers={**FUZZ_HEADERS, "X-API-Key": platform.keys["acme_door"]}, raw=raw)
+        seen[got] = seen.get(got, 0) + 1
+        assert got < 500, (pipeline, raw[:200], answer)
+        assert isinstance(answer, dict) and answer.get("code" if got >= 400 else "run_id"), answer
+        if got == 202:
+            request = stub_server.stub.published[-1]
+            decode_run_request(request.to_json(), request.attributes())  # raises MessageRejected if not
+        else:
+            assert len(stub_server.stub.published) == published
+
+    one()
+    assert seen.get(202) and seen.get(400) and seen.get(422) and seen.get(404), seen
+
+
+def test_fuzz_paths_find_no_5xx(platform, stub_server):
+    """Random methods and paths under the API prefix, with a valid key: every answer is below 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    methods, paths, _ = _fuzz_strategies()
+    bodies = st.sampled_from([b"", b"{}", b'{"parameters": {"seconds": 0}}', b"[", b'{"force": true}'])
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(method=methods, path=paths, raw=bodies)
+    def one(method, path, raw):
+        got, _, answer = stub_server.call(method, path, raw=raw,
+                                          headers={**FUZZ_HEADERS, "X-API-Key": platform.keys["acme_door"]})
+        seen[got] = seen.get(got, 0) + 1
+        assert got < 500, (method, path, raw, answer)
+
+    one()
+    assert seen.get(404) and seen.get(403), seen
