@@ -4,22 +4,27 @@ honours Retry-After, maps the final answer to a transient or permanent step erro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
+import yarl
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from httpclient.ssrf import AddressGuard
+from httpclient.ssrf import AddressGuard, BlockedAddress, is_guarded
 from pipeline.errors import PermanentStepError, TransientStepError
 
 log = structlog.get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,9 @@ class HttpClient:
         self.session = session
         self.provider = provider
         self.guard = guard or AddressGuard(enabled=False)
+        if self.guard.enabled and not is_guarded(session):
+            # Without the guarded resolver a name is checked here and resolved again by aiohttp (rebinding).
+            raise ValueError("an enabled AddressGuard needs a session made by AddressGuard.session()")
         self.policy = policy or RetryPolicy()
         self.min_interval = 1.0 / rate_per_second if rate_per_second else 0.0
         self._last_call = 0.0
@@ -120,7 +128,7 @@ class HttpClient:
         auth: aiohttp.BasicAuth | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
         """Returns (decoded JSON body, response headers); raises a step error after the retries."""
-        await self.guard.check(url)
+        self.guard.check_url(url)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.policy.attempts),
@@ -141,8 +149,7 @@ class HttpClient:
 
     async def _once(self, method, url, params, headers, json, auth):
         await self._throttle()
-        self.calls += 1
-        async with self.session.request(method, url, params=params, headers=headers, json=json, auth=auth) as response:
+        async with self._send(method, url, params, headers, json, auth) as response:
             if self.on_response is not None:
                 self.on_response(self.provider, response.status)
             if response.status >= 400:
@@ -153,6 +160,9 @@ class HttpClient:
                     body,
                     parse_retry_after(response.headers.get("Retry-After")),
                 )
+            if response.status in REDIRECT_STATUS:
+                raise PermanentStepError(f"{self.provider}: HTTP {response.status} from {_no_query(url)} "
+                                         "without a Location", code="PROVIDER_BAD_RESPONSE")
             if response.status == 204:
                 return None, response.headers
             try:
@@ -162,6 +172,51 @@ class HttpClient:
                     f"{self.provider}: response from {_no_query(url)} is not JSON: {error}",
                     code="PROVIDER_BAD_RESPONSE",
                 ) from None
+
+    @contextlib.asynccontextmanager
+    async def _send(self, method, url, params, headers, json, auth):
+        """Sends without aiohttp's redirect handling and follows up to MAX_REDIRECTS hops itself, each
+        Location through the guard. Credentials (auth, every caller header) are not sent to another origin."""
+        origin, previous = _origin(url), url
+        for hop in range(MAX_REDIRECTS + 1):
+            self.calls += 1
+            try:
+                response = await self.session.request(method, url, params=params, headers=headers, json=json,
+                                                      auth=auth, allow_redirects=False)
+            except BlockedAddress as error:  # refused by the connector's resolver
+                where = f"redirect from {_no_query(previous)} to {_no_query(url)}" if hop else _no_query(url)
+                raise BlockedAddress(f"{self.provider}: {where} refused: {error}") from None
+            location = response.headers.get("Location")
+            if response.status in REDIRECT_STATUS and location and hop == MAX_REDIRECTS:
+                response.release()
+                raise PermanentStepError(f"{self.provider}: more than {MAX_REDIRECTS} redirects from "
+                                         f"{_no_query(url)}; refused", code="PROVIDER_TOO_MANY_REDIRECTS")
+            if response.status not in REDIRECT_STATUS or not location:
+                try:
+                    yield response
+                finally:
+                    response.release()
+                return
+            response.release()
+            try:
+                target = str(response.url.join(yarl.URL(location)))
+            except ValueError:
+                raise PermanentStepError(f"{self.provider}: redirect from {_no_query(url)} has an invalid "
+                                         "Location", code="PROVIDER_BAD_RESPONSE") from None
+            try:
+                self.guard.check_url(target)
+            except BlockedAddress as error:
+                raise BlockedAddress(f"{self.provider}: redirect from {_no_query(url)} to {_no_query(target)} "
+                                     f"refused: {error}") from None
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, json = "GET", None
+            if _origin(target) != origin:
+                if json is not None:
+                    raise PermanentStepError(f"{self.provider}: redirect of a request body to another host "
+                                             f"({_no_query(target)}) refused", code="PROVIDER_BAD_RESPONSE")
+                headers = {k: v for k, v in (headers or {}).items() if k.lower() in _SAFE_HEADERS}
+                auth = None
+            previous, url, params = url, target, None  # the Location holds the whole next URL, query included
 
     def _step_error(self, error: HttpError):
         where = f"{self.provider} answered HTTP {error.status} for {error.url}"
@@ -176,6 +231,14 @@ class HttpClient:
         if error.retryable:
             return TransientStepError(f"{where}: {error.body}", code="PROVIDER_UNAVAILABLE", status=error.status)
         return PermanentStepError(f"{where}: {error.body}", code="PROVIDER_REQUEST_REJECTED", status=error.status)
+
+
+_SAFE_HEADERS = frozenset({"accept", "accept-encoding", "user-agent"})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _no_query(url: str) -> str:

@@ -1,6 +1,7 @@
 """Slack incoming webhooks: POST a JSON payload; Slack answers 200 `ok`. 429 and 5xx are retried a few
 times (Retry-After honoured up to a few seconds). The URL is a secret: it never appears in errors or logs,
-and it passes the SSRF guard like every outbound call."""
+and it passes the SSRF guard like every outbound call: checked before sending, and again by the session's
+resolver on the address actually connected to. A webhook never needs a redirect, so none is followed."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ def _where(url: str) -> str:
 
 
 class SlackSender:
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Any, resolver: Any = None, ssl_context: Any = None):
         self.settings = settings
+        # Tests only: the lookups under the guard's check, and the CA a stand-in's certificate is signed by.
+        self.resolver = resolver
+        self.connector_options = {"ssl": ssl_context} if ssl_context is not None else None
         self.guard = AddressGuard(enabled=settings.is_production,
                                   allowed_hosts=frozenset(settings.outbound_allowed_hosts))
 
@@ -38,11 +42,16 @@ class SlackSender:
             raise NotificationError(f"Slack webhook refused: {error}") from None
         timeout = aiohttp.ClientTimeout(total=15, connect=5)
         last = ""
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with self.guard.session(timeout=timeout, base_resolver=self.resolver,
+                                      connector_options=self.connector_options) as session:
             for attempt in range(1, ATTEMPTS + 1):
                 wait = 0.2 * 2 ** (attempt - 1)
                 try:
-                    async with session.post(webhook_url, json=payload) as response:
+                    async with session.post(webhook_url, json=payload, allow_redirects=False) as response:
+                        if 300 <= response.status < 400:
+                            # The Location is not quoted: it may carry the webhook's secret path onwards.
+                            raise NotificationError(f"Slack webhook at {_where(webhook_url)} answered a redirect "
+                                                    f"(HTTP {response.status}); redirects are refused")
                         body = (await response.text())[:200]
                         if response.status == 200:
                             return
@@ -50,6 +59,8 @@ class SlackSender:
                         if response.status != 429 and response.status < 500:
                             break  # 4xx (invalid_payload, no_service, ...) will not get better
                         wait = min(parse_retry_after(response.headers.get("Retry-After")) or wait, MAX_WAIT_SECONDS)
+                except BlockedAddress as error:
+                    raise NotificationError(f"Slack webhook refused: {error}") from None
                 except (aiohttp.ClientError, TimeoutError) as error:
                     last = f"{type(error).__name__}"
                 if attempt < ATTEMPTS:

@@ -108,12 +108,13 @@ class Services:
              policy: RetryPolicy | None = None) -> HttpClient:
         """A retrying JSON client on a session shared per event loop (sessions are loop-bound)."""
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(id(loop))
-        if session is None or session.closed:
-            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120, connect=15))
-            self._sessions[id(loop)] = session
         guard = AddressGuard(enabled=self.settings.is_production,
                              allowed_hosts=frozenset(self.settings.outbound_allowed_hosts))
+        session = self._sessions.get(id(loop))
+        if session is None or session.closed:
+            # The guard's resolver checks each address the connector is about to connect to.
+            session = guard.session(timeout=aiohttp.ClientTimeout(total=120, connect=15))
+            self._sessions[id(loop)] = session
         from observability.metrics import provider_response
 
         return HttpClient(session, provider, guard=guard, policy=policy, rate_per_second=rate_per_second,

@@ -113,12 +113,25 @@ class _CredentialCache:
 CREDENTIALS = _CredentialCache()
 
 
-def _refresh(credentials: Any) -> None:
-    from google.auth import exceptions
+def _no_redirect_request() -> Any:
+    """google-auth's requests transport with redirects refused: a token endpoint answers directly, and a
+    redirect would carry the signed assertion to a host the guard never saw. No DNS rebinding check is
+    needed here: in production the host is Google's or allow-listed (check_token_uri), never tenant DNS."""
     from google.auth.transport.requests import Request
 
+    class NoRedirectRequest(Request):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            kwargs["allow_redirects"] = False
+            return super().__call__(*args, **kwargs)
+
+    return NoRedirectRequest()
+
+
+def _refresh(credentials: Any) -> None:
+    from google.auth import exceptions
+
     try:
-        credentials.refresh(Request())
+        credentials.refresh(_no_redirect_request())
     except exceptions.RefreshError as error:
         reason = str(error.args[0]) if error.args else "refused"
         raise PermanentStepError(f"GCP token request refused for the service account: {reason[:200]}",
