@@ -11,10 +11,9 @@ RUN pip install .
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 convergence
 COPY --from=build /opt/venv /opt/venv
-COPY configs /app/configs
 WORKDIR /app
 # serve answers /health on HTTP_PORT; consume on METRICS_PORT (its /metrics and /health server).
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 CONFIGS_DIR=/app/configs ENVIRONMENT=production \
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 ENVIRONMENT=production \
     LOG_FORMAT=json HTTP_PORT=8080 METRICS_PORT=9090
 USER convergence
 EXPOSE 8080 9090

@@ -39,14 +39,14 @@ def _peak_rss_mb() -> float:
 
 
 def _settings(project: str) -> Any:
-    from settings.model import load_settings
+    from convergence.settings.model import load_settings
 
     return load_settings(environment="local", gcp_project_id=project,
                          bigquery_emulator_host=os.environ["BIGQUERY_EMULATOR_HOST"])
 
 
 def _services(project: str) -> Any:
-    from runtime.services import Services
+    from convergence.runtime.services import Services
 
     class BenchServices(Services):
         pass
@@ -66,7 +66,7 @@ def _step(url: str, page_size: int, batch_size: int) -> dict[str, Any]:
 
 
 async def _full(url: str, rows: int, page_size: int, batch_size: int, project: str) -> dict[str, Any]:
-    from pipeline import Executor, PipelineConfig, RunContext
+    from convergence.pipeline import Executor, PipelineConfig, RunContext
 
     services = _services(project)
     config = PipelineConfig(pipeline_id="bench-api-extractor", name="bench", steps=[_step(url, page_size, batch_size)])
@@ -88,7 +88,7 @@ async def _full(url: str, rows: int, page_size: int, batch_size: int, project: s
 
 
 async def _fetch(url: str, rows: int, page_size: int, batch_size: int, project: str) -> dict[str, Any]:
-    from extractors import BearerAuth, CursorPaginator, PageRequest, iter_pages
+    from convergence.extractors import BearerAuth, CursorPaginator, PageRequest, iter_pages
 
     services = _services(project)
     http = services.http("bench")
@@ -107,10 +107,10 @@ async def _fetch(url: str, rows: int, page_size: int, batch_size: int, project: 
 async def _load(url: str, rows: int, page_size: int, batch_size: int, project: str) -> dict[str, Any]:
     """The sink alone: the rows the extractor would write (same shaping, same Writer, same batches, same
     overlap of writing with preparing the next batch), generated locally instead of fetched."""
-    from devstack.providers.rest_server import record
-    from extractors import BatchBuffer
-    from pipeline import RunContext
-    from processors.generic._sink import TableSink
+    from convergence.devstack.providers.rest_server import record
+    from convergence.extractors import BatchBuffer
+    from convergence.pipeline import RunContext
+    from convergence.processors.generic._sink import TableSink
 
     services = _services(project)
     org = f"bench{uuid.uuid4().hex[:8]}"
@@ -146,8 +146,9 @@ def worker(args: argparse.Namespace) -> None:
 
 def _start_server(rows: int, page_size: int) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(  # noqa: S603 - our own module
-        [sys.executable, "-m", "devstack.providers.rest_server", "--total", str(rows), "--page-size", str(page_size),
-         "--auth", "bearer", "--secret", TOKEN], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "convergence.devstack.providers.rest_server",
+         "--total", str(rows), "--page-size", str(page_size), "--auth", "bearer", "--secret", TOKEN],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert process.stdout is not None
     return process, process.stdout.readline().strip()
@@ -159,7 +160,7 @@ def _start_server(rows: int, page_size: int) -> tuple[subprocess.Popen[str], str
 # time travel: its emulator runs with that capture turned off, so the sink ceiling is the load path itself.
 _EMULATOR = """
 import sys
-from devstack.bqemulator_launcher import build_settings, patch_engine, run_forever
+from convergence.devstack.bqemulator_launcher import build_settings, patch_engine, run_forever
 from bqemulator.versioning.snapshots import SnapshotManager
 SnapshotManager.capture = lambda self, *args, **kwargs: None
 patch_engine()
@@ -170,7 +171,7 @@ run_forever(build_settings(int(sys.argv[1]), sys.argv[2], None))
 def _start_emulator(project: str) -> tuple[subprocess.Popen[bytes], str]:
     import urllib.request
 
-    from devstack.ports import free_port
+    from convergence.devstack.ports import free_port
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-c", _EMULATOR, str(port), project], cwd=ROOT,  # noqa: S603

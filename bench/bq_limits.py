@@ -96,9 +96,9 @@ def diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Counter[str
 
 async def hot_path(services: Any, counts: Counts, runs: int, orgs: list[str], concurrency: int,
                    idle: float) -> dict[str, Any]:
-    from consumer.handler import RunHandler
-    from pipeline import PipelineLoader
-    from schemas import RunRequest
+    from convergence.consumer.handler import RunHandler
+    from convergence.pipeline import PipelineLoader
+    from convergence.schemas import RunRequest
 
     handler = RunHandler(services=services, loader=PipelineLoader(services.settings.configs_dir))
     requests = [RunRequest.create(orgs[i % len(orgs)], "utility/smoke/noop", {}) for i in range(runs)]
@@ -141,7 +141,7 @@ def write_rows(org: str, n: int):
 
 def writer_figures(services: Any, counts: Counts, org: str, rows: int, batch_size: int,
                    schema_file: Path) -> list[dict[str, Any]]:
-    from warehouse.writer import Writer
+    from convergence.warehouse.writer import Writer
 
     writer = Writer(services.bigquery, services.settings, batch_size=batch_size)
     dataset = services.org_dataset(org)
@@ -164,7 +164,7 @@ def writer_figures(services: Any, counts: Counts, org: str, rows: int, batch_siz
 
 
 def bytes_per_row(n: int = 1000) -> float:
-    from warehouse.writer import _dumps
+    from convergence.warehouse.writer import _dumps
 
     return sum(len(_dumps(r)) + 1 for r in write_rows("acme", n)) / n
 
@@ -191,15 +191,15 @@ def main() -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    from devstack.stack import LocalStack
-    from infra.apply import apply
-    from infra.topology import Topology
-    from runtime.services import Services
-    from settings import reset_settings
-    from settings.model import load_settings
-    from tenancy.onboarding import onboard_org
-    from warehouse.bootstrap import bootstrap
-    from warehouse.writer import SPOOL_BYTES
+    from convergence.devstack.stack import LocalStack
+    from convergence.infra.apply import apply
+    from convergence.infra.topology import Topology
+    from convergence.runtime.services import Services
+    from convergence.settings import reset_settings
+    from convergence.settings.model import load_settings
+    from convergence.tenancy.onboarding import onboard_org
+    from convergence.warehouse.bootstrap import bootstrap
+    from convergence.warehouse.writer import SPOOL_BYTES
 
     counts = Counts()
 

@@ -173,9 +173,9 @@ def install_probe(service: Any, probe: Probe) -> None:
     event publishing, the thread hops, the executor and its observers, the pool's hand-over to the loop."""
     from google.cloud import _http
 
-    import consumer.handler
-    import consumer.observers
-    from consumer.pool import SubscriberPool
+    from convergence.consumer import handler as consumer_handler
+    from convergence.consumer import observers as consumer_observers
+    from convergence.consumer.pool import SubscriberPool
 
     services = service.services
     handler = service.handler
@@ -201,12 +201,12 @@ def install_probe(service: Any, probe: Probe) -> None:
         (service.loader, "load", "config.load"), (handler, "handle", "handler.handle"),
     ):
         probe.wrap(owner, attr, name)
-    for cls, hooks in ((consumer.observers.RunLogObserver, ("pipeline_started", "pipeline_finished")),
-                       (consumer.observers.EventObserver, ("pipeline_started", "step_started", "step_finished",
+    for cls, hooks in ((consumer_observers.RunLogObserver, ("pipeline_started", "pipeline_finished")),
+                       (consumer_observers.EventObserver, ("pipeline_started", "step_started", "step_finished",
                                                            "pipeline_finished"))):
         for hook in hooks:
             probe.wrap(cls, hook, f"observer.{cls.__name__}.{hook}")
-    probe.wrap(consumer.handler.Executor, "run", "executor.run (incl. observers)")
+    probe.wrap(consumer_handler.Executor, "run", "executor.run (incl. observers)")
     # The run-log group commit as the handler awaits it (after executor.run, before the ack). A proxy, not
     # a class patch: the commits that GroupCommit.soon() starts on its own timer are not a run's wait.
     handler.commit_runlog = _TimedCommit(handler.commit_runlog, probe, "commit_runlog (group commit wait)")
@@ -289,7 +289,7 @@ class _TimedCommit:
 
 
 def batching_counters(service: Any) -> dict[str, int]:
-    """Cumulative counters of the hot path's batching (consumer/admission.py, runtime/batching.py)."""
+    """Cumulative counters of the hot path's batching (consumer/admission.py, convergence/runtime/batching.py)."""
     handler = service.handler
     admission = handler.admission
     commit = handler.commit_runlog
@@ -316,10 +316,10 @@ def consumer_snapshot(service: Any, probe: Probe) -> dict[str, Any]:
 # The consumer process (this file run with --child-consumer): `convergence consume` plus the probe
 # ================================================================================================
 def child_consumer() -> None:
-    from consumer.service import ConsumerService
-    from observability.logging import configure_logging
-    from runtime import Services
-    from settings import get_settings
+    from convergence.consumer.service import ConsumerService
+    from convergence.observability.logging import configure_logging
+    from convergence.runtime import Services
+    from convergence.settings import get_settings
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format, settings.gcp_project_id)
@@ -368,7 +368,7 @@ def child_bqemulator(argv: list[str]) -> None:
     BigQuery has no such per-write cost."""
     from bqemulator.versioning.snapshots import SnapshotManager
 
-    from devstack import bqemulator_launcher
+    from convergence.devstack import bqemulator_launcher
 
     original = SnapshotManager.capture
 
@@ -383,12 +383,12 @@ def child_bqemulator(argv: list[str]) -> None:
 
 def use_bench_bqemulator() -> None:
     """Make LocalStack start the emulator through child_bqemulator (same ports, log, lifetime)."""
-    import devstack.bigquery_emulator as module
+    import convergence.devstack.bigquery_emulator as module
 
     managed = module.ManagedProcess
 
     def swapped(name: str, argv: list[str], *args: Any, **kwargs: Any) -> Any:
-        if argv[1:3] == ["-m", "devstack.bqemulator_launcher"]:
+        if argv[1:3] == ["-m", "convergence.devstack.bqemulator_launcher"]:
             argv = [argv[0], str(Path(__file__).resolve()), "--child-bqemulator", *argv[3:]]
         return managed(name, argv, *args, **kwargs)
 
@@ -494,7 +494,7 @@ def make_configs_dir(root: Path) -> Path:
 
 
 def bench_settings(stack: Any, configs: Path, args: argparse.Namespace) -> Any:
-    from settings.model import Settings, load_settings
+    from convergence.settings.model import Settings, load_settings
 
     suffix = uuid.uuid4().hex[:8]
     names = {name: f"{Settings.model_fields[name].default}-bench-{suffix}" for name in PUBSUB_NAME_FIELDS}
@@ -517,7 +517,7 @@ def settings_env(settings: Any) -> dict[str, str]:
 
 
 def create_topic_and_subscription(settings: Any, topic: str, subscription: str) -> None:
-    from infra.clients import publisher_client, subscriber_client
+    from convergence.infra.clients import publisher_client, subscriber_client
 
     publisher = publisher_client(settings)
     subscriber = subscriber_client(settings)
@@ -673,7 +673,7 @@ class MetricsPoller(threading.Thread):
 # ================================================================================================
 class Completions:
     def __init__(self, settings: Any):
-        from infra.clients import subscriber_client
+        from convergence.infra.clients import subscriber_client
 
         name = f"bench-events-{uuid.uuid4().hex[:8]}"
         create_subscription_on(settings, name, settings.events_topic)
@@ -718,7 +718,7 @@ class Completions:
 
     def close(self) -> None:
         """Stop following and delete the subscription: the events topic has none left."""
-        from infra.apply import delete_subscription
+        from convergence.infra.apply import delete_subscription
 
         self.future.cancel()
         with contextlib.suppress(Exception):
@@ -728,7 +728,7 @@ class Completions:
 
 
 def events_topic_subscriptions(settings: Any) -> list[str]:
-    from infra.clients import publisher_client
+    from convergence.infra.clients import publisher_client
 
     publisher = publisher_client(settings)
     try:
@@ -738,7 +738,7 @@ def events_topic_subscriptions(settings: Any) -> list[str]:
 
 
 def create_subscription_on(settings: Any, name: str, topic: str) -> None:
-    from infra.clients import subscriber_client
+    from convergence.infra.clients import subscriber_client
 
     subscriber = subscriber_client(settings)
     subscriber.create_subscription(name=settings.subscription_path(name), topic=settings.topic_path(topic),
@@ -765,8 +765,8 @@ class ConsumerUnderTest:
                 stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)  # noqa: PLW1509
             self.pid = self.process.pid
         else:
-            from devstack.background import BackgroundConsumer
-            from runtime import Services
+            from convergence.devstack.background import BackgroundConsumer
+            from convergence.runtime import Services
 
             self.probe = Probe()
             services = Services(settings)
@@ -814,15 +814,15 @@ class ConsumerUnderTest:
 # Phases
 # ================================================================================================
 def build_requests(orgs: list[str], count: int) -> list[Any]:
-    from publisher.requests import RequestPublisher
+    from convergence.publisher.requests import RequestPublisher
 
     return [RequestPublisher.build(orgs[i % len(orgs)], PIPELINE, requested_by="bench") for i in range(count)]
 
 
 def phase_bare(settings: Any, payloads: list[Any], cpu_pids: dict[str, int | None]) -> dict[str, Any]:
     """(a) backlog of the same payloads on a fresh topic, then a subscriber that only acks."""
-    from infra.clients import subscriber_client
-    from publisher.requests import RequestPublisher
+    from convergence.infra.clients import subscriber_client
+    from convergence.publisher.requests import RequestPublisher
 
     suffix = uuid.uuid4().hex[:8]
     topic, subscription = f"bench-bare-{suffix}", f"bench-bare-{suffix}"
@@ -881,8 +881,8 @@ def paced(count: int, rate: float, action: Callable[[int], None]) -> None:
 
 def phase_bare_latency(settings: Any, payloads: list[Any], rate: float) -> list[float]:
     """(c) baseline: publish -> bare subscriber callback, at the steady rate of the consumer's phase."""
-    from infra.clients import subscriber_client
-    from publisher.requests import RequestPublisher
+    from convergence.infra.clients import subscriber_client
+    from convergence.publisher.requests import RequestPublisher
 
     suffix = uuid.uuid4().hex[:8]
     topic, subscription = f"bench-bare-lat-{suffix}", f"bench-bare-lat-{suffix}"
@@ -939,7 +939,7 @@ def summarize(values: list[float]) -> dict[str, float]:
 # names to the path under site-packages/ or the repo (e.g. "bigquery/job/query.py", "consumer/handler.py").
 CATEGORIES = (
     ("bench probe (timing wrappers)", ("consume.py",)),
-    ("structlog (log lines)", ("structlog/", "observability/")),
+    ("structlog (log lines)", ("structlog/", "convergence/observability/")),
     ("OpenTelemetry spans (google-cloud-bigquery create_span)", ("opentelemetry/", "trace/", "context/")),
     ("HTTP plumbing (requests, urllib3, http.client, google-auth transport)",
      ("requests/", "urllib3/", "http/", "auth/transport/", "urllib/", "email/")),
@@ -950,10 +950,10 @@ CATEGORIES = (
     ("gRPC", ("grpc/",)),
     ("protobuf / proto-plus", ("proto/", "protobuf/")),
     ("pydantic / schemas (events, run requests)", ("pydantic/", "pydantic_core/", "schemas/", "jsonschema/")),
-    ("pipeline (executor, loader, results)", ("pipeline/",)),
+    ("pipeline (executor, loader, results)", ("convergence/pipeline/",)),
     ("consumer (handler, admission, pool, slots, observers)", ("consumer/",)),
-    ("runtime/batching.py (MicroBatcher, GroupCommit)", ("runtime/",)),
-    ("tenancy / warehouse (gate, runlog, query building)", ("tenancy/", "warehouse/")),
+    ("convergence/runtime/batching.py (MicroBatcher, GroupCommit)", ("convergence/runtime/",)),
+    ("tenancy / warehouse (gate, runlog, query building)", ("convergence/tenancy/", "convergence/warehouse/")),
     ("publisher/events.py (EventPublisher)", ("publisher/",)),
     ("asyncio event loop", ("asyncio/",)),
     ("threads, futures, queues", ("threading.py", "concurrent/futures/", "queue.py")),
@@ -961,13 +961,13 @@ CATEGORIES = (
 INCLUSIVE = (
     ("RunHandler.handle (consumer/handler.py): a run's own code on the loop", "consumer/handler.py"),
     ("AdmissionControl (consumer/admission.py)", "consumer/admission.py"),
-    ("MicroBatcher / GroupCommit (runtime/batching.py)", "runtime/batching.py"),
-    ("RunLog (warehouse/runlog.py)", "warehouse/runlog.py"),
-    ("OrgGate (tenancy/gate.py)", "tenancy/gate.py"),
-    ("QueryRunner (warehouse/query.py): succeeded_among, standings, record_runs", "warehouse/query.py"),
+    ("MicroBatcher / GroupCommit (convergence/runtime/batching.py)", "convergence/runtime/batching.py"),
+    ("RunLog (convergence/warehouse/runlog.py)", "convergence/warehouse/runlog.py"),
+    ("OrgGate (convergence/tenancy/gate.py)", "convergence/tenancy/gate.py"),
+    ("QueryRunner (convergence/warehouse/query.py): succeeded_among, standings, record_runs", "convergence/warehouse/query.py"),
     ("Pub/Sub client (all)", "pubsub_v1/"),
     ("EventPublisher (publisher/events.py)", "publisher/events.py"),
-    ("Executor (pipeline/executor.py)", "pipeline/executor.py"),
+    ("Executor (convergence/pipeline/executor.py)", "convergence/pipeline/executor.py"),
     ("google-cloud-bigquery", "bigquery/"),
     ("OpenTelemetry", "opentelemetry/"),
     ("structlog", "structlog/"),
@@ -1051,7 +1051,7 @@ def phase_pyspy(consumer: ConsumerUnderTest, completions: Completions, publisher
 # Variants: bench-only what-ifs applied inside the consumer process (BENCH_WHATIF), and settings variants.
 # Each is measured in a fresh consumer process after the stock one. (The earlier prototypes gate-cache,
 # quota-batch, no-succeeded-check, runlog-group-commit and events-await-own are now the service's own code:
-# consumer/admission.py, runtime/batching.py, consumer/observers.py.)
+# consumer/admission.py, convergence/runtime/batching.py, consumer/observers.py.)
 # ================================================================================================
 WHATIFS = {
     "threads-32": "asyncio default executor of 32 threads (default: min(32, cpus + 4) = 6 here)",
@@ -1146,8 +1146,8 @@ def main() -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import shutil
 
-    from devstack.stack import LocalStack
-    from observability.logging import configure_logging
+    from convergence.devstack.stack import LocalStack
+    from convergence.observability.logging import configure_logging
 
     configure_logging("WARNING", "json")
     workdir = Path(tempfile.mkdtemp(prefix="bench-consume-"))
@@ -1158,12 +1158,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with LocalStack() as stack:
             stack.apply_env()
             stage("local stack up")
-            from infra.apply import apply, delete_subscription
-            from infra.topology import Topology
-            from publisher.requests import RequestPublisher
-            from runtime import Services
-            from tenancy.onboarding import onboard_org
-            from warehouse.bootstrap import bootstrap
+            from convergence.infra.apply import apply, delete_subscription
+            from convergence.infra.topology import Topology
+            from convergence.publisher.requests import RequestPublisher
+            from convergence.runtime import Services
+            from convergence.tenancy.onboarding import onboard_org
+            from convergence.warehouse.bootstrap import bootstrap
 
             settings = bench_settings(stack, make_configs_dir(workdir), args)
             services = Services(settings)
@@ -1351,7 +1351,7 @@ def measure_consumer(settings: Any, workdir: Path, args: argparse.Namespace, var
         out["exit_code"] = consumer.stop()
         with contextlib.suppress(OSError):
             out["log_lines"] = sum(1 for _ in consumer.log_path.open("rb"))
-        from infra.apply import delete_subscription
+        from convergence.infra.apply import delete_subscription
 
         with contextlib.suppress(Exception):
             delete_subscription(settings.requests_subscription, settings)
@@ -1414,8 +1414,8 @@ def own_requests_subscription(settings: Any, variant: str) -> Any:
     per consumer keeps every variant's figures clean."""
     from dataclasses import replace
 
-    from infra.apply import ensure_subscription
-    from infra.topology import Topology
+    from convergence.infra.apply import ensure_subscription
+    from convergence.infra.topology import Topology
 
     name = f"{settings.requests_subscription}-{variant.replace('+', '-')[:40]}-{uuid.uuid4().hex[:4]}"
     spec = replace(Topology.from_settings(settings).subscription(settings.requests_subscription), name=name)

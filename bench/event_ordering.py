@@ -28,8 +28,8 @@ import results_file  # noqa: E402 - bench/results_file.py, next to this script
 from google.cloud import pubsub_v1  # noqa: E402
 from google.cloud.pubsub_v1 import types  # noqa: E402
 
-from devstack.stack import LocalStack  # noqa: E402
-from schemas import EventType, PipelineEvent, RunRequest  # noqa: E402
+from convergence.devstack.stack import LocalStack  # noqa: E402
+from convergence.schemas import EventType, PipelineEvent, RunRequest  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 TITLE = "## Events: ordering key per run vs per org (bench/event_ordering.py)"

@@ -11,7 +11,7 @@ import asyncio
 import statistics
 import time
 
-from pipeline import Executor, PipelineConfig, ProcessorRegistry, RunContext
+from convergence.pipeline import Executor, PipelineConfig, ProcessorRegistry, RunContext
 
 STEPS = 20
 

@@ -64,7 +64,7 @@ def write_configs(root: Path) -> Path:
 
 def seed_orgs(client: Any, settings: Any, orgs: list[str]) -> float:
     """Profiles, ACTIVE subscriptions and OPENAI + ANTHROPIC credentials for every org (streaming inserts)."""
-    from warehouse.identifiers import table_id
+    from convergence.warehouse.identifiers import table_id
 
     started = time.perf_counter()
     now = datetime.now(UTC).isoformat()
@@ -89,8 +89,8 @@ def seed_orgs(client: Any, settings: Any, orgs: list[str]) -> float:
 
 def bare_publish(settings: Any, messages: list[tuple[bytes, dict[str, str]]]) -> float:
     """The baseline: a PublisherClient with the same batch settings, prepared messages, wait for all."""
-    from infra.clients import close_publisher, publisher_client
-    from publisher.requests import REQUEST_BATCH
+    from convergence.infra.clients import close_publisher, publisher_client
+    from convergence.publisher.requests import REQUEST_BATCH
 
     client = publisher_client(settings, batch_settings=REQUEST_BATCH)
     topic = settings.topic_path(settings.requests_topic)
@@ -111,7 +111,7 @@ def purge(settings: Any) -> None:
     """Drop what the subscription holds (the emulator keeps every message in memory)."""
     from google.pubsub_v1 import types
 
-    from infra.clients import subscriber_client
+    from convergence.infra.clients import subscriber_client
 
     subscriber = subscriber_client(settings)
     try:
@@ -138,18 +138,18 @@ class MemoryLedger:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from devstack.stack import LocalStack
-    from infra.apply import apply
-    from infra.topology import Topology
-    from observability.logging import configure_logging
-    from pipeline import PipelineLoader
-    from publisher.fanout import FanOutReport, TickFanOut
-    from publisher.ledger import ExecutionLedger
-    from publisher.requests import RequestPublisher
-    from settings.model import load_settings
-    from tenancy.eligibility import EligibleOrgs
-    from warehouse.bootstrap import bootstrap
-    from warehouse.client import make_client
+    from convergence.devstack.stack import LocalStack
+    from convergence.infra.apply import apply
+    from convergence.infra.topology import Topology
+    from convergence.observability.logging import configure_logging
+    from convergence.pipeline import PipelineLoader
+    from convergence.publisher.fanout import FanOutReport, TickFanOut
+    from convergence.publisher.ledger import ExecutionLedger
+    from convergence.publisher.requests import RequestPublisher
+    from convergence.settings.model import load_settings
+    from convergence.tenancy.eligibility import EligibleOrgs
+    from convergence.warehouse.bootstrap import bootstrap
+    from convergence.warehouse.client import make_client
 
     configure_logging("WARNING", "console")
     work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings = load_settings(
             pubsub_emulator_host=stack.pubsub.host, bigquery_emulator_host=stack.bigquery.host,
             gcp_project_id=stack.project, environment="local", central_dataset=f"bench_{suffix}",
-            configs_dir=write_configs(work), processor_packages=["processors", "tests.fake_processors"],
+            configs_dir=write_configs(work), processor_packages=["convergence.processors", "tests.fake_processors"],
             requests_topic=f"bench-requests-{suffix}", requests_subscription=f"bench-requests-worker-{suffix}")
         client = make_client(settings)
         assert bootstrap(client, settings).ok

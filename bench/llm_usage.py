@@ -27,9 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devstack.bigquery_emulator import BigQueryEmulator, anonymous_bigquery_client  # noqa: E402
-from devstack.providers.openai_server import ADMIN_KEY  # noqa: E402
-from pipeline import RunContext, StepConfig  # noqa: E402
+from convergence.devstack.bigquery_emulator import BigQueryEmulator, anonymous_bigquery_client  # noqa: E402
+from convergence.devstack.providers.openai_server import ADMIN_KEY  # noqa: E402
+from convergence.pipeline import RunContext, StepConfig  # noqa: E402
 
 START = date(2026, 1, 1)
 GROUP_BY = ["model"]
@@ -37,7 +37,7 @@ GROUP_BY = ["model"]
 
 def start_server(models: int) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-        [sys.executable, "-m", "devstack.providers.openai_server", "--models", str(models), "--seed", "1"],
+        [sys.executable, "-m", "convergence.devstack.providers.openai_server", "--models", str(models), "--seed", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     url = process.stdout.readline().strip()
@@ -45,9 +45,9 @@ def start_server(models: int) -> tuple[subprocess.Popen, str]:
 
 
 def services_for(endpoint: str, project: str, openai_url: str) -> Any:
-    from runtime.services import Services
-    from settings.model import load_settings
-    from warehouse.writer import Writer
+    from convergence.runtime.services import Services
+    from convergence.settings.model import load_settings
+    from convergence.warehouse.writer import Writer
 
     settings = load_settings(environment="local", gcp_project_id=project, openai_base_url=openai_url)
     client = anonymous_bigquery_client(endpoint, project)
@@ -74,7 +74,7 @@ def usage_step(days: int, **extra: Any) -> tuple[StepConfig, dict[str, str]]:
 
 
 async def extract(services: Any, org: str, days: int) -> dict[str, Any]:
-    from processors.openai.usage import OpenAIUsage
+    from convergence.processors.openai.usage import OpenAIUsage
 
     step, params = usage_step(days)
     context = RunContext(org_slug=org, run_id=f"bench_{days}", pipeline_id="bench", parameters=params,
@@ -89,9 +89,9 @@ async def extract(services: Any, org: str, days: int) -> dict[str, Any]:
 
 async def fetch_only(services: Any, days: int) -> dict[str, Any]:
     """The same requests and pages, JSON decoded and results counted, nothing validated or loaded."""
-    from processors._llm.client import pages
-    from processors._llm.params import date_range
-    from processors.openai.usage import OpenAIUsage
+    from convergence.processors._llm.client import pages
+    from convergence.processors._llm.params import date_range
+    from convergence.processors.openai.usage import OpenAIUsage
 
     step, params = usage_step(days)
     dates = date_range(step.config, params)
@@ -143,10 +143,10 @@ async def cost_sql(services: Any, raw_rows: int) -> dict[str, Any]:
     """openai.cost over `raw_rows` raw rows generated in the emulator; counts the query jobs it runs."""
     from google.cloud import bigquery
 
-    from processors._llm.bq import Warehouse
-    from processors._llm.calc import TableSpec
-    from processors.openai.cost import OpenAICost
-    from processors.openai.seed_csv import get_engine as seed_engine
+    from convergence.processors._llm.bq import Warehouse
+    from convergence.processors._llm.calc import TableSpec
+    from convergence.processors.openai.cost import OpenAICost
+    from convergence.processors.openai.seed_csv import get_engine as seed_engine
 
     org = new_org(services)
     client = services.bigquery

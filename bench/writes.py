@@ -32,14 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 from google.cloud import bigquery  # noqa: E402
 
-from devstack.bigquery_emulator import BigQueryEmulator  # noqa: E402
-from pipeline.results import PipelineResult, RunStatus, StepResult, StepStatus  # noqa: E402
-from settings.model import Settings, load_settings  # noqa: E402
-from warehouse.bootstrap import bootstrap  # noqa: E402
-from warehouse.client import make_client  # noqa: E402
-from warehouse.runlog import RunLog  # noqa: E402
-from warehouse.tables import ensure_dataset, ensure_table  # noqa: E402
-from warehouse.writer import Writer  # noqa: E402
+from convergence.devstack.bigquery_emulator import BigQueryEmulator  # noqa: E402
+from convergence.pipeline.results import PipelineResult, RunStatus, StepResult, StepStatus  # noqa: E402
+from convergence.settings.model import Settings, load_settings  # noqa: E402
+from convergence.warehouse.bootstrap import bootstrap  # noqa: E402
+from convergence.warehouse.client import make_client  # noqa: E402
+from convergence.warehouse.runlog import RunLog  # noqa: E402
+from convergence.warehouse.tables import ensure_dataset, ensure_table  # noqa: E402
+from convergence.warehouse.writer import Writer  # noqa: E402
 
 SCHEMA = [
     {"name": "org_slug", "type": "STRING", "mode": "REQUIRED"},

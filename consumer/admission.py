@@ -31,9 +31,9 @@ from typing import Any
 
 import structlog
 
-from runtime.batching import MicroBatcher
-from tenancy.central import utcnow
-from tenancy.gate import GateDecision, OrgStanding
+from convergence.runtime.batching import MicroBatcher
+from convergence.tenancy.central import utcnow
+from convergence.tenancy.gate import GateDecision, OrgStanding
 
 log = structlog.get_logger(__name__)
 
@@ -161,7 +161,7 @@ class AdmissionControl:
 
 
 def _valid_slug(org: str) -> bool:
-    from warehouse.identifiers import InvalidIdentifier, validate_org_slug
+    from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
 
     try:
         validate_org_slug(org)

@@ -12,13 +12,13 @@ from typing import Any
 
 import structlog
 
-from consumer.handler import UNKNOWN_ORG, Notifier, _looks_like_run_id, _looks_like_slug
-from consumer.outcome import Outcome, OutcomeKind
-from observability import metrics
-from observability.logging import run_context
-from observability.tracing import with_trace_id
-from schemas import EventType, MessageRejected, PipelineEvent, decode_run_request
-from schemas.events import EventError
+from convergence.consumer.handler import UNKNOWN_ORG, Notifier, _looks_like_run_id, _looks_like_slug
+from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.observability import metrics
+from convergence.observability.logging import run_context
+from convergence.observability.tracing import with_trace_id
+from convergence.schemas import EventType, MessageRejected, PipelineEvent, decode_run_request
+from convergence.schemas.events import EventError
 
 log = structlog.get_logger(__name__)
 DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"

@@ -17,17 +17,17 @@ from typing import Any
 
 import structlog
 
-from consumer.admission import AdmissionControl
-from consumer.observers import CompositeObserver, EventObserver, RunLogObserver
-from consumer.outcome import Outcome, OutcomeKind
-from notifications.notifier import NotificationObserver
-from observability.logging import run_context
-from observability.metrics import MetricsObserver
-from observability.tracing import with_trace_id
-from pipeline import ConfigError, Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
-from runtime.batching import GroupCommit
-from schemas import EventType, MessageRejected, PipelineEvent, RunRequest, decode_run_request
-from schemas.events import EventError
+from convergence.consumer.admission import AdmissionControl
+from convergence.consumer.observers import CompositeObserver, EventObserver, RunLogObserver
+from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.notifications.notifier import NotificationObserver
+from convergence.observability.logging import run_context
+from convergence.observability.metrics import MetricsObserver
+from convergence.observability.tracing import with_trace_id
+from convergence.pipeline import ConfigError, Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
+from convergence.runtime.batching import GroupCommit
+from convergence.schemas import EventType, MessageRejected, PipelineEvent, RunRequest, decode_run_request
+from convergence.schemas.events import EventError
 
 log = structlog.get_logger(__name__)
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from consumer.oidc import PushTokenVerifier
-from consumer.push import MessageHandler, PushEndpoint, push_budget_seconds
-from observability.metrics import metrics_handler
-from settings.model import Settings
+from convergence.consumer.oidc import PushTokenVerifier
+from convergence.consumer.push import MessageHandler, PushEndpoint, push_budget_seconds
+from convergence.observability.metrics import metrics_handler
+from convergence.settings.model import Settings
 
 log = structlog.get_logger(__name__)
 

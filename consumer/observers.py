@@ -8,11 +8,11 @@ from typing import Any
 
 import structlog
 
-from pipeline import RunContext, RunObserver, StepResult, StepStatus
-from pipeline.models import PipelineConfig, StepConfig
-from pipeline.results import PipelineResult
-from schemas import EventType, PipelineEvent, RunRequest
-from schemas.events import EventError
+from convergence.pipeline import RunContext, RunObserver, StepResult, StepStatus
+from convergence.pipeline.models import PipelineConfig, StepConfig
+from convergence.pipeline.results import PipelineResult
+from convergence.schemas import EventType, PipelineEvent, RunRequest
+from convergence.schemas.events import EventError
 
 log = structlog.get_logger(__name__)
 

@@ -25,10 +25,10 @@ from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
-from consumer.flow import FlowPlan
-from consumer.outcome import Disposition, Outcome, OutcomeKind
-from consumer.slots import OrgBacklogFull, RunSlots
-from observability import metrics
+from convergence.consumer.flow import FlowPlan
+from convergence.consumer.outcome import Disposition, Outcome, OutcomeKind
+from convergence.consumer.slots import OrgBacklogFull, RunSlots
+from convergence.observability import metrics
 
 log = structlog.get_logger(__name__)
 

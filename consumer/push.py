@@ -38,10 +38,10 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from consumer.oidc import PushAuthError, PushTokenVerifier
-from consumer.outcome import Outcome
-from observability import metrics
-from observability.logging import run_context
+from convergence.consumer.oidc import PushAuthError, PushTokenVerifier
+from convergence.consumer.outcome import Outcome
+from convergence.observability import metrics
+from convergence.observability.logging import run_context
 
 log = structlog.get_logger(__name__)
 

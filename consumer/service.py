@@ -10,17 +10,17 @@ from typing import Any
 
 import structlog
 
-from consumer.dead_letters import DeadLetterHandler
-from consumer.flow import FlowPlan
-from consumer.handler import RunHandler
-from consumer.pool import SubscriberPool
-from consumer.slots import RunSlots
-from consumer.ticks import tick_pool
-from infra.clients import subscriber_client
-from observability import metrics
-from pipeline import PipelineLoader
-from pipeline.validation import pipeline_files
-from settings import Settings
+from convergence.consumer.dead_letters import DeadLetterHandler
+from convergence.consumer.flow import FlowPlan
+from convergence.consumer.handler import RunHandler
+from convergence.consumer.pool import SubscriberPool
+from convergence.consumer.slots import RunSlots
+from convergence.consumer.ticks import tick_pool
+from convergence.infra.clients import subscriber_client
+from convergence.observability import metrics
+from convergence.pipeline import PipelineLoader
+from convergence.pipeline.validation import pipeline_files
+from convergence.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from consumer.handler import RunHandler
-from consumer.http_app import Lifecycle, create_app
-from pipeline import PipelineLoader
+from convergence.consumer.handler import RunHandler
+from convergence.consumer.http_app import Lifecycle, create_app
+from convergence.pipeline import PipelineLoader
 
 
 def build_push_app(settings: Any, services: Any, notify: Any = None) -> web.Application:

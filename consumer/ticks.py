@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from consumer.outcome import Outcome, OutcomeKind
+from convergence.consumer.outcome import Outcome, OutcomeKind
 
 log = structlog.get_logger(__name__)
 
@@ -57,9 +57,9 @@ class TickHandler:
 
 def tick_fanout(settings: Any, services: Any, loader: Any) -> Any:
     """The production fan-out: the service's request publisher, eligibility and ledger on BigQuery."""
-    from publisher.fanout import TickFanOut
-    from publisher.ledger import ExecutionLedger
-    from tenancy.eligibility import EligibleOrgs
+    from convergence.publisher.fanout import TickFanOut
+    from convergence.publisher.ledger import ExecutionLedger
+    from convergence.tenancy.eligibility import EligibleOrgs
 
     return TickFanOut(loader, services.requests, EligibleOrgs(services.bigquery, settings),
                       ExecutionLedger(services.bigquery, settings),
@@ -81,10 +81,10 @@ class LazyFanOut:
 
 def tick_pool(settings: Any, services: Any, loader: Any) -> Any:
     """A streaming pull on the ticks subscription. Ticks are rare and short: one at a time, small lease."""
-    from consumer.flow import FlowPlan
-    from consumer.pool import SubscriberPool
-    from consumer.slots import RunSlots
-    from infra.clients import subscriber_client
+    from convergence.consumer.flow import FlowPlan
+    from convergence.consumer.pool import SubscriberPool
+    from convergence.consumer.slots import RunSlots
+    from convergence.infra.clients import subscriber_client
 
     return SubscriberPool(
         settings.subscription_path(settings.ticks_subscription), TickHandler(LazyFanOut(settings, services, loader)),

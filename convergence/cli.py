@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from settings import SettingsError, get_settings
+from convergence.settings import SettingsError, get_settings
 
 
 def load_settings_or_exit():
@@ -22,7 +22,7 @@ def load_settings_or_exit():
 def cli() -> None:
     """Convergence: cloud, LLM and SaaS usage into cost data in BigQuery, driven by Pub/Sub."""
     settings = load_settings_or_exit()
-    from observability.logging import configure_logging
+    from convergence.observability.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, settings.gcp_project_id)
 
@@ -31,8 +31,8 @@ def cli() -> None:
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 def validate(path: Path | None) -> None:
     """Check every pipeline under configs/: models, DAG, processors, referenced files."""
-    from pipeline import ProcessorRegistry
-    from pipeline.validation import validate_tree
+    from convergence.pipeline import ProcessorRegistry
+    from convergence.pipeline.validation import validate_tree
 
     settings = load_settings_or_exit()
     root = path or settings.configs_dir

@@ -21,9 +21,9 @@ from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1 import types
 from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException
 
-from infra.clients import close_publisher, publisher_client
-from schemas import PipelineEvent, validate_pipeline_event
-from settings.model import Settings
+from convergence.infra.clients import close_publisher, publisher_client
+from convergence.schemas import PipelineEvent, validate_pipeline_event
+from convergence.settings.model import Settings
 
 log = structlog.get_logger(__name__)
 

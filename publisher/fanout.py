@@ -25,13 +25,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from pipeline import PipelineLoader
-from pipeline.errors import ConfigError
-from pipeline.models import PipelineConfig
-from pipeline.validation import pipeline_files
-from publisher.requests import PublishError
-from publisher.schedule import due_slots, schedule_parameters
-from schemas import RUN_REQUEST_V1, RunRequest, Trigger, deterministic_run_id, schema
+from convergence.pipeline import PipelineLoader
+from convergence.pipeline.errors import ConfigError
+from convergence.pipeline.models import PipelineConfig
+from convergence.pipeline.validation import pipeline_files
+from convergence.publisher.requests import PublishError
+from convergence.publisher.schedule import due_slots, schedule_parameters
+from convergence.schemas import RUN_REQUEST_V1, RunRequest, Trigger, deterministic_run_id, schema
 
 log = structlog.get_logger(__name__)
 CHUNK = 5000

@@ -30,8 +30,8 @@ from typing import Any, Self, TextIO
 
 import structlog
 
-from schemas import EventType, MessageRejected, PipelineEvent, decode_pipeline_event
-from settings import Settings
+from convergence.schemas import EventType, MessageRejected, PipelineEvent, decode_pipeline_event
+from convergence.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,7 @@ class RunFollower:
 
     def __init__(self, settings: Settings, *, run_id: str | None = None, org_slug: str | None = None,
                  pipeline: str | None = None, name: str | None = None):
-        from infra.topology import follower_subscription
+        from convergence.infra.topology import follower_subscription
 
         self.settings = settings
         self.name = name or f"follow-{uuid.uuid4().hex[:12]}"
@@ -128,8 +128,8 @@ class RunFollower:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> Self:
-        from infra.apply import ensure_subscription
-        from infra.clients import subscriber_client
+        from convergence.infra.apply import ensure_subscription
+        from convergence.infra.clients import subscriber_client
 
         ensure_subscription(self.spec, self.settings)
         try:
@@ -157,7 +157,7 @@ class RunFollower:
         self._delete()
 
     def _delete(self) -> None:
-        from infra.apply import delete_subscription
+        from convergence.infra.apply import delete_subscription
 
         try:
             delete_subscription(self.name, self.settings)

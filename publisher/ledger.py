@@ -21,11 +21,11 @@ from typing import Any
 
 import structlog
 
-from schemas import RunRequest
-from settings import Settings
-from warehouse.client import call_retry
-from warehouse.identifiers import table_id, table_ref, validate_dataset, validate_org_slug
-from warehouse.query import QueryRunner
+from convergence.schemas import RunRequest
+from convergence.settings import Settings
+from convergence.warehouse.client import call_retry
+from convergence.warehouse.identifiers import table_id, table_ref, validate_dataset, validate_org_slug
+from convergence.warehouse.query import QueryRunner
 
 log = structlog.get_logger(__name__)
 

@@ -13,11 +13,11 @@ import structlog
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1 import types
 
-from infra.clients import close_publisher, publisher_client
-from observability.tracing import new_trace_id
-from schemas import RunRequest, Trigger, validate_run_request
-from schemas.run_request import Scalar
-from settings.model import Settings
+from convergence.infra.clients import close_publisher, publisher_client
+from convergence.observability.tracing import new_trace_id
+from convergence.schemas import RunRequest, Trigger, validate_run_request
+from convergence.schemas.run_request import Scalar
+from convergence.settings.model import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from pipeline.context import resolve_placeholders
-from pipeline.models import Schedule
+from convergence.pipeline.context import resolve_placeholders
+from convergence.pipeline.models import Schedule
 
 
 def due_slots(schedule: Schedule, window_start: datetime, window_end: datetime) -> list[datetime]:

@@ -4,9 +4,9 @@
 validated with the same files that `docs/pubsub-topology.md` and other publishers use.
 """
 
-from schemas.avro import avro_schema_text, to_avro_json
-from schemas.errors import MessageRejected, RejectCode
-from schemas.events import (
+from convergence.schemas.avro import avro_schema_text, to_avro_json
+from convergence.schemas.errors import MessageRejected, RejectCode
+from convergence.schemas.events import (
     MAX_EVENT_BYTES,
     EventError,
     EventType,
@@ -14,8 +14,8 @@ from schemas.events import (
     decode_pipeline_event,
     validate_pipeline_event,
 )
-from schemas.registry import PIPELINE_EVENT_V1, RUN_REQUEST_V1, RUN_REQUEST_V1_AVRO, schema, schema_text
-from schemas.run_request import (
+from convergence.schemas.registry import PIPELINE_EVENT_V1, RUN_REQUEST_V1, RUN_REQUEST_V1_AVRO, schema, schema_text
+from convergence.schemas.run_request import (
     MAX_RUN_REQUEST_BYTES,
     SCHEMA_VERSION,
     RunRequest,

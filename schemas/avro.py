@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.registry import RUN_REQUEST_V1_AVRO, schema_text
-from schemas.run_request import RunRequest
+from convergence.schemas.registry import RUN_REQUEST_V1_AVRO, schema_text
+from convergence.schemas.run_request import RunRequest
 
 
 def avro_schema_text() -> str:

@@ -17,12 +17,12 @@ from pydantic import (
     model_validator,
 )
 
-from observability.logging import redact_secrets
-from pipeline.results import ErrorInfo
-from schemas.errors import MessageRejected, RejectCode
-from schemas.registry import PIPELINE_EVENT_V1, check, schema
-from schemas.run_request import SCHEMA_VERSION, RunRequest, compact_json, rfc3339
-from schemas.strict_json import loads_object
+from convergence.observability.logging import redact_secrets
+from convergence.pipeline.results import ErrorInfo
+from convergence.schemas.errors import MessageRejected, RejectCode
+from convergence.schemas.registry import PIPELINE_EVENT_V1, check, schema
+from convergence.schemas.run_request import SCHEMA_VERSION, RunRequest, compact_json, rfc3339
+from convergence.schemas.strict_json import loads_object
 
 MAX_EVENT_BYTES = 256 * 1024
 MAX_ERROR_MESSAGE = 2000

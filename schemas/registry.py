@@ -12,8 +12,8 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from schemas.errors import MessageRejected, RejectCode
-from schemas.strict_json import json_type
+from convergence.schemas.errors import MessageRejected, RejectCode
+from convergence.schemas.strict_json import json_type
 
 RUN_REQUEST_V1 = "run_request.v1.json"
 PIPELINE_EVENT_V1 = "pipeline_event.v1.json"
@@ -48,7 +48,7 @@ FORMAT_CHECKER.checks("date-time")(is_rfc3339)
 
 @cache
 def schema_text(name: str) -> str:
-    return resources.files("schemas").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("convergence.schemas").joinpath(name).read_text(encoding="utf-8")
 
 
 @cache

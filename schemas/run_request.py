@@ -13,11 +13,11 @@ from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from pipeline.errors import InvalidPipelineRef
-from pipeline.loader import PipelineRef
-from schemas.errors import MessageRejected, RejectCode
-from schemas.registry import RUN_REQUEST_V1, preview, problems, reject, schema
-from schemas.strict_json import loads_object
+from convergence.pipeline.errors import InvalidPipelineRef
+from convergence.pipeline.loader import PipelineRef
+from convergence.schemas.errors import MessageRejected, RejectCode
+from convergence.schemas.registry import RUN_REQUEST_V1, preview, problems, reject, schema
+from convergence.schemas.strict_json import loads_object
 
 SCHEMA_VERSION = "1"
 MAX_RUN_REQUEST_BYTES = 64 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas.errors import MessageRejected, RejectCode
+from convergence.schemas.errors import MessageRejected, RejectCode
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def local_stack() -> Iterator[Any]:
-    from devstack.stack import LocalStack
-    from settings import reset_settings
+    from convergence.devstack.stack import LocalStack
+    from convergence.settings import reset_settings
 
     stack = LocalStack()
     stack.start()
@@ -45,7 +45,7 @@ PUBSUB_NAME_FIELDS = (
 def pubsub_settings(local_stack: Any) -> Callable[..., Any]:
     """Factory: Settings on the emulator whose topic and subscription names are unique to each call, so
     tests never see each other's messages. Keyword arguments override any setting."""
-    from settings.model import Settings, load_settings
+    from convergence.settings.model import Settings, load_settings
 
     def make(**overrides: Any) -> Settings:
         suffix = uuid.uuid4().hex[:8]
@@ -64,7 +64,7 @@ def pull_messages(local_stack: Any) -> Iterator[Callable[..., list[Any]]]:
     emulator subscription holds each pull about 4 s, so calls are capped at 2 s and repeated)."""
     from google.api_core import exceptions
 
-    from infra.clients import subscriber_client
+    from convergence.infra.clients import subscriber_client
 
     clients: list[Any] = []
 
@@ -96,10 +96,10 @@ def pull_messages(local_stack: Any) -> Iterator[Callable[..., list[Any]]]:
 @pytest.fixture(scope="module")
 def tenancy_env(local_stack: Any, tmp_path_factory: Any) -> tuple[Any, Any, Any]:
     """(settings, BigQuery client, local keyring) on a freshly bootstrapped central dataset of its own."""
-    from kms.local import LocalKeyring
+    from convergence.kms.local import LocalKeyring
+    from convergence.warehouse.bootstrap import bootstrap
+    from convergence.warehouse.client import make_client
     from tests.test_warehouse_support import emulator_settings
-    from warehouse.bootstrap import bootstrap
-    from warehouse.client import make_client
 
     settings = emulator_settings(local_stack, local_keyring_path=tmp_path_factory.mktemp("keys") / "keyring.key")
     client = make_client(settings)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from devstack.background import BackgroundConsumer
+from convergence.devstack.background import BackgroundConsumer
 
 REPO = Path(__file__).resolve().parent.parent
 PUBSUB_NAME_FIELDS = (
@@ -33,14 +33,14 @@ def make_configs_dir(root: Path) -> Path:
 
 
 def platform_settings(local_stack: Any, configs_dir: Path, **overrides: Any) -> Any:
-    from settings.model import Settings, load_settings
+    from convergence.settings.model import Settings, load_settings
 
     suffix = uuid.uuid4().hex[:8]
     names = {name: f"{Settings.model_fields[name].default}-{suffix}" for name in PUBSUB_NAME_FIELDS}
     base = dict(
         pubsub_emulator_host=local_stack.pubsub.host, bigquery_emulator_host=local_stack.bigquery.host,
         gcp_project_id=local_stack.project, environment="local", central_dataset=f"organizations_{suffix}",
-        configs_dir=configs_dir, processor_packages=["processors", "tests.fake_processors"],
+        configs_dir=configs_dir, processor_packages=["convergence.processors", "tests.fake_processors"],
         local_keyring_path=configs_dir.parent / "keyring.key", retry_min_backoff_seconds=1,
         retry_max_backoff_seconds=2, consumer_workers=4, per_org_concurrency=2, shutdown_grace_seconds=10,
     )
@@ -51,9 +51,9 @@ class EventFollower:
     """Pulls the events topic in a thread; events grouped by run_id, in arrival order."""
 
     def __init__(self, settings: Any):
-        from infra.apply import ensure_subscription
-        from infra.clients import subscriber_client
-        from infra.topology import follower_subscription
+        from convergence.infra.apply import ensure_subscription
+        from convergence.infra.clients import subscriber_client
+        from convergence.infra.topology import follower_subscription
 
         self.name = f"follower-{uuid.uuid4().hex[:8]}"
         ensure_subscription(follower_subscription(settings, self.name), settings)
@@ -92,10 +92,10 @@ class EventFollower:
 
 class Platform:
     def __init__(self, local_stack: Any, root: Path, **overrides: Any):
-        from infra.apply import apply
-        from infra.topology import Topology
-        from runtime import Services
-        from warehouse.bootstrap import bootstrap
+        from convergence.infra.apply import apply
+        from convergence.infra.topology import Topology
+        from convergence.runtime import Services
+        from convergence.warehouse.bootstrap import bootstrap
 
         self.root = root
         self.settings = platform_settings(local_stack, make_configs_dir(root), **overrides)
@@ -111,13 +111,13 @@ class Platform:
         self.notifications.append(outcome)
 
     def onboard(self, org: str, plan: str = "SCALE", status: str = "ACTIVE") -> Any:
-        from tenancy.onboarding import onboard_org
+        from convergence.tenancy.onboarding import onboard_org
 
         return onboard_org(self.services.bigquery, self.settings, self.services.cipher, org, plan,
                            subscription_status=status)
 
     def start_consumer(self) -> BackgroundConsumer:
-        from runtime import Services
+        from convergence.runtime import Services
 
         # The consumer gets its own Services, as a separate process would.
         self.consumer = BackgroundConsumer(self.settings, Services(self.settings), notify=self._notify).start()

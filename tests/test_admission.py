@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumer.admission import AdmissionControl
-from pipeline.results import PipelineResult, RunStatus
-from runtime.services import Services
-from tenancy.gate import OrgGate
-from tenancy.onboarding import onboard_org
-from tenancy.plans import load_plans
-from tenancy.subscriptions import Subscriptions
+from convergence.consumer.admission import AdmissionControl
+from convergence.pipeline.results import PipelineResult, RunStatus
+from convergence.runtime.services import Services
+from convergence.tenancy.gate import OrgGate
+from convergence.tenancy.onboarding import onboard_org
+from convergence.tenancy.plans import load_plans
+from convergence.tenancy.subscriptions import Subscriptions
 from tests.test_warehouse_support import unique
 
 pytestmark = pytest.mark.emulator

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from runtime.batching import GroupCommit, MicroBatcher
+from convergence.runtime.batching import GroupCommit, MicroBatcher
 
 
 def test_concurrent_items_share_one_call_and_keep_their_own_results():

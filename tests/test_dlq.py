@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from convergence.commands.dlq import DeadLetter, dlq, parse_since, replay_request
-from schemas import RunRequest
+from convergence.schemas import RunRequest
 
 # ---- unit ----------------------------------------------------------------------------------------------
 
@@ -64,7 +64,7 @@ def cli(platform, monkeypatch):
 def dead_letter(platform, pipeline: str = "testing/consumer/ok") -> str:
     """A request as Pub/Sub forwards it after the last attempt: on the dead-letter topic, with the
     CloudPubSubDeadLetter* attributes. The consumer's drain records it DEAD_LETTERED."""
-    from publisher.requests import RequestPublisher
+    from convergence.publisher.requests import RequestPublisher
 
     request = RunRequest.create("acme_dlq", pipeline, {"seconds": 0}, "adhoc", run_id=f"run_{uuid.uuid4().hex}",
                                 trace_id=uuid.uuid4().hex)
@@ -102,7 +102,7 @@ def test_list_and_replay_a_dead_lettered_request(platform, cli):
     # replaying again (or a copy arriving late) never runs it twice: the same run_id already succeeded
     again = cli("replay", "--run-id", run_id)
     assert again.exit_code == 1 and "not dead-lettered" in again.output
-    from publisher.requests import RequestPublisher
+    from convergence.publisher.requests import RequestPublisher
 
     with RequestPublisher(platform.settings) as publisher:
         publisher.publish_many([RunRequest.create("acme_dlq", "testing/consumer/ok", {"seconds": 0}, "replay",

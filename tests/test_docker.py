@@ -26,13 +26,24 @@ DOCKERFILE = (REPO / "Dockerfile").read_text()
 IMAGE = "convergence:test"
 
 
-def package_patterns() -> list[str]:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    return pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+def setuptools_table() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
 
 
-def top_level_packages() -> list[str]:
-    return sorted({pattern.rstrip("*").rstrip(".") for pattern in package_patterns()})
+def source_dir(package: str) -> Path:
+    """The folder a listed package is installed from: its nearest package-dir mapping, then the rest."""
+    mapping = setuptools_table()["package-dir"]
+    parts = package.split(".")
+    for cut in range(len(parts), 0, -1):
+        head = ".".join(parts[:cut])
+        if head in mapping:
+            return REPO.joinpath(mapping[head], *parts[cut:])
+    return REPO.joinpath(*parts)
+
+
+def source_roots() -> list[str]:
+    """The top-level folders the installed package is built from."""
+    return sorted({source_dir(p).relative_to(REPO).parts[0] for p in setuptools_table()["packages"]})
 
 
 def dockerignore() -> list[tuple[str, bool]]:
@@ -93,9 +104,9 @@ def test_dockerfile_is_multi_stage_non_root_with_health_check():
 
 def test_dockerignore_keeps_every_package_and_drops_the_rest():
     rules = dockerignore()
-    for package in top_level_packages():
-        assert (REPO / package / "__init__.py").is_file(), f"{package} in pyproject but not a package"
-        assert not ignored(package, rules), f".dockerignore drops package {package}"
+    for folder in source_roots():
+        assert (REPO / folder).is_dir(), f"{folder} in pyproject but not in the tree"
+        assert not ignored(folder, rules), f".dockerignore drops package source {folder}"
     for heavy in (".venv", ".git", ".state", ".tmp", "build", "dist", "convergence.egg-info", "tests", "bench",
                   "deploy"):
         assert ignored(heavy, rules), f"{heavy} would be sent to the Docker engine"
@@ -112,10 +123,11 @@ def test_dockerignore_keeps_every_package_and_drops_the_rest():
 
 
 def test_every_source_package_is_packaged():
-    """A new top-level package that pyproject does not include would be missing from the image."""
-    not_service = {"tests", "bench", "deploy", "docs", "build", "dist"}
-    packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - not_service
-    assert packages <= set(top_level_packages()), packages - set(top_level_packages())
+    """A new package folder that pyproject does not list would be missing from the wheel and the image."""
+    listed = {source_dir(p) for p in setuptools_table()["packages"]}
+    found = {init.parent for root in source_roots() for init in (REPO / root).rglob("__init__.py")}
+    assert found <= listed, sorted(str(p.relative_to(REPO)) for p in found - listed)
+    assert all(path.is_dir() for path in listed), sorted(str(p) for p in listed if not p.is_dir())
 
 
 @pytest.mark.slow
@@ -131,12 +143,16 @@ def test_wheel_from_the_build_context_imports_in_isolation(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(installed)
         names = archive.namelist()
-    assert {name.split("/")[0] for name in names if name.endswith("/__init__.py")} >= set(top_level_packages())
-    assert any(name.endswith("run_request.v1.json") for name in names)  # package data
+    # one top-level package; the card's folders inside it, with their data
+    assert {name.split("/")[0] for name in names if not name.startswith("convergence-")} == {"convergence"}
+    assert "convergence/consumer/__init__.py" in names and "convergence/schemas/run_request.v1.json" in names
+    assert "convergence/configs/openai/cost/usage_cost.yml" in names
     site_packages = sysconfig.get_paths()["purelib"]
-    modules = ["convergence.cli", "convergence.commands", "api", "api.door", "consumer.service", "consumer.serving",
-               "consumer.ticks", "publisher.fanout", "publisher.follow", "publisher.ledger", "tenancy.eligibility",
-               "runtime", "warehouse.runlog", "processors", "schemas"]
+    modules = ["convergence.cli", "convergence.commands", "convergence.api", "convergence.api.door",
+               "convergence.consumer.service", "convergence.consumer.serving", "convergence.consumer.ticks",
+               "convergence.publisher.fanout", "convergence.publisher.follow", "convergence.publisher.ledger",
+               "convergence.tenancy.eligibility", "convergence.runtime", "convergence.warehouse.runlog",
+               "convergence.processors", "convergence.schemas"]
     # -S: no .pth files, so the work tree's editable install cannot supply a module the wheel lacks.
     code = (
         "import sys; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]); import importlib\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from settings.model import Settings
+from convergence.settings.model import Settings
 
 TERRAFORM = Path(__file__).resolve().parent.parent / "deploy" / "terraform"
 # Terraform variable -> setting with the same meaning (and the same default).

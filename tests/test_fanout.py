@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import PipelineLoader
-from publisher.fanout import TickFanOut, scheduled_run_id
-from publisher.requests import PublishError
+from convergence.pipeline import PipelineLoader
+from convergence.publisher.fanout import TickFanOut, scheduled_run_id
+from convergence.publisher.requests import PublishError
 
 REPO = Path(__file__).resolve().parent.parent
 TICK = datetime(2026, 3, 1, 5, 0, tzinfo=UTC)  # window (04:00, 05:00]
@@ -154,7 +154,7 @@ def test_due_pipelines_for_eligible_orgs_once(loader):
     assert usage.run_id == scheduled_run_id("org_b", "sched/daily/usage", datetime(2026, 3, 1, 4, 30, tzinfo=UTC))
     assert by[("org_d", "sched//monthly")].parameters == {"month": "2026-03"}
     # copies of the template are as valid as a request built from scratch
-    from schemas import decode_run_request
+    from convergence.schemas import decode_run_request
     for request in fanout.publisher.published:
         assert decode_run_request(request.to_json(), request.attributes()) == request
 
@@ -188,7 +188,7 @@ def test_invalid_org_slug_is_skipped_not_fatal(loader):
 
 
 def test_tick_time_from_body_or_publish_time():
-    from consumer.ticks import tick_time
+    from convergence.consumer.ticks import tick_time
 
     assert tick_time(b'{"tick_at": "2026-03-01T05:00:00Z"}', None) == TICK
     assert tick_time(b"{}", datetime(2026, 3, 1, 5, 0, 7, tzinfo=UTC)) == TICK
@@ -218,8 +218,8 @@ def platform(local_stack, tmp_path_factory):
 
 
 def real_fanout(platform):
-    from publisher.ledger import ExecutionLedger
-    from tenancy.eligibility import EligibleOrgs
+    from convergence.publisher.ledger import ExecutionLedger
+    from convergence.tenancy.eligibility import EligibleOrgs
 
     s = platform.settings
     eligible = EligibleOrgs(platform.services.bigquery, s)
@@ -277,7 +277,7 @@ def test_schedule_tick_command(platform, monkeypatch):
 @pytest.mark.emulator
 @pytest.mark.slow
 def test_tick_through_the_ticks_topic_and_the_consumer(platform, pull_messages):
-    from publisher.requests import RequestPublisher
+    from convergence.publisher.requests import RequestPublisher
 
     # drain what the CLI test left on the requests subscription, then let the consumer run the tick's runs
     pull_messages(platform.settings, platform.settings.requests_subscription, 100, timeout=2.5)

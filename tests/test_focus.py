@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from google.cloud import bigquery
 
-from pipeline import RunStatus
-from processors.focus.conformance import RULES, check, format_report
+from convergence.pipeline import RunStatus
+from convergence.processors.focus.conformance import RULES, check, format_report
 from tests.test_llm_support import (
     DictCredentials,
     LlmTestServices,
@@ -320,7 +320,7 @@ async def test_conformance_catches_a_planted_violation_of_every_rule(env, bq, mo
 
     # The CLI: exit 0 on the conforming table, 1 (every violated rule listed) on the planted one.
     from convergence.commands.focus import focus
-    from settings import reset_settings
+    from convergence.settings import reset_settings
 
     for key, value in {"BIGQUERY_EMULATOR_HOST": settings.bigquery_emulator_host, "GCP_PROJECT_ID": bq.project,
                        "ENVIRONMENT": settings.environment.value}.items():

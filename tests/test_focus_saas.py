@@ -11,8 +11,8 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline import RunStatus
-from processors.focus.conformance import check, format_report
+from convergence.pipeline import RunStatus
+from convergence.processors.focus.conformance import check, format_report
 from tests.test_focus import (
     ANTHROPIC_BILLED_D1,
     GCP_SCHEMA,

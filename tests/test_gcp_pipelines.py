@@ -15,8 +15,8 @@ import math
 
 import pytest
 
-from devstack.providers.gcp_server import BILLING_EXPORT_SCHEMA, GcpStandIn, billing_export_row
-from pipeline import RunStatus
+from convergence.devstack.providers.gcp_server import BILLING_EXPORT_SCHEMA, GcpStandIn, billing_export_row
+from convergence.pipeline import RunStatus
 from tests.test_generic_support import DictCredentials, TestServices, make_settings, new_org, query, run, table_rows
 
 pytestmark = [pytest.mark.emulator]
@@ -240,8 +240,8 @@ async def test_the_service_account_key_comes_from_org_integration_credentials_vi
     decrypted by the extractor (resolution step 2), then masked in everything the run reports."""
     import uuid
 
-    from runtime.services import Services
-    from warehouse.bootstrap import bootstrap
+    from convergence.runtime.services import Services
+    from convergence.warehouse.bootstrap import bootstrap
 
     server, _ = gcp
     settings = make_settings(local_stack, gcp_api_url_template=server.base_url,

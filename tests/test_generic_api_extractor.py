@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
-from devstack.providers.rest_server import ExpectedAuth, RestStandIn
-from pipeline import RunStatus
+from convergence.devstack.providers.rest_server import ExpectedAuth, RestStandIn
+from convergence.pipeline import RunStatus
 from tests.test_generic_support import (
     DictCredentials,
     TestServices,

@@ -10,8 +10,8 @@ import math
 
 import pytest
 
-from devstack.providers.rest_server import ExpectedAuth, RestStandIn
-from pipeline import RunStatus
+from convergence.devstack.providers.rest_server import ExpectedAuth, RestStandIn
+from convergence.pipeline import RunStatus
 from tests.test_generic_support import DictCredentials, TestServices, make_settings, new_org, pipeline, run, table_rows
 
 pytestmark = [pytest.mark.emulator]

@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline import Executor, PipelineConfig, PipelineLoader, ProcessorRegistry, RunContext, RunObserver
-from pipeline.results import PipelineResult, StepResult
-from runtime.services import Services
-from settings.model import REPO_ROOT, Settings, load_settings
+from convergence.pipeline import Executor, PipelineConfig, PipelineLoader, ProcessorRegistry, RunContext, RunObserver
+from convergence.pipeline.results import PipelineResult, StepResult
+from convergence.runtime.services import Services
+from convergence.settings.model import Settings, load_settings
+from tests.paths import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
 

@@ -7,16 +7,16 @@ import asyncio
 
 import pytest
 
-from consumer.handler import RunHandler
-from consumer.outcome import OutcomeKind
-from infra.apply import apply
-from infra.topology import Topology
-from pipeline import PipelineLoader
-from runtime.services import Services
-from schemas import RunRequest
-from tenancy.onboarding import onboard_org
+from convergence.consumer.handler import RunHandler
+from convergence.consumer.outcome import OutcomeKind
+from convergence.infra.apply import apply
+from convergence.infra.topology import Topology
+from convergence.pipeline import PipelineLoader
+from convergence.runtime.services import Services
+from convergence.schemas import RunRequest
+from convergence.tenancy.onboarding import onboard_org
+from convergence.warehouse.bootstrap import bootstrap
 from tests.test_warehouse_support import emulator_settings, unique
-from warehouse.bootstrap import bootstrap
 
 pytestmark = pytest.mark.emulator
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from api import ApiDoor
-from api.ratelimit import RateLimiter
-from devstack.ports import free_port
+from convergence.api import ApiDoor
+from convergence.api.ratelimit import RateLimiter
+from convergence.devstack.ports import free_port
 
 pytestmark = [pytest.mark.emulator]
 ROOT_KEY = "root-" + "k" * 40
@@ -38,8 +38,8 @@ def test_token_bucket():
 
 
 def test_root_key_compare():
-    from api.auth import AuthError, check_root_key
-    from settings.model import load_settings
+    from convergence.api.auth import AuthError, check_root_key
+    from convergence.settings.model import load_settings
 
     settings = load_settings(ca_root_api_key=ROOT_KEY)
     check_root_key(settings, ROOT_KEY)
@@ -59,7 +59,7 @@ class Server:
     """run_server (the one `serve` uses) on its own loop in a thread."""
 
     def __init__(self, app: Any):
-        from consumer.http_app import run_server
+        from convergence.consumer.http_app import run_server
 
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
@@ -104,8 +104,8 @@ class Server:
 
 
 def door_app(platform: Any, **overrides: Any) -> tuple[Any, Any]:
-    from consumer.serving import build_push_app
-    from runtime import Services
+    from convergence.consumer.serving import build_push_app
+    from convergence.runtime import Services
 
     settings = platform.settings.model_copy(update={"push_verify_token": False,
                                                     "ca_root_api_key": SecretStr(ROOT_KEY), **overrides})
@@ -131,8 +131,8 @@ class StubRequests:
 
 @pytest.fixture(scope="module")
 def platform(local_stack, tmp_path_factory):
-    from infra.apply import ensure_subscription
-    from infra.topology import SubscriptionSpec
+    from convergence.infra.apply import ensure_subscription
+    from convergence.infra.topology import SubscriptionSpec
     from tests.harness import Platform
 
     platform = Platform(local_stack, tmp_path_factory.mktemp("door"))
@@ -422,7 +422,7 @@ def test_fuzz_bodies_find_no_5xx(platform, stub_server):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from schemas import decode_run_request
+    from convergence.schemas import decode_run_request
 
     _, _, bodies = _fuzz_strategies()
     targets = st.sampled_from([OK, "testing//flat", "setup/bootstrap/config", "setup//plans", "testing/consumer/no"])

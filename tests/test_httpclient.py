@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from httpclient import AddressGuard, BlockedAddress, HttpClient, RetryPolicy
-from pipeline.errors import PermanentStepError, TransientStepError
+from convergence.httpclient import AddressGuard, BlockedAddress, HttpClient, RetryPolicy
+from convergence.pipeline.errors import PermanentStepError, TransientStepError
 
 FAST = RetryPolicy(attempts=4, initial_seconds=0.01, max_seconds=0.05)
 

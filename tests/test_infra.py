@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1
 
-from infra import (
+from convergence.infra import (
     Action,
     Topology,
     TopologyError,
@@ -24,9 +24,9 @@ from infra import (
     follower_subscription,
     subscriber_client,
 )
-from publisher import RequestPublisher
-from schemas import decode_run_request
-from settings.model import Settings, load_settings
+from convergence.publisher import RequestPublisher
+from convergence.schemas import decode_run_request
+from convergence.settings.model import Settings, load_settings
 
 # ---- the topology derived from settings (no emulator) ----
 

@@ -8,11 +8,11 @@ import stat
 
 import pytest
 
-from devstack.kms_server import KmsStandIn
-from kms import Cipher, CipherError, make_cipher
-from kms.cloud import CloudKmsCipher, is_loopback_endpoint
-from kms.local import LocalKeyring
-from settings.model import SettingsError, load_settings
+from convergence.devstack.kms_server import KmsStandIn
+from convergence.kms import Cipher, CipherError, make_cipher
+from convergence.kms.cloud import CloudKmsCipher, is_loopback_endpoint
+from convergence.kms.local import LocalKeyring
+from convergence.settings.model import SettingsError, load_settings
 
 KEY = "projects/convergence-local/locations/global/keyRings/convergence/cryptoKeys/credentials"
 

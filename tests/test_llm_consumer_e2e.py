@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from devstack.providers.anthropic_server import AnthropicStandIn, message_usage
-from devstack.providers.openai_server import OpenAIStandIn, completion
+from convergence.devstack.providers.anthropic_server import AnthropicStandIn, message_usage
+from convergence.devstack.providers.openai_server import OpenAIStandIn, completion
 from tests import harness
 from tests.harness import Platform
 from tests.test_llm_support import CONFIGS, rows

@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.errors import PermanentStepError
-from processors._llm.params import date_range, month_range
-from processors._llm.values import BadValue, model_base, numeric_text, to_decimal, usd_text
-from processors.openai.cost_extract import parse_line_item
+from convergence.pipeline.errors import PermanentStepError
+from convergence.processors._llm.params import date_range, month_range
+from convergence.processors._llm.values import BadValue, model_base, numeric_text, to_decimal, usd_text
+from convergence.processors.openai.cost_extract import parse_line_item
 
 TODAY = date(2026, 3, 10)
 

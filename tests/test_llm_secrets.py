@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from consumer.observers import CompositeObserver, EventObserver, RunLogObserver
-from devstack.providers.openai_server import OpenAIStandIn, completion
-from pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
-from runtime.batching import GroupCommit
-from runtime.services import Services
-from schemas import RunRequest
+from convergence.consumer.observers import CompositeObserver, EventObserver, RunLogObserver
+from convergence.devstack.providers.openai_server import OpenAIStandIn, completion
+from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
+from convergence.runtime.batching import GroupCommit
+from convergence.runtime.services import Services
+from convergence.schemas import RunRequest
+from convergence.warehouse.bootstrap import bootstrap
+from convergence.warehouse.writer import Writer
 from tests.test_llm_support import CONFIGS, make_settings, new_org
-from warehouse.bootstrap import bootstrap
-from warehouse.writer import Writer
 
 pytestmark = [pytest.mark.emulator]
 GOOD = "sk-admin-hygiene-0123456789abcdef-GOOD"

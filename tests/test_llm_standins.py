@@ -5,11 +5,11 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from devstack.providers.anthropic_server import ADMIN_KEY as ANT_KEY
-from devstack.providers.anthropic_server import AnthropicStandIn, message_usage
-from devstack.providers.common import to_epoch
-from devstack.providers.openai_server import ADMIN_KEY as OAI_KEY
-from devstack.providers.openai_server import OpenAIStandIn, completion
+from convergence.devstack.providers.anthropic_server import ADMIN_KEY as ANT_KEY
+from convergence.devstack.providers.anthropic_server import AnthropicStandIn, message_usage
+from convergence.devstack.providers.common import to_epoch
+from convergence.devstack.providers.openai_server import ADMIN_KEY as OAI_KEY
+from convergence.devstack.providers.openai_server import OpenAIStandIn, completion
 
 OAI = {"Authorization": f"Bearer {OAI_KEY}"}
 ANT = {"x-api-key": ANT_KEY, "anthropic-version": "2023-06-01"}

@@ -13,11 +13,12 @@ from typing import Any
 
 from google.cloud import bigquery
 
-from pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunObserver
-from pipeline.results import PipelineResult, StepResult
-from runtime.services import Services
-from settings.model import REPO_ROOT, Settings, load_settings
-from warehouse.writer import Writer
+from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunObserver
+from convergence.pipeline.results import PipelineResult, StepResult
+from convergence.runtime.services import Services
+from convergence.settings.model import Settings, load_settings
+from convergence.warehouse.writer import Writer
+from tests.paths import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
 

@@ -13,10 +13,10 @@ import pytest
 from google.api_core.retry import Retry
 from google.cloud import bigquery, pubsub_v1
 
-from devstack import bqemulator_launcher, pubsub_emulator
-from devstack.errors import EmulatorNotInstalledError, EmulatorStartError
-from devstack.process import ManagedProcess, wait_until_ready
-from devstack.stack import LocalStack
+from convergence.devstack import bqemulator_launcher, pubsub_emulator
+from convergence.devstack.errors import EmulatorNotInstalledError, EmulatorStartError
+from convergence.devstack.process import ManagedProcess, wait_until_ready
+from convergence.devstack.stack import LocalStack
 
 # The emulator answers bad requests with HTTP 500, which the client would retry
 # for up to 10 minutes by default; fail within seconds instead.

@@ -5,7 +5,7 @@ import json
 import pytest
 import structlog
 
-from observability.logging import configure_logging, run_context
+from convergence.observability.logging import configure_logging, run_context
 
 
 def capture(capsys, fn):
@@ -100,7 +100,7 @@ def test_serve_logs_no_secret_from_malformed_requests(local_stack, tmp_path):
     import time
     import urllib.request
 
-    from devstack.ports import free_port
+    from convergence.devstack.ports import free_port
     from tests.harness import REPO, Platform, settings_env
 
     platform = Platform(local_stack, tmp_path)

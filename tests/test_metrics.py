@@ -17,11 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from consumer.outcome import Outcome, OutcomeKind
-from consumer.slots import RunSlots
-from observability import metrics
-from observability.metrics import REGISTRY, MetricsObserver, sample
-from pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
+from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.consumer.slots import RunSlots
+from convergence.observability import metrics
+from convergence.observability.metrics import REGISTRY, MetricsObserver, sample
+from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
 
 ALLOWED_LABELS = {"subscription", "outcome", "code", "status", "pipeline", "ps_type", "provider", "component",
                   "org", "le"}
@@ -196,9 +196,9 @@ async def test_slot_gauges_aggregate_and_per_org_only_within_the_limit():
 
 
 async def test_provider_calls_by_status_through_services_http_429_visible():
-    from httpclient import RetryPolicy
-    from runtime import Services
-    from settings.model import load_settings
+    from convergence.httpclient import RetryPolicy
+    from convergence.runtime import Services
+    from convergence.settings.model import load_settings
 
     answers = [429, 200]
 
@@ -233,8 +233,8 @@ class _Handler:
 
 
 async def test_serve_exposes_metrics_and_counts_push_answers():
-    from consumer.http_app import create_app
-    from settings.model import load_settings
+    from convergence.consumer.http_app import create_app
+    from convergence.settings.model import load_settings
 
     app = create_app(load_settings(environment="development", push_verify_token=False), _Handler())
     client = TestClient(TestServer(app, host="127.0.0.1"))

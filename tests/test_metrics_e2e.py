@@ -25,10 +25,10 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from observability import logging as obs_logging
-from observability.logging import configure_logging
-from observability.tracing import cloud_trace, trace_id_from_headers
-from schemas import RunRequest
+from convergence.observability import logging as obs_logging
+from convergence.observability.logging import configure_logging
+from convergence.observability.tracing import cloud_trace, trace_id_from_headers
+from convergence.schemas import RunRequest
 from tests.harness import Platform
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
@@ -87,7 +87,7 @@ class Observed:
         return self.after.get((name, tuple(sorted(labels.items()))))
 
     def run_rows(self, run_id: str) -> list[dict[str, Any]]:
-        from warehouse.query import QueryRunner
+        from convergence.warehouse.query import QueryRunner
 
         runlog = self.platform.services.runlog
         return QueryRunner(self.platform.services.bigquery, self.platform.settings).rows(

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from consumer.outcome import Outcome, OutcomeKind
-from devstack.ports import free_port
-from devstack.providers.slack_server import SlackStandIn
-from notifications import FailureNotifier, NotificationObserver, Notifier, RunSummary
-from pipeline import RunStatus, StepStatus
+from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.devstack.ports import free_port
+from convergence.devstack.providers.slack_server import SlackStandIn
+from convergence.notifications import FailureNotifier, NotificationObserver, Notifier, RunSummary
+from convergence.pipeline import RunStatus, StepStatus
 from tests.test_generic_support import TestServices, make_settings, new_org, pipeline, run
 
 SMTP_USER, SMTP_PASSWORD = "pipelines@convergence.test", "app-password-7731"

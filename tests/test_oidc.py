@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
-from consumer.oidc import AuthFailure, CertsCache, PushAuthError, PushTokenVerifier
+from convergence.consumer.oidc import AuthFailure, CertsCache, PushAuthError, PushTokenVerifier
 
 AUDIENCE = "https://convergence.example.run.app/pubsub/push"
 SERVICE_ACCOUNT = "pubsub-push@convergence-local.iam.gserviceaccount.com"

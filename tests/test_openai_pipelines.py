@@ -11,9 +11,15 @@ from decimal import Decimal
 
 import pytest
 
-from devstack.providers.common import FixedUsage, to_epoch
-from devstack.providers.openai_server import ADMIN_KEY, OpenAIStandIn, completion, embedding, generated_completions
-from pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus, StepStatus
+from convergence.devstack.providers.common import FixedUsage, to_epoch
+from convergence.devstack.providers.openai_server import (
+    ADMIN_KEY,
+    OpenAIStandIn,
+    completion,
+    embedding,
+    generated_completions,
+)
+from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus, StepStatus
 from tests.test_llm_support import (
     CONFIGS,
     DictCredentials,

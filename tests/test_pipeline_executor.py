@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from pipeline import (
+from convergence.pipeline import (
     ConfigError,
     Executor,
     PipelineConfig,
@@ -14,7 +14,7 @@ from pipeline import (
     StepConfig,
     StepStatus,
 )
-from pipeline.executor import RunObserver
+from convergence.pipeline.executor import RunObserver
 from tests.fake_processors.sample import sleep as sleep_module
 
 REGISTRY = ProcessorRegistry(package="tests.fake_processors")

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import ConfigError, PipelineLoader, PipelineNotFound, PipelineRef
-from pipeline.errors import InvalidPipelineRef
-from pipeline.loader import parse_pipeline
+from convergence.pipeline import ConfigError, PipelineLoader, PipelineNotFound, PipelineRef
+from convergence.pipeline.errors import InvalidPipelineRef
+from convergence.pipeline.loader import parse_pipeline
 
 GOOD = """\
 pipeline_id: demo-pipe

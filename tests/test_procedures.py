@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline import PermanentStepError, RunStatus
-from processors.sql.procedures import ProcedureCatalog
+from convergence.pipeline import PermanentStepError, RunStatus
+from convergence.processors.sql.procedures import ProcedureCatalog
 from tests.test_generic_support import TestServices, make_settings, new_org, query, run
 
 pytestmark = [pytest.mark.emulator]
@@ -85,7 +85,7 @@ def test_a_file_must_create_the_procedure_it_is_named_after(local_stack, tree):
 
 def test_procedures_cli(local_stack, tree, monkeypatch):
     from convergence.commands.procedures import procedures
-    from settings import reset_settings
+    from convergence.settings import reset_settings
 
     dataset = f"procs_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("CONFIGS_DIR", str(tree))
@@ -136,7 +136,7 @@ EXPECTED = {
 
 
 def _seed_subscriptions(services, org: str) -> None:
-    from processors.generic._bq import ensure_table
+    from convergence.processors.generic._bq import ensure_table
 
     repo = services.settings.configs_dir.parent
     ensure_table(services.bigquery, services.settings, services.org_dataset(org), "saas_subscriptions",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from settings.model import SettingsError, load_settings
-from settings.production import production_problems, validate_for_startup
+from convergence.settings.model import SettingsError, load_settings
+from convergence.settings.production import production_problems, validate_for_startup
 
 GOOD = {
     "environment": "production", "ca_root_api_key": "k" * 32, "disable_auth": False, "rate_limit_enabled": True,

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from convergence.commands.publish import backfill_days, parse_param, publish
-from publisher.follow import Final, ProgressPrinter, RunFollower, RunProgress, exit_code
-from schemas import EventType, PipelineEvent
-from schemas.events import EventError
+from convergence.publisher.follow import Final, ProgressPrinter, RunFollower, RunProgress, exit_code
+from convergence.schemas import EventType, PipelineEvent
+from convergence.schemas.events import EventError
 
 # ---- unit ----------------------------------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ def published_ids(output: str) -> list[str]:
 
 
 def follower_subscriptions(platform) -> list[str]:
-    from infra.clients import subscriber_client
+    from convergence.infra.clients import subscriber_client
 
     subscriber = subscriber_client(platform.settings)
     try:

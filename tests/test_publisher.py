@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from infra import Topology, apply, ensure_subscription, follower_subscription
-from publisher import EventPublisher, PublishError, RequestPublisher
-from schemas import (
+from convergence.infra import Topology, apply, ensure_subscription, follower_subscription
+from convergence.publisher import EventPublisher, PublishError, RequestPublisher
+from convergence.schemas import (
     EventError,
     EventType,
     MessageRejected,
@@ -21,7 +21,7 @@ from schemas import (
     decode_pipeline_event,
     decode_run_request,
 )
-from settings.model import Settings
+from convergence.settings.model import Settings
 
 pytestmark = pytest.mark.emulator
 

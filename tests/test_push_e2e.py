@@ -9,9 +9,9 @@ import uuid
 import pytest
 from aiohttp import web
 
-from consumer.serving import build_push_app
-from devstack.ports import free_port
-from runtime import Services
+from convergence.consumer.serving import build_push_app
+from convergence.devstack.ports import free_port
+from convergence.runtime import Services
 from tests.harness import Platform
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]

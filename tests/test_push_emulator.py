@@ -16,9 +16,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from google.cloud import pubsub_v1
 
-from consumer.http_app import create_app
-from consumer.outcome import Outcome, OutcomeKind
-from settings.model import load_settings
+from convergence.consumer.http_app import create_app
+from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.settings.model import load_settings
 from tests.test_push_endpoint import RecordingHandler
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]

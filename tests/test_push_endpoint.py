@@ -18,10 +18,10 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from consumer.http_app import PUSH, Lifecycle, PushConfigError, create_app
-from consumer.outcome import Outcome, OutcomeKind
-from consumer.push import EnvelopeError, parse_envelope, push_budget_seconds
-from settings.model import Settings, load_settings
+from convergence.consumer.http_app import PUSH, Lifecycle, PushConfigError, create_app
+from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.consumer.push import EnvelopeError, parse_envelope, push_budget_seconds
+from convergence.settings.model import Settings, load_settings
 from tests.test_oidc import AUDIENCE, SERVICE_ACCOUNT, OidcKit
 
 

@@ -15,16 +15,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from consumer.http_app import create_app, run_server
-from consumer.outcome import Outcome, OutcomeKind
-from devstack.ports import free_port
-from settings.model import REPO_ROOT, load_settings
+from convergence.consumer.http_app import create_app, run_server
+from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.devstack.ports import free_port
+from convergence.settings.model import load_settings
+from tests.paths import REPO_ROOT
 
 SERVER_SCRIPT = textwrap.dedent("""
     import asyncio, sys
-    from consumer.http_app import Lifecycle, create_app, run_server
-    from consumer.outcome import Outcome, OutcomeKind
-    from settings.model import load_settings
+    from convergence.consumer.http_app import Lifecycle, create_app, run_server
+    from convergence.consumer.outcome import Outcome, OutcomeKind
+    from convergence.settings.model import load_settings
 
     port, handler_seconds, grace = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 

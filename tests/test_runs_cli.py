@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 from convergence.commands.runs import format_duration, format_error, parse_since, render_table, runs
-from pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
+from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
 
 ACME, OTHER = "acme_cli", "other_cli"
 
@@ -65,11 +65,11 @@ def _seed(runlog: Any, run_id: str, org: str, pipeline: str, result: PipelineRes
 
 @pytest.fixture(scope="module")
 def seeded(local_stack):
-    from settings import reset_settings
+    from convergence.settings import reset_settings
+    from convergence.warehouse.bootstrap import bootstrap
+    from convergence.warehouse.client import make_client
+    from convergence.warehouse.runlog import RunLog
     from tests.test_warehouse_support import emulator_settings, unique
-    from warehouse.bootstrap import bootstrap
-    from warehouse.client import make_client
-    from warehouse.runlog import RunLog
 
     # capture_logs: never depend on how an earlier test left structlog (log lines are not under test).
     with capture_logs(), pytest.MonkeyPatch.context() as patch:

@@ -2,8 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
-from pipeline.models import Schedule
-from publisher.schedule import due_slots, schedule_parameters
+from convergence.pipeline.models import Schedule
+from convergence.publisher.schedule import due_slots, schedule_parameters
 
 
 def at(text: str) -> datetime:

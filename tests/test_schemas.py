@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-import schemas
-from pipeline.results import ErrorInfo, StepStatus
-from schemas import (
+from convergence import schemas
+from convergence.pipeline.results import ErrorInfo, StepStatus
+from convergence.schemas import (
     EventError,
     EventType,
     MessageRejected,

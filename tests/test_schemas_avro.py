@@ -10,9 +10,9 @@ import pytest
 from google.api_core import exceptions
 from google.pubsub_v1 import types
 
-from infra import close_publisher, publisher_client, schema_client
-from schemas import RunRequest, avro_schema_text, to_avro_json
-from settings.model import Settings
+from convergence.infra import close_publisher, publisher_client, schema_client
+from convergence.schemas import RunRequest, avro_schema_text, to_avro_json
+from convergence.settings.model import Settings
 
 pytestmark = pytest.mark.emulator
 

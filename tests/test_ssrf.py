@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from httpclient import AddressGuard, BlockedAddress, HttpClient, RetryPolicy
-from httpclient.ssrf import refusal
-from notifications.email import NotificationError
-from notifications.slack import SlackSender
-from pipeline.errors import PermanentStepError
-from runtime.services import Services
-from settings.model import load_settings
+from convergence.httpclient import AddressGuard, BlockedAddress, HttpClient, RetryPolicy
+from convergence.httpclient.ssrf import refusal
+from convergence.notifications.email import NotificationError
+from convergence.notifications.slack import SlackSender
+from convergence.pipeline.errors import PermanentStepError
+from convergence.runtime.services import Services
+from convergence.settings.model import load_settings
 
 FAST = RetryPolicy(attempts=2, initial_seconds=0.01, max_seconds=0.02)
 SECRET_BODY = "internal-secret-body"

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tenancy.api_keys import OrgApiKeys, hash_api_key, org_slug_from_api_key, verify_org_api_key
-from tenancy.gate import OrgGate
-from tenancy.onboarding import OrgAlreadyExists, onboard_org
-from tenancy.plans import load_plans
-from tenancy.subscriptions import Subscriptions
+from convergence.tenancy.api_keys import OrgApiKeys, hash_api_key, org_slug_from_api_key, verify_org_api_key
+from convergence.tenancy.gate import OrgGate
+from convergence.tenancy.onboarding import OrgAlreadyExists, onboard_org
+from convergence.tenancy.plans import load_plans
+from convergence.tenancy.subscriptions import Subscriptions
+from convergence.warehouse.runlog import RunLog
 from tests.test_warehouse_support import count_rows, unique
-from warehouse.runlog import RunLog
 
 pytestmark = pytest.mark.emulator
 

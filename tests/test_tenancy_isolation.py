@@ -11,17 +11,17 @@ from datetime import date
 import pytest
 import structlog
 
-from devstack.kms_server import KmsStandIn
-from kms.cloud import CloudKmsCipher
-from kms.local import LocalKeyring
-from tenancy.credentials import CredentialDecryptError, CredentialNotFound, CredentialStore
-from tenancy.gate import OrgGate
-from tenancy.onboarding import onboard_org
+from convergence.devstack.kms_server import KmsStandIn
+from convergence.kms.cloud import CloudKmsCipher
+from convergence.kms.local import LocalKeyring
+from convergence.tenancy.credentials import CredentialDecryptError, CredentialNotFound, CredentialStore
+from convergence.tenancy.gate import OrgGate
+from convergence.tenancy.onboarding import onboard_org
+from convergence.warehouse.bootstrap import bootstrap
+from convergence.warehouse.client import make_client
+from convergence.warehouse.identifiers import InvalidIdentifier
+from convergence.warehouse.writer import Writer
 from tests.test_warehouse_support import ExplodingClient, emulator_settings, unique
-from warehouse.bootstrap import bootstrap
-from warehouse.client import make_client
-from warehouse.identifiers import InvalidIdentifier
-from warehouse.writer import Writer
 
 pytestmark = pytest.mark.emulator
 
@@ -109,7 +109,7 @@ def test_org_a_never_reads_org_b(env, cipher):
     writer = Writer(client, settings)
     row = {"org_slug": a, "cost_date": date(2024, 3, 1), "resource_type": "API_CALLS", "cost_tracking_id": "x",
            "created_at": "2024-03-01T00:00:00Z"}
-    from pipeline.errors import PermanentStepError
+    from convergence.pipeline.errors import PermanentStepError
 
     with pytest.raises(PermanentStepError) as caught:
         writer.write(settings.org_dataset(b), "cost", [row], org_slug=a)
@@ -123,7 +123,7 @@ def test_org_a_never_reads_org_b(env, cipher):
 
 @pytest.mark.parametrize("hostile", ["acme' OR '1'='1", "acme`", "a..b", "x" * 200, "Acme", "acme;--"])
 def test_hostile_org_slug_is_refused_before_bigquery(hostile, tmp_path):
-    from settings.model import load_settings
+    from convergence.settings.model import load_settings
 
     settings = load_settings(local_keyring_path=tmp_path / "k.key")
     store = CredentialStore(ExplodingClient(), settings, LocalKeyring(settings.local_keyring_path))  # type: ignore[arg-type]

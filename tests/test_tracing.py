@@ -9,9 +9,9 @@ import re
 import pytest
 import structlog
 
-from observability import logging as obs_logging
-from observability.logging import configure_logging, get_logger, run_context
-from observability.tracing import (
+from convergence.observability import logging as obs_logging
+from convergence.observability.logging import configure_logging, get_logger, run_context
+from convergence.observability.tracing import (
     TRACE_ID_PATTERN,
     cloud_trace,
     current_trace_id,
@@ -28,8 +28,8 @@ from observability.tracing import (
     trace_id_from_headers,
     with_trace_id,
 )
-from schemas import RunRequest, decode_run_request
-from schemas.registry import PIPELINE_EVENT_V1, RUN_REQUEST_V1, schema
+from convergence.schemas import RunRequest, decode_run_request
+from convergence.schemas.registry import PIPELINE_EVENT_V1, RUN_REQUEST_V1, schema
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -139,7 +139,7 @@ def test_with_trace_id_on_a_decoded_request():
 
 
 def test_publisher_build_sets_a_w3c_trace_id_or_keeps_the_given_one():
-    from publisher.requests import RequestPublisher
+    from convergence.publisher.requests import RequestPublisher
 
     assert is_w3c_trace_id(RequestPublisher.build("acme", "testing/consumer/ok").trace_id)
     request = RequestPublisher.build("acme", "testing/consumer/ok", trace_id=TRACE)

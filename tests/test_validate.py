@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from convergence.cli import _add_command_groups, cli
-from pipeline import ProcessorRegistry
-from pipeline.validation import validate_tree
+from convergence.pipeline import ProcessorRegistry
+from convergence.pipeline.validation import validate_tree
 
 REGISTRY = ProcessorRegistry(package="tests.fake_processors")
 HEADER = "pipeline_id: p-{name}\nname: {name}\nsteps:\n"

@@ -6,11 +6,10 @@ import pytest
 import requests
 from google.api_core import exceptions as gexc
 
-from pipeline.errors import PermanentStepError, TransientStepError
-from settings.model import load_settings
-from tests.test_warehouse_support import ExplodingClient
-from warehouse.errors import classify_google_error, to_step_error
-from warehouse.identifiers import (
+from convergence.pipeline.errors import PermanentStepError, TransientStepError
+from convergence.settings.model import load_settings
+from convergence.warehouse.errors import classify_google_error, to_step_error
+from convergence.warehouse.identifiers import (
     InvalidIdentifier,
     table_ref,
     validate_column,
@@ -18,9 +17,10 @@ from warehouse.identifiers import (
     validate_org_slug,
     validate_table,
 )
-from warehouse.procedures import execute_procedure, render_literal
-from warehouse.runlog import RunLog
-from warehouse.writer import Writer
+from convergence.warehouse.procedures import execute_procedure, render_literal
+from convergence.warehouse.runlog import RunLog
+from convergence.warehouse.writer import Writer
+from tests.test_warehouse_support import ExplodingClient
 
 HOSTILE = [
     "a'b", 'a"b', "a`b", "acme`; DROP TABLE x; --", "a..b", "a.b", "../etc", "a b", "a-b", "", "x" * 200,

@@ -6,10 +6,10 @@ from datetime import date
 
 import pytest
 
+from convergence.warehouse.client import make_client
+from convergence.warehouse.procedures import create_or_replace_from_sql_file, execute_procedure, list_procedures
+from convergence.warehouse.tables import ensure_dataset
 from tests.test_warehouse_support import emulator_settings, unique
-from warehouse.client import make_client
-from warehouse.procedures import create_or_replace_from_sql_file, execute_procedure, list_procedures
-from warehouse.tables import ensure_dataset
 
 pytestmark = pytest.mark.emulator
 

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.api_core import exceptions as gexc
 
-from pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
+from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
+from convergence.warehouse.bootstrap import bootstrap
+from convergence.warehouse.client import make_client
+from convergence.warehouse.runlog import RunLog, pipeline_logging_id
 from tests.test_warehouse_support import CountingClient, emulator_settings, unique
-from warehouse.bootstrap import bootstrap
-from warehouse.client import make_client
-from warehouse.runlog import RunLog, pipeline_logging_id
 
 pytestmark = pytest.mark.emulator
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.cloud import bigquery
 
-from settings.model import Settings, load_settings
+from convergence.settings.model import Settings, load_settings
 
 COUNTED = ("query", "insert_rows_json", "load_table_from_file", "get_table", "create_table", "update_table",
            "delete_table", "get_dataset", "create_dataset", "list_routines")
@@ -74,7 +74,7 @@ class ExplodingClient:
 
 
 def count_rows(client: bigquery.Client, table_id: str, where: str = "TRUE", **params: Any) -> int:
-    from warehouse.query import parameters
+    from convergence.warehouse.query import parameters
 
     job = client.query(f"SELECT COUNT(*) AS n FROM `{table_id}` WHERE {where}",
                        job_config=bigquery.QueryJobConfig(query_parameters=parameters(params)))

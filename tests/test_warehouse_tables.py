@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from settings.model import REPO_ROOT
+from convergence.warehouse.bootstrap import CENTRAL_TABLES, bootstrap, load_bootstrap_config
+from convergence.warehouse.client import make_client
+from convergence.warehouse.tables import SchemaFileError, ensure_dataset, ensure_table, load_schema
+from tests.paths import REPO_ROOT
 from tests.test_warehouse_support import count_rows, emulator_settings, unique
-from warehouse.bootstrap import CENTRAL_TABLES, bootstrap, load_bootstrap_config
-from warehouse.client import make_client
-from warehouse.tables import SchemaFileError, ensure_dataset, ensure_table, load_schema
 
 pytestmark = pytest.mark.emulator
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from google.api_core import exceptions as gexc
 
-from pipeline.errors import PermanentStepError, TransientStepError
+from convergence.pipeline.errors import PermanentStepError, TransientStepError
+from convergence.warehouse.client import make_client
+from convergence.warehouse.writer import Writer
 from tests.test_warehouse_support import CountingClient, count_rows, emulator_settings, unique
-from warehouse.client import make_client
-from warehouse.writer import Writer
 
 pytestmark = pytest.mark.emulator
 
@@ -287,7 +287,7 @@ def test_bigquery_5xx_is_transient_and_4xx_permanent(env):
 
 
 def test_unreachable_bigquery_is_transient(local_stack, schema_files):
-    from devstack.ports import free_port
+    from convergence.devstack.ports import free_port
 
     settings = emulator_settings(local_stack, bigquery_emulator_host=f"127.0.0.1:{free_port()}",
                                  bigquery_retry_deadline_seconds=0.5)

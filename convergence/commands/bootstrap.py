@@ -11,9 +11,9 @@ import click
 def bootstrap() -> None:
     """Create or update the central `organizations` dataset and its 14 tables."""
     from convergence.cli import load_settings_or_exit
-    from runtime import Services
-    from warehouse.bootstrap import bootstrap as run_bootstrap
-    from warehouse.bootstrap import report_lines
+    from convergence.runtime import Services
+    from convergence.warehouse.bootstrap import bootstrap as run_bootstrap
+    from convergence.warehouse.bootstrap import report_lines
 
     settings = load_settings_or_exit()
     report = run_bootstrap(Services(settings).bigquery, settings)

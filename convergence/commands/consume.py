@@ -11,10 +11,10 @@ import click
 @click.option("--no-dead-letters", is_flag=True, help="Do not drain the dead-letter subscription here.")
 def consume(no_dead_letters: bool) -> None:
     """Pull run requests (and dead letters) and run their pipelines."""
-    from consumer.service import ConsumerService
     from convergence.cli import load_settings_or_exit
-    from runtime import Services
-    from settings.production import validate_for_startup
+    from convergence.consumer.service import ConsumerService
+    from convergence.runtime import Services
+    from convergence.settings.production import validate_for_startup
 
     settings = load_settings_or_exit()
     validate_for_startup(settings)

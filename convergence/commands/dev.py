@@ -17,7 +17,7 @@ def dev() -> None:
 @click.option("--verbose", is_flag=True, help="Show the service's logs too.")
 def demo(keep_running: bool, verbose: bool) -> None:
     """Start everything locally, publish demo run requests, show the results (`make run`)."""
-    from devstack.demo import run_demo
+    from convergence.devstack.demo import run_demo
 
     sys.exit(run_demo(click.echo, keep_running=keep_running, verbose=verbose))
 
@@ -27,7 +27,7 @@ def stack() -> None:
     """Start the emulators and print the environment that points at them; Ctrl-C stops them."""
     import time
 
-    from devstack.stack import LocalStack
+    from convergence.devstack.stack import LocalStack
 
     with LocalStack() as local:
         for name, value in local.env.items():
@@ -47,8 +47,8 @@ def stack() -> None:
 def onboard(org: str, plan: str, status: str) -> None:
     """Create an org: profile, API key (shown once), subscription, quota and its dataset."""
     from convergence.cli import load_settings_or_exit
-    from runtime import Services
-    from tenancy.onboarding import OrgAlreadyExists, onboard_org
+    from convergence.runtime import Services
+    from convergence.tenancy.onboarding import OrgAlreadyExists, onboard_org
 
     settings = load_settings_or_exit()
     services = Services(settings)
@@ -69,7 +69,7 @@ def onboard(org: str, plan: str, status: str) -> None:
 def set_credential(org: str, provider: str, secret: str) -> None:
     """Store a provider credential for an org, KMS-encrypted (never printed)."""
     from convergence.cli import load_settings_or_exit
-    from runtime import Services
+    from convergence.runtime import Services
 
     services = Services(load_settings_or_exit())
     try:

@@ -61,9 +61,9 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
 def dead_lettered(runlog: Any, *, org_slug: str | None = None, run_ids: list[str] | None = None,
                   since: datetime | None = None, limit: int = DEFAULT_LIMIT) -> list[DeadLetter]:
     """Runs whose newest run log row is the dead-letter row (one parameterized query)."""
-    from warehouse.identifiers import validate_org_slug
-    from warehouse.query import QueryRunner
-    from warehouse.runlog import DEAD_LETTERED
+    from convergence.warehouse.identifiers import validate_org_slug
+    from convergence.warehouse.query import QueryRunner
+    from convergence.warehouse.runlog import DEAD_LETTERED
 
     if not 1 <= int(limit) <= 10_000:
         raise ValueError("limit must be between 1 and 10000")
@@ -93,7 +93,7 @@ def dead_lettered(runlog: Any, *, org_slug: str | None = None, run_ids: list[str
 
 def replay_request(item: DeadLetter) -> Any:
     """The stored request as a replay: same run_id, parameters and trace id; trigger `replay`."""
-    from schemas import MessageRejected, Trigger, validate_run_request
+    from convergence.schemas import MessageRejected, Trigger, validate_run_request
 
     if item.request_json is None:
         raise ValueError("no stored request (the dead-lettered message did not decode)")
@@ -109,7 +109,7 @@ def replay_request(item: DeadLetter) -> Any:
 
 def replay(publisher: Any, items: list[DeadLetter]) -> tuple[list[str], dict[str, str]]:
     """Republish; returns (replayed run_ids, {run_id: why not})."""
-    from publisher.requests import PublishError
+    from convergence.publisher.requests import PublishError
 
     skipped: dict[str, str] = {}
     requests = []
@@ -145,7 +145,7 @@ def dlq() -> None:
 def list_(org_slug: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Runs currently dead-lettered (newest first)."""
     from convergence.cli import load_settings_or_exit
-    from runtime import Services
+    from convergence.runtime import Services
 
     settings = load_settings_or_exit()
     services = Services(settings)
@@ -176,7 +176,7 @@ def replay_command(run_ids: tuple[str, ...], org_slug: str | None, since: str | 
                    replay_all: bool, dry_run: bool) -> None:
     """Republish dead-lettered requests (trigger replay, same run_id) to the requests topic."""
     from convergence.cli import load_settings_or_exit
-    from runtime import Services
+    from convergence.runtime import Services
 
     if not (run_ids or org_slug or since or replay_all):
         raise click.UsageError("say what to replay: --run-id, --org, --since, or --all")

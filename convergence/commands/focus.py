@@ -11,7 +11,7 @@ import click
 
 
 def _org(_: click.Context, __: click.Parameter, value: str) -> str:
-    from warehouse.identifiers import InvalidIdentifier, validate_org_slug
+    from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
 
     try:
         return validate_org_slug(value)
@@ -36,8 +36,8 @@ def check_command(org: str, day: object, start_date: object, end_date: object, s
                   as_json: bool) -> None:
     """Run the FOCUS column rules on ORG's rows and report every violation."""
     from convergence.cli import load_settings_or_exit
-    from processors.focus.conformance import check, format_report
-    from warehouse.client import make_client
+    from convergence.processors.focus.conformance import check, format_report
+    from convergence.warehouse.client import make_client
 
     def as_date(value: object) -> date | None:
         return value.date() if value is not None else None  # type: ignore[attr-defined]

@@ -16,8 +16,8 @@ def infra() -> None:
 def apply() -> None:
     """Create or update the topology from settings; prints what changed and what could not be."""
     from convergence.cli import load_settings_or_exit
-    from infra.apply import apply as apply_topology
-    from infra.topology import Topology, TopologyError
+    from convergence.infra.apply import apply as apply_topology
+    from convergence.infra.topology import Topology, TopologyError
 
     settings = load_settings_or_exit()
     try:

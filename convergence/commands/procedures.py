@@ -16,15 +16,15 @@ import click
 
 def _catalog(dataset: str | None) -> Any:
     from convergence.cli import load_settings_or_exit
-    from processors.sql.procedures import ProcedureCatalog
-    from warehouse.client import make_client
+    from convergence.processors.sql.procedures import ProcedureCatalog
+    from convergence.warehouse.client import make_client
 
     settings = load_settings_or_exit()
     return ProcedureCatalog(make_client(settings), settings, dataset)
 
 
 def _run(action: Any) -> Any:
-    from pipeline.errors import StepError
+    from convergence.pipeline.errors import StepError
 
     try:
         return action()
@@ -66,7 +66,7 @@ def list_(dataset: str | None, as_json: bool) -> None:
 def files(as_json: bool) -> None:
     """Procedure SQL files available for sync."""
     from convergence.cli import load_settings_or_exit
-    from processors.sql.procedures import procedure_files
+    from convergence.processors.sql.procedures import procedure_files
 
     items = _run(lambda: [f.describe() for f in procedure_files(load_settings_or_exit().configs_dir)])
     if as_json:

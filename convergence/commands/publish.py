@@ -90,9 +90,9 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
         from_: Any, to: Any, date_params: tuple[str, ...], run_id: str | None, skip_config_check: bool) -> None:
     """Run PIPELINE (provider/domain/name; domain may be empty: anthropic//usage_cost) for ORG."""
     from convergence.cli import load_settings_or_exit
-    from pipeline import ConfigError, PipelineLoader
-    from publisher.requests import PublishError, RequestPublisher
-    from schemas import MessageRejected, Trigger
+    from convergence.pipeline import ConfigError, PipelineLoader
+    from convergence.publisher.requests import PublishError, RequestPublisher
+    from convergence.schemas import MessageRejected, Trigger
 
     parameters: dict[str, Any] = load_json_parameters(json_file) if json_file else {}
     parameters.update(dict(parse_param(p) for p in params))
@@ -124,7 +124,7 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
         if wait:  # subscribed before publishing: a subscription only gets what is published after it exists
             from google.api_core.exceptions import NotFound
 
-            from publisher.follow import RunFollower
+            from convergence.publisher.follow import RunFollower
 
             single = requests[0].run_id if len(requests) == 1 else None
             try:
@@ -150,8 +150,8 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
 
 
 def _follow(follower: Any, requests: list[Any], labels: dict[str, Any], settings: Any, timeout: float) -> int:
-    from publisher.follow import Final, ProgressPrinter, exit_code, run_log_check
-    from runtime import Services
+    from convergence.publisher.follow import Final, ProgressPrinter, exit_code, run_log_check
+    from convergence.runtime import Services
 
     for request in requests:
         follower.expect(request.run_id, str(labels[request.run_id]))

@@ -50,7 +50,7 @@ def _since_option(_: click.Context, __: click.Parameter, value: str | None) -> d
 def _org_option(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from warehouse.identifiers import InvalidIdentifier, validate_org_slug
+    from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
 
     try:
         return validate_org_slug(value)
@@ -148,8 +148,8 @@ def _jsonable(record: Any) -> dict[str, Any]:
 
 def _runlog() -> Any:
     from convergence.cli import load_settings_or_exit
-    from warehouse.client import make_client
-    from warehouse.runlog import RunLog
+    from convergence.warehouse.client import make_client
+    from convergence.warehouse.runlog import RunLog
 
     settings = load_settings_or_exit()
     return RunLog(make_client(settings), settings)

@@ -47,12 +47,12 @@ def schedule() -> None:
 def tick(at: str | None, window_minutes: int | None, dry_run: bool, as_json: bool) -> None:
     """Publish one run request per (eligible org, due pipeline) for the tick at TIME."""
     from convergence.cli import load_settings_or_exit
-    from pipeline import PipelineLoader
-    from publisher.fanout import TickFanOut
-    from publisher.ledger import ExecutionLedger
-    from publisher.requests import PublishError
-    from runtime import Services
-    from tenancy.eligibility import EligibleOrgs
+    from convergence.pipeline import PipelineLoader
+    from convergence.publisher.fanout import TickFanOut
+    from convergence.publisher.ledger import ExecutionLedger
+    from convergence.publisher.requests import PublishError
+    from convergence.runtime import Services
+    from convergence.tenancy.eligibility import EligibleOrgs
 
     moment = parse_time(at)
     settings = load_settings_or_exit()
@@ -86,8 +86,8 @@ def tick(at: str | None, window_minutes: int | None, dry_run: bool, as_json: boo
 def due(at: str | None, window_minutes: int | None) -> None:
     """List the pipeline slots due in the tick's window (no BigQuery, no Pub/Sub)."""
     from convergence.cli import load_settings_or_exit
-    from pipeline import PipelineLoader
-    from publisher.fanout import TickFanOut
+    from convergence.pipeline import PipelineLoader
+    from convergence.publisher.fanout import TickFanOut
 
     moment = parse_time(at)
     settings = load_settings_or_exit()

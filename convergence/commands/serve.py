@@ -12,12 +12,12 @@ import click
 @click.option("--port", type=int, default=None, help="Listen port (default HTTP_PORT).")
 def serve(host: str | None, port: int | None) -> None:
     """Serve Pub/Sub push deliveries and the HTTP API."""
-    from api import ApiDoor
-    from consumer.http_app import PushConfigError, run_server
-    from consumer.serving import build_push_app
+    from convergence.api import ApiDoor
     from convergence.cli import load_settings_or_exit
-    from runtime import Services
-    from settings.production import validate_for_startup
+    from convergence.consumer.http_app import PushConfigError, run_server
+    from convergence.consumer.serving import build_push_app
+    from convergence.runtime import Services
+    from convergence.settings.production import validate_for_startup
 
     settings = load_settings_or_exit()
     validate_for_startup(settings)
@@ -26,5 +26,5 @@ def serve(host: str | None, port: int | None) -> None:
         app = build_push_app(settings, services)
     except PushConfigError as error:
         raise click.ClickException(str(error)) from None
-    ApiDoor(settings, services).register(app)  # the HTTP run door: /api/v1/... (api/door.py)
+    ApiDoor(settings, services).register(app)  # the HTTP run door: /api/v1/... (convergence/api/door.py)
     asyncio.run(run_server(app, host, port))

@@ -1,4 +1,4 @@
-# Topics and subscriptions: the same topology as infra/topology.py (`convergence infra apply` builds it on the
+# Topics and subscriptions: the same topology as convergence/infra/topology.py (`convergence infra apply` builds it on the
 # emulator). Every consuming subscription has a retry policy (without one a nack is redelivered at once, in
 # a loop) and a dead-letter policy; dead-letter subscriptions never expire and keep what they hold.
 

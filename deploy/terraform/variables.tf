@@ -1,4 +1,4 @@
-# Defaults match settings/model.py, so the service and the infrastructure agree without extra settings.
+# Defaults match convergence/settings/model.py, so the service and the infrastructure agree without extra settings.
 
 variable "project_id" {
   description = "GCP project to deploy into."

@@ -29,6 +29,6 @@ locals {
 
   # What `convergence consume` pulls run requests from: the requests topic (pull mode), or the hand-off topic
   # where the push handler forwards runs longer than a push request may last (push mode). Same rule as
-  # infra/topology.py.
+  # convergence/infra/topology.py.
   worker_topic = local.push_mode ? google_pubsub_topic.handoff[0].id : google_pubsub_topic.requests.id
 }

@@ -11,13 +11,13 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from pipeline.errors import PermanentStepError
-from processors._llm.params import invalid
-from warehouse.errors import to_step_error
-from warehouse.identifiers import InvalidIdentifier, table_id, validate_column, validate_table
-from warehouse.query import QueryRunner
-from warehouse.tables import SchemaFileError, ensure_table
-from warehouse.tables import load_schema as warehouse_schema
+from convergence.pipeline.errors import PermanentStepError
+from convergence.processors._llm.params import invalid
+from convergence.warehouse.errors import to_step_error
+from convergence.warehouse.identifiers import InvalidIdentifier, table_id, validate_column, validate_table
+from convergence.warehouse.query import QueryRunner
+from convergence.warehouse.tables import SchemaFileError, ensure_table
+from convergence.warehouse.tables import load_schema as warehouse_schema
 
 
 def identifier(name: Any, what: str = "table") -> str:

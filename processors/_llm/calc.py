@@ -15,11 +15,11 @@ from typing import Any
 
 import structlog
 
-from pipeline.context import RunContext
-from pipeline.models import StepConfig
-from processors._llm.bq import Warehouse, identifier, schema_columns
-from processors._llm.params import DateRange, date_range
-from processors._llm.values import usd_text
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.models import StepConfig
+from convergence.processors._llm.bq import Warehouse, identifier, schema_columns
+from convergence.processors._llm.params import DateRange, date_range
+from convergence.processors._llm.values import usd_text
 
 log = structlog.get_logger(__name__)
 UNPRICED_MODELS_SHOWN = 10

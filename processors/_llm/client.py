@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from httpclient import RetryPolicy
-from pipeline.context import RunContext
-from pipeline.errors import PermanentStepError
-from processors._llm.params import invalid
-from processors.integrations.kms_decrypt import decrypt_credential
+from convergence.httpclient import RetryPolicy
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import PermanentStepError
+from convergence.processors._llm.params import invalid
+from convergence.processors.integrations.kms_decrypt import decrypt_credential
 
 MAX_PAGES = 100_000
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import structlog
 
-from pipeline.context import RunContext
-from pipeline.errors import StepError
-from pipeline.models import StepConfig
-from processors._llm.bq import identifier
-from processors._llm.client import MalformedPage, http_client, pages, provider_secret
-from processors._llm.params import DateRange, date_range
-from processors._llm.sink import StreamingWrite
-from processors._llm.values import BadValue
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import StepError
+from convergence.pipeline.models import StepConfig
+from convergence.processors._llm.bq import identifier
+from convergence.processors._llm.client import MalformedPage, http_client, pages, provider_secret
+from convergence.processors._llm.params import DateRange, date_range
+from convergence.processors._llm.sink import StreamingWrite
+from convergence.processors._llm.values import BadValue
 
 log = structlog.get_logger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from pipeline.errors import PermanentStepError
-from processors._dates import DateRange, utc_today
+from convergence.pipeline.errors import PermanentStepError
+from convergence.processors._dates import DateRange, utc_today
 
 INVALID = "INVALID_PARAMETERS"
 DEFAULT_MAX_RANGE_DAYS = 93

@@ -15,13 +15,13 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pipeline.context import RunContext
-from pipeline.errors import PermanentStepError
-from pipeline.models import StepConfig
-from processors._llm.bq import Warehouse
-from processors._llm.calc import TableSpec, run_replace
-from processors._llm.params import date_range, int_setting, invalid
-from processors._llm.values import usd_text
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.models import StepConfig
+from convergence.processors._llm.bq import Warehouse
+from convergence.processors._llm.calc import TableSpec, run_replace
+from convergence.processors._llm.params import date_range, int_setting, invalid
+from convergence.processors._llm.values import usd_text
 
 SUMMARY_CHARS = 200
 

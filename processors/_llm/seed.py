@@ -19,13 +19,13 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pipeline.context import RunContext
-from pipeline.errors import PermanentStepError
-from pipeline.models import StepConfig
-from processors._llm.bq import Warehouse, identifier, resolve_file
-from processors._llm.params import choice, invalid
-from processors._llm.values import now_iso, numeric_text
-from warehouse.tables import load_schema
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.models import StepConfig
+from convergence.processors._llm.bq import Warehouse, identifier, resolve_file
+from convergence.processors._llm.params import choice, invalid
+from convergence.processors._llm.values import now_iso, numeric_text
+from convergence.warehouse.tables import load_schema
 
 SEED_INVALID = "SEED_INVALID"
 _COUNT = "SELECT COUNT(*) AS n FROM {table} WHERE org_slug = @org_slug"

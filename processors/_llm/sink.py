@@ -18,7 +18,7 @@ import queue
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from processors._llm.params import DateRange
+from convergence.processors._llm.params import DateRange
 
 _END = object()
 _ABORT = object()

@@ -13,7 +13,7 @@ Config (all optional): start_date/end_date, max_range_days, source/pricing/desti
 
 from __future__ import annotations
 
-from processors._llm.calc import CostCalculation
+from convergence.processors._llm.calc import CostCalculation
 
 _SELECT = """
 WITH usage AS (

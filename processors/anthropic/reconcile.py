@@ -7,7 +7,7 @@ The cost report must be extracted with `group_by[]=description` for this split. 
 not in the cost report (G-A3) and shows as CALCULATED_ONLY. See processors/_llm/reconcile.py for config.
 """
 
-from processors._llm.reconcile import Reconciliation
+from convergence.processors._llm.reconcile import Reconciliation
 
 _RANGE = "org_slug = @org_slug AND cost_date BETWEEN @start_date AND @end_date"
 _CALCULATED = ("SELECT cost_date, IFNULL(model, '(none)') AS model, '{token}' AS token_type, "

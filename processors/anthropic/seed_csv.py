@@ -3,7 +3,7 @@
 Same engine as openai.seed_csv (processors/_llm/seed.py).
 """
 
-from processors._llm.seed import SeedCsv
+from convergence.processors._llm.seed import SeedCsv
 
 
 def get_engine() -> SeedCsv:

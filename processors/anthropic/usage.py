@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pipeline.context import RunContext
-from processors._llm.extract import Extraction, ReportRequest, Stats, require_dict, require_list
-from processors._llm.params import DateRange, choice, int_setting, invalid, plain_list, string_list
-from processors._llm.values import BadValue, model_base, now_iso, parse_rfc3339, to_int
+from convergence.pipeline.context import RunContext
+from convergence.processors._llm.extract import Extraction, ReportRequest, Stats, require_dict, require_list
+from convergence.processors._llm.params import DateRange, choice, int_setting, invalid, plain_list, string_list
+from convergence.processors._llm.values import BadValue, model_base, now_iso, parse_rfc3339, to_int
 
 USER_AGENT = "convergence/0.1 (usage-cost pipelines)"
 API_VERSION = "2023-06-01"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
-from pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import PermanentStepError
 
 
 def synthetic_rows(org_slug: str, source: str, day: date, count: int) -> Iterator[dict]:

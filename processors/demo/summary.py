@@ -6,7 +6,7 @@ import asyncio
 
 from google.cloud import bigquery
 
-from warehouse.identifiers import table_ref
+from convergence.warehouse.identifiers import table_ref
 
 
 class Summary:

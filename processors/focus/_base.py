@@ -24,12 +24,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.context import RunContext
-from pipeline.models import StepConfig
-from processors._llm.bq import Warehouse, identifier, resolve_file
-from processors._llm.calc import TableSpec
-from processors._llm.params import date_range, invalid
-from processors._llm.values import usd_text
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.models import StepConfig
+from convergence.processors._llm.bq import Warehouse, identifier, resolve_file
+from convergence.processors._llm.calc import TableSpec
+from convergence.processors._llm.params import date_range, invalid
+from convergence.processors._llm.values import usd_text
 
 FOCUS_TABLE = "focus_cost_daily"
 FOCUS_SCHEMA = "configs/focus/schemas/focus_cost_daily.json"

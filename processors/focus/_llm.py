@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.context import RunContext
-from processors.focus._base import Branch, FocusSource, named, names_config, numeric, sql_text
+from convergence.pipeline.context import RunContext
+from convergence.processors.focus._base import Branch, FocusSource, named, names_config, numeric, sql_text
 
 AI_CATEGORY = "'AI and Machine Learning'"
 AI_SUBCATEGORY = "'Generative AI'"

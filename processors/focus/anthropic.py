@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from processors.focus._llm import LlmFocusSource, TokenLine
+from convergence.processors.focus._llm import LlmFocusSource, TokenLine
 
 
 class AnthropicFocus(LlmFocusSource):

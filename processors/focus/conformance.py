@@ -30,12 +30,12 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from pipeline.context import RunContext
-from pipeline.errors import PermanentStepError
-from pipeline.models import StepConfig
-from processors.focus._base import FOCUS_TABLE
-from warehouse.identifiers import table_id, validate_table
-from warehouse.query import QueryRunner
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.models import StepConfig
+from convergence.processors.focus._base import FOCUS_TABLE
+from convergence.warehouse.identifiers import table_id, validate_table
+from convergence.warehouse.query import QueryRunner
 
 MANDATORY = (
     "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingAccountId", "BillingAccountName",
@@ -285,7 +285,7 @@ class FocusConformance:
     """ps_type `focus.conformance`: the check as a step (config: source, start_date/end_date or run dates)."""
 
     async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
-        from processors._llm.params import date_range
+        from convergence.processors._llm.params import date_range
 
         config: Mapping[str, Any] = context.resolve(step.config)
         dates = date_range(config, context.parameters)

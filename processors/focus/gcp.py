@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pipeline.context import RunContext
-from processors._llm.params import invalid
-from processors.focus._base import Branch, FocusSource, named, names_config, numeric, sql_text
-from processors.focus.conformance import SUBCATEGORIES, default_subcategory
+from convergence.pipeline.context import RunContext
+from convergence.processors._llm.params import invalid
+from convergence.processors.focus._base import Branch, FocusSource, named, names_config, numeric, sql_text
+from convergence.processors.focus.conformance import SUBCATEGORIES, default_subcategory
 
 # Cloud Billing service.description -> (FOCUS ServiceCategory, ServiceSubcategory), from FOCUS 1.2's allowed
 # values (processors/focus/conformance.py SUBCATEGORIES). Unmapped services: Other / Other (Other). The step

@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.context import RunContext
-from processors._llm.params import invalid
-from processors.focus._base import Branch, FocusSource, numeric, sql_text
-from processors.focus.conformance import SERVICE_CATEGORIES, SUBCATEGORIES, default_subcategory
+from convergence.pipeline.context import RunContext
+from convergence.processors._llm.params import invalid
+from convergence.processors.focus._base import Branch, FocusSource, numeric, sql_text
+from convergence.processors.focus.conformance import SERVICE_CATEGORIES, SUBCATEGORIES, default_subcategory
 
 _MONTHS = """CASE LOWER(billing_cycle) WHEN 'annual' THEN 12 WHEN 'yearly' THEN 12 WHEN 'quarterly' THEN 3
       ELSE 1 END"""  # as calculate_subscription_cost

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from extractors.auth import Auth
-from extractors.request import PageRequest
-from httpclient import AddressGuard
-from pipeline.errors import PermanentStepError, TransientStepError
+from convergence.extractors.auth import Auth
+from convergence.extractors.request import PageRequest
+from convergence.httpclient import AddressGuard
+from convergence.pipeline.errors import PermanentStepError, TransientStepError
 
 GOOGLE_TOKEN_HOSTS = frozenset({"oauth2.googleapis.com", "accounts.google.com", "www.googleapis.com"})
 SCOPE_CLOUD_PLATFORM_READ = "https://www.googleapis.com/auth/cloud-platform.read-only"

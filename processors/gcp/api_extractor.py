@@ -9,7 +9,7 @@ org's service-account key, `nextPageToken` pagination, rows stored as raw JSON (
       data_path: billingAccounts                     # compute aggregated lists: items.*.instances
       page_size_param: pageSize                      # added with page_size (compute: maxResults)
       page_size: 100
-      credential: {provider: GCP_SA, secret_key: gcp_sa}   # spec resolution order, see extractors/credentials
+      credential: {provider: GCP_SA, secret_key: gcp_sa}   # spec resolution order, see convergence/extractors/credentials.py
       destination: {table: gcp_billing_accounts_raw, write_mode: overwrite, key_fields: [name]}
       rate_limit: {requests_per_second: 5}
 
@@ -22,15 +22,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from extractors.credentials import resolve_credential
-from extractors.paginators import CursorPaginator
-from extractors.request import PageRequest
-from pipeline.context import RunContext, resolve_placeholders
-from pipeline.models import StepConfig
-from processors.gcp._auth import GoogleServiceAccountAuth, ServiceAccountKey
-from processors.generic._common import bool_option, float_option, int_option, invalid, section
-from processors.generic._extract import extract_to_table
-from processors.generic.api_extractor import build_sink, retry_policy
+from convergence.extractors.credentials import resolve_credential
+from convergence.extractors.paginators import CursorPaginator
+from convergence.extractors.request import PageRequest
+from convergence.pipeline.context import RunContext, resolve_placeholders
+from convergence.pipeline.models import StepConfig
+from convergence.processors.gcp._auth import GoogleServiceAccountAuth, ServiceAccountKey
+from convergence.processors.generic._common import bool_option, float_option, int_option, invalid, section
+from convergence.processors.generic._extract import extract_to_table
+from convergence.processors.generic.api_extractor import build_sink, retry_policy
 
 _SERVICE = re.compile(r"^[a-z][a-z0-9\-]{1,62}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_\-./:~%@]*$")

@@ -42,11 +42,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from extractors.credentials import resolve_credential
-from pipeline.context import RunContext, resolve_placeholders
-from pipeline.models import StepConfig
-from processors.gcp._auth import ServiceAccountKey, credentials_for
-from processors.generic._common import (
+from convergence.extractors.credentials import resolve_credential
+from convergence.pipeline.context import RunContext, resolve_placeholders
+from convergence.pipeline.models import StepConfig
+from convergence.processors.gcp._auth import ServiceAccountKey, credentials_for
+from convergence.processors.generic._common import (
     bool_option,
     identifier,
     int_option,
@@ -57,8 +57,13 @@ from processors.generic._common import (
     section,
     write_mode,
 )
-from processors.generic._sink import TableSink
-from processors.sql.templating import parameter_specs, query_parameters, render_identifiers, without_line_comments
+from convergence.processors.generic._sink import TableSink
+from convergence.processors.sql.templating import (
+    parameter_specs,
+    query_parameters,
+    render_identifiers,
+    without_line_comments,
+)
 
 BIGQUERY_SCOPE = "https://www.googleapis.com/auth/bigquery"
 _SOURCE_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1022}\*?$")
@@ -189,7 +194,7 @@ class _Copy:
     def run(self) -> int:
         from google.cloud import bigquery
 
-        from warehouse.client import call_retry, job_retry
+        from convergence.warehouse.client import call_retry, job_retry
 
         settings = self.sink.services.settings
         job = self.client.query(self.sql, job_config=bigquery.QueryJobConfig(query_parameters=self.parameters),

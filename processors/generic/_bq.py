@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.context import RunContext
+from convergence.pipeline.context import RunContext
 
 
 def sql_names(context: RunContext) -> dict[str, Any]:
@@ -35,10 +35,10 @@ def ensure_table(client: Any, settings: Any, dataset: str, table: str, schema_pa
                  partition_field: str | None = None, cluster_fields: Sequence[str] = ()) -> bool:
     """Create `dataset.table` from a JSON schema file unless it exists (new nullable columns are added
     to an existing one). True when created."""
-    from processors.generic._common import invalid
-    from warehouse.client import call_retry
-    from warehouse.tables import SchemaFileError, ensure_dataset
-    from warehouse.tables import ensure_table as warehouse_ensure_table
+    from convergence.processors.generic._common import invalid
+    from convergence.warehouse.client import call_retry
+    from convergence.warehouse.tables import SchemaFileError, ensure_dataset
+    from convergence.warehouse.tables import ensure_table as warehouse_ensure_table
 
     retry = call_retry(settings)
     try:
@@ -54,7 +54,7 @@ def run_query(client: Any, settings: Any, sql: str, parameters: Sequence[Any] = 
     """Run one query job (parameters are bigquery query parameter objects) to completion; returns the job."""
     from google.cloud import bigquery
 
-    from warehouse.client import call_retry, job_retry
+    from convergence.warehouse.client import call_retry, job_retry
 
     job = client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=list(parameters)),
                        retry=call_retry(settings), job_retry=job_retry(settings))

@@ -13,8 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PermanentStepError
-from processors._dates import DateRange, utc_today
+from convergence.pipeline.errors import PermanentStepError
+from convergence.processors._dates import DateRange, utc_today
 
 CONFIG_INVALID = "CONFIG_INVALID"
 INVALID_PARAMETERS = "INVALID_PARAMETERS"

@@ -8,12 +8,12 @@ from typing import Any
 
 import structlog
 
-from extractors.auth import Auth
-from extractors.batching import BatchBuffer
-from extractors.paginators import Paginator
-from extractors.request import PageRequest
-from extractors.source import PageFetchError, iter_pages
-from processors.generic._sink import TableSink
+from convergence.extractors.auth import Auth
+from convergence.extractors.batching import BatchBuffer
+from convergence.extractors.paginators import Paginator
+from convergence.extractors.request import PageRequest
+from convergence.extractors.source import PageFetchError, iter_pages
+from convergence.processors.generic._sink import TableSink
 
 log = structlog.get_logger(__name__)
 

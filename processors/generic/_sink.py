@@ -24,9 +24,9 @@ from typing import Any
 
 import structlog
 
-from extractors.jsonpath import get_path
-from pipeline.context import RunContext
-from processors.generic._common import DateRange, call_writer, identifier, invalid, repo_root, schema_fields
+from convergence.extractors.jsonpath import get_path
+from convergence.pipeline.context import RunContext
+from convergence.processors.generic._common import DateRange, call_writer, identifier, invalid, repo_root, schema_fields
 
 log = structlog.get_logger(__name__)
 ELT_SCHEMA = "configs/generic/schemas/api_raw.json"
@@ -165,7 +165,7 @@ class TableSink:
         if self.batch_size is None or self.batch_size <= getattr(shared, "batch_size", self.batch_size):
             return shared
         if self._own_writer is None:
-            from warehouse.writer import Writer
+            from convergence.warehouse.writer import Writer
 
             self._own_writer = Writer(self.services.bigquery, self.services.settings, batch_size=self.batch_size)
         return self._own_writer
@@ -214,7 +214,7 @@ class TableSink:
     def _delete_run_rows(self) -> int:
         from google.api_core.exceptions import NotFound
 
-        from warehouse.query import QueryRunner
+        from convergence.warehouse.query import QueryRunner
 
         client = self.services.bigquery
         sql = f"DELETE FROM `{client.project}.{self.dataset}.{self.table}` WHERE run_id = @run_id"  # noqa: S608

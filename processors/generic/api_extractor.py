@@ -16,7 +16,7 @@ Config (placeholders such as `{start_date}` are resolved from the run first):
       prefix: ""                                  # header: e.g. "Token "
       param_name: api_key                         # query
       username: ...                               # basic (else from the secret: JSON or "user:password")
-    pagination:                                   # see extractors/paginators.py
+    pagination:                                   # see convergence/extractors/paginators.py
       type: cursor | offset | page | link | none
       param / response_path / limit / limit_param / has_more_path       (cursor)
       limit / offset_param / limit_param / total_path                    (offset)
@@ -48,14 +48,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from extractors.auth import build_auth
-from extractors.credentials import resolve_credential
-from extractors.paginators import build_paginator
-from extractors.request import PageRequest
-from httpclient import RetryPolicy
-from pipeline.context import RunContext
-from pipeline.models import StepConfig
-from processors.generic._common import (
+from convergence.extractors.auth import build_auth
+from convergence.extractors.credentials import resolve_credential
+from convergence.extractors.paginators import build_paginator
+from convergence.extractors.request import PageRequest
+from convergence.httpclient import RetryPolicy
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.models import StepConfig
+from convergence.processors.generic._common import (
     bool_option,
     float_option,
     int_option,
@@ -65,8 +65,8 @@ from processors.generic._common import (
     section,
     write_mode,
 )
-from processors.generic._extract import extract_to_table
-from processors.generic._sink import TableSink
+from convergence.processors.generic._extract import extract_to_table
+from convergence.processors.generic._sink import TableSink
 
 METHODS = ("GET", "POST")
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pipeline.context import RunContext, resolve_placeholders
-from pipeline.models import StepConfig
-from processors.generic._bq import ensure_table, run_query, sql_names, table_exists
-from processors.generic._common import (
+from convergence.pipeline.context import RunContext, resolve_placeholders
+from convergence.pipeline.models import StepConfig
+from convergence.processors.generic._bq import ensure_table, run_query, sql_names, table_exists
+from convergence.processors.generic._common import (
     identifier,
     int_option,
     invalid,
@@ -42,7 +42,12 @@ from processors.generic._common import (
     section,
     write_mode,
 )
-from processors.sql.templating import parameter_specs, query_parameters, render_identifiers, without_line_comments
+from convergence.processors.sql.templating import (
+    parameter_specs,
+    query_parameters,
+    render_identifiers,
+    without_line_comments,
+)
 
 
 def load_sql(services: Any, config: dict[str, Any]) -> str:
@@ -71,7 +76,7 @@ def _columns(client: Any, settings: Any, select: str, params: list[Any], dest_fi
     column the SELECT produces must exist in the destination, and no REQUIRED column may be left out."""
     from google.cloud import bigquery
 
-    from warehouse.client import call_retry
+    from convergence.warehouse.client import call_retry
 
     job = client.query(select, job_config=bigquery.QueryJobConfig(dry_run=True, use_query_cache=False,
                                                                   query_parameters=params),

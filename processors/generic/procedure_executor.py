@@ -25,12 +25,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pipeline.context import RunContext, resolve_placeholders
-from pipeline.models import StepConfig
-from processors.generic._bq import ensure_table, sql_names
-from processors.generic._common import bool_option, identifier, int_option, invalid, resolve_file, run_dates, section
-from processors.sql.procedures import ProcedureCatalog, ProcedureNotFound
-from processors.sql.templating import parameter_specs
+from convergence.pipeline.context import RunContext, resolve_placeholders
+from convergence.pipeline.models import StepConfig
+from convergence.processors.generic._bq import ensure_table, sql_names
+from convergence.processors.generic._common import (
+    bool_option,
+    identifier,
+    int_option,
+    invalid,
+    resolve_file,
+    run_dates,
+    section,
+)
+from convergence.processors.sql.procedures import ProcedureCatalog, ProcedureNotFound
+from convergence.processors.sql.templating import parameter_specs
 
 
 def _scalar(value: Any) -> Any:

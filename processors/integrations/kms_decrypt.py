@@ -20,9 +20,9 @@ from typing import Any
 
 import structlog
 
-from pipeline.context import RunContext
-from pipeline.errors import PermanentStepError, StepError
-from pipeline.models import StepConfig
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import PermanentStepError, StepError
+from convergence.pipeline.models import StepConfig
 
 log = structlog.get_logger(__name__)
 _PROVIDER = re.compile(r"^[A-Z][A-Z0-9_]{1,49}$")

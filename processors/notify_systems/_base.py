@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifications.messages import RunSummary
-from notifications.notifier import Delivery, step_trigger
-from pipeline.context import RunContext
-from pipeline.errors import PermanentStepError
-from pipeline.models import StepConfig
+from convergence.notifications.messages import RunSummary
+from convergence.notifications.notifier import Delivery, step_trigger
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.models import StepConfig
 
 
 class NotificationStep:

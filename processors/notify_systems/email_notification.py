@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifications.messages import RunSummary, render_template
-from notifications.notifier import Delivery, Notifier
-from pipeline.context import RunContext
-from pipeline.models import StepConfig
-from processors.notify_systems._base import NotificationStep
+from convergence.notifications.messages import RunSummary, render_template
+from convergence.notifications.notifier import Delivery, Notifier
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.models import StepConfig
+from convergence.processors.notify_systems._base import NotificationStep
 
 
 class EmailNotification(NotificationStep):

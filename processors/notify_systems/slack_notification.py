@@ -14,13 +14,13 @@ step or the run.
 
 from __future__ import annotations
 
-from extractors.credentials import resolve_credential
-from notifications.messages import RunSummary, render_template
-from notifications.notifier import Delivery, Notifier
-from pipeline.context import RunContext
-from pipeline.errors import StepError
-from pipeline.models import StepConfig
-from processors.notify_systems._base import NotificationStep
+from convergence.extractors.credentials import resolve_credential
+from convergence.notifications.messages import RunSummary, render_template
+from convergence.notifications.notifier import Delivery, Notifier
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import StepError
+from convergence.pipeline.models import StepConfig
+from convergence.processors.notify_systems._base import NotificationStep
 
 
 class SlackNotification(NotificationStep):

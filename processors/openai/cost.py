@@ -15,7 +15,7 @@ partitioning, clustering}.
 
 from __future__ import annotations
 
-from processors._llm.calc import CostCalculation
+from convergence.processors._llm.calc import CostCalculation
 
 _SELECT = """
 WITH usage AS (

@@ -17,10 +17,10 @@ from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
-from pipeline.context import RunContext
-from processors._llm.extract import Extraction, ReportRequest, Stats, require_dict, require_list
-from processors._llm.params import DateRange, choice, int_setting, plain_list, string_list
-from processors._llm.values import (
+from convergence.pipeline.context import RunContext
+from convergence.processors._llm.extract import Extraction, ReportRequest, Stats, require_dict, require_list
+from convergence.processors._llm.params import DateRange, choice, int_setting, plain_list, string_list
+from convergence.processors._llm.values import (
     BadValue,
     epoch_to_iso,
     model_base,
@@ -29,7 +29,7 @@ from processors._llm.values import (
     to_decimal,
     usd_text,
 )
-from processors.openai.usage import array_params, bearer_headers, time_params
+from convergence.processors.openai.usage import array_params, bearer_headers, time_params
 
 OTHER = "other"
 _LINE_ITEM = re.compile(r"^(?P<model>[^\s,]+)(?: (?P<modality>[a-z_]+))?, (?P<kind>input|cached input|output)$")

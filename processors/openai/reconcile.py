@@ -6,7 +6,7 @@ The Costs API must be extracted with `group_by: [line_item, ...]` for a per-dire
 See processors/_llm/reconcile.py for the config keys.
 """
 
-from processors._llm.reconcile import Reconciliation
+from convergence.processors._llm.reconcile import Reconciliation
 
 _RANGE = "org_slug = @org_slug AND cost_date BETWEEN @start_date AND @end_date"
 # Cache writes are billed as input; line items that are not per-token are token type "other".

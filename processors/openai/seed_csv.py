@@ -4,7 +4,7 @@
 Config: mode (if_empty | overwrite), tables [{table, csv_file, schema_file, unique}]. See processors/_llm/seed.py.
 """
 
-from processors._llm.seed import SeedCsv
+from convergence.processors._llm.seed import SeedCsv
 
 
 def get_engine() -> SeedCsv:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.context import RunContext
-from pipeline.models import StepConfig
-from processors._llm.bq import Warehouse
-from processors._llm.calc import TableSpec, run_replace
-from processors._llm.params import month_range
-from processors._llm.values import usd_text
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.models import StepConfig
+from convergence.processors._llm.bq import Warehouse
+from convergence.processors._llm.calc import TableSpec, run_replace
+from convergence.processors._llm.params import month_range
+from convergence.processors._llm.values import usd_text
 
 _SELECT = """
 SELECT @org_slug AS org_slug, @start_date AS month, plan_name, plan_type, quantity, unit_price_usd, billing_period,

@@ -24,8 +24,8 @@ from typing import Any
 
 import structlog
 
-from pipeline.errors import PermanentStepError
-from processors.generic._common import identifier, project_id
+from convergence.pipeline.errors import PermanentStepError
+from convergence.processors.generic._common import identifier, project_id
 
 log = structlog.get_logger(__name__)
 PROCEDURES_SUBDIR = Path("system") / "procedures"
@@ -158,8 +158,8 @@ class ProcedureCatalog:
         item = self._file(name)
         sql = item.render(self.project, self.dataset)
         digest = hashlib.sha256(sql.encode()).hexdigest()
-        from warehouse.client import call_retry
-        from warehouse.procedures import create_or_replace_from_sql_file
+        from convergence.warehouse.client import call_retry
+        from convergence.warehouse.procedures import create_or_replace_from_sql_file
 
         self._ensure_dataset()
         try:
@@ -207,9 +207,9 @@ class ProcedureCatalog:
         """CALL the procedure with its (name, type, value) arguments, already coerced to their types; they
         become literals that cannot carry SQL (CALL takes no query parameters on the emulator). Returns
         the rows of the procedure's last statement."""
-        from warehouse.client import call_retry
-        from warehouse.identifiers import InvalidIdentifier
-        from warehouse.procedures import execute_procedure
+        from convergence.warehouse.client import call_retry
+        from convergence.warehouse.identifiers import InvalidIdentifier
+        from convergence.warehouse.procedures import execute_procedure
 
         values = [value for _, _, value in arguments]
         try:

@@ -17,8 +17,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pipeline.errors import PermanentStepError
-from warehouse.query import infer_type as parameter_type
+from convergence.pipeline.errors import PermanentStepError
+from convergence.warehouse.query import infer_type as parameter_type
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

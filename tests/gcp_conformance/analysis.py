@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warehouse.googlesql import GoogleSql, Statement, TableSchema, index_tables
+from convergence.warehouse.googlesql import GoogleSql, Statement, TableSchema, index_tables
 
 
 @dataclass(frozen=True)

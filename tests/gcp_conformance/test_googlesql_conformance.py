@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from convergence.warehouse.googlesql import GoogleSql, Statement, TableSchema, index_tables
 from tests.gcp_conformance import limits, recorder
 from tests.gcp_conformance.analysis import analyze, read_records
-from warehouse.googlesql import GoogleSql, Statement, TableSchema, index_tables
 
 pytestmark = pytest.mark.emulator
 
@@ -62,7 +62,7 @@ def test_the_same_statement_with_a_plain_alias_passes(local_stack: Any, tmp_path
 
 
 def test_an_aggregate_of_a_select_alias_in_having_is_refused_and_the_qualified_form_passes() -> None:
-    from processors._llm import reconcile
+    from convergence.processors._llm import reconcile
 
     table = TableSchema("p.d.lines", [{"name": "cost_date", "type": "DATE"}, {"name": "model", "type": "STRING"},
                                       {"name": "token_type", "type": "STRING"}, {"name": "cost", "type": "NUMERIC"}])

@@ -1,6 +1,6 @@
 """Test processor: fails the way its config says (transient, permanent, crash, status)."""
 
-from pipeline.errors import PermanentStepError, TransientStepError
+from convergence.pipeline.errors import PermanentStepError, TransientStepError
 
 
 class Fail:

@@ -1,0 +1,10 @@
+"""Stand-in servers for provider APIs, on 127.0.0.1, speaking the real wire formats.
+
+- `openai_server.OpenAIStandIn`: OpenAI Organization Usage API and Costs API.
+- `anthropic_server.AnthropicStandIn`: Anthropic Admin API usage and cost reports.
+- `common`: usage data (fixed or generated from a seed), buckets, cursors, fault injection.
+
+Tests, `make run` and the benchmarks reach "the provider" through them without the internet. Facts on
+the formats: shared/research/llm_usage_apis.md (section 5 is the checklist these servers follow).
+Each server also runs on its own: `python -m convergence.devstack.providers.openai_server --models 50`.
+"""

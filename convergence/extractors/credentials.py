@@ -1,0 +1,78 @@
+"""Where a step's credential comes from, in the spec's order (000, "Credential Resolution"):
+
+1. `context.secrets[provider]` (or its lower-case form): put there by an earlier `integrations.kms_decrypt` step;
+2. the org's `org_integration_credentials` row for `provider`, decrypted by KMS (`services.credentials`);
+3. `context.secrets[secret_key]`: a secret named directly in the step config.
+
+A credential read from the store is also put into `context.secrets`, so the executor masks it in every
+later result, error and event. The value never appears in a result or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from dataclasses import dataclass
+
+import structlog
+
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import PermanentStepError, StepError
+
+log = structlog.get_logger(__name__)
+_PROVIDER = re.compile(r"^[A-Z][A-Z0-9_]{1,49}$")
+
+
+@dataclass(frozen=True)
+class ResolvedCredential:
+    value: str
+    source: str  # "context_secrets" | "org_integration_credentials" | "named_secret"
+
+
+async def resolve_credential(context: RunContext, provider: str | None = None,
+                             secret_key: str | None = None) -> ResolvedCredential | None:
+    """The credential for `provider`/`secret_key`, or None when neither is configured."""
+    if provider is not None and not _PROVIDER.match(str(provider)):
+        raise PermanentStepError(f"auth.provider {provider!r} must be an upper-case provider name such as "
+                                 "VENDOR_API", code="CONFIG_INVALID")
+    if not provider and not secret_key:
+        return None
+    secrets = context.secrets
+    if provider:
+        for name in (provider, provider.lower()):
+            if secrets.get(name):
+                return ResolvedCredential(secrets[name], "context_secrets")
+        value = await _from_store(context, provider)
+        if value:
+            secrets.setdefault(provider.lower(), value)
+            return ResolvedCredential(value, "org_integration_credentials")
+    if secret_key and secrets.get(secret_key):
+        return ResolvedCredential(secrets[secret_key], "named_secret")
+    looked = []
+    if provider:
+        looked += [f"context secrets[{provider!r}]", f"org_integration_credentials ({provider})"]
+    if secret_key:
+        looked.append(f"context secrets[{secret_key!r}]")
+    raise PermanentStepError(f"org {context.org_slug} has no credential: looked in {', '.join(looked)}",
+                             code="CREDENTIAL_NOT_FOUND")
+
+
+async def _from_store(context: RunContext, provider: str) -> str | None:
+    store = getattr(context.services, "credentials", None) if context.services is not None else None
+    if store is None:
+        return None
+    try:
+        if inspect.iscoroutinefunction(store.get):
+            return await store.get(context.org_slug, provider)
+        return await asyncio.to_thread(store.get, context.org_slug, provider)
+    except LookupError:
+        return None
+    except StepError as error:
+        if error.code == "CREDENTIAL_NOT_FOUND":
+            return None
+        raise
+    except Exception as error:  # noqa: BLE001 - a decrypt error must not carry key material out
+        log.warning("credential lookup failed", provider=provider, error_type=type(error).__name__)
+        raise PermanentStepError(f"could not read the {provider} credential of org {context.org_slug} "
+                                 f"({type(error).__name__})", code="CREDENTIAL_DECRYPT_FAILED") from None

@@ -1,6 +1,0 @@
-"""Outbound HTTP for processors: one retrying JSON client (aiohttp + tenacity) with an SSRF guard."""
-
-from httpclient.client import HttpClient, HttpError, RetryPolicy
-from httpclient.ssrf import AddressGuard, BlockedAddress
-
-__all__ = ["AddressGuard", "BlockedAddress", "HttpClient", "HttpError", "RetryPolicy"]

@@ -1,5 +1,0 @@
-"""Wiring: the adapters a run needs (BigQuery, KMS, publishers, HTTP), built once per process."""
-
-from runtime.services import Services
-
-__all__ = ["Services"]

@@ -1,5 +1,0 @@
-"""Service settings, read from the environment and validated once at start-up."""
-
-from settings.model import Environment, Settings, SettingsError, get_settings, reset_settings
-
-__all__ = ["Environment", "Settings", "SettingsError", "get_settings", "reset_settings"]
