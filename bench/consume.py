@@ -185,15 +185,14 @@ def install_probe(service: Any, probe: Probe) -> None:
     # (_lookup: both lookups in one thread; _succeeded / _read_standings: side by side)
     for attr, name in (("_lookup", "admission.lookup (one per batch)"),
                        ("_succeeded", "admission.succeeded (one per batch)"),
-                       ("_read_standings", "admission.standings (per batch with stale orgs)"),
-                       ("_write_counts", "admission.write_counts (quota flush)")):
+                       ("_read_standings", "admission.standings (per batch with stale orgs)")):
         if callable(getattr(admission, attr, None)):
             probe.wrap(admission, attr, name)
     for owner, attr, name in (
         # admission: one await per run; the batch's lookups run once per batch in worker threads
         (admission, "admit", "admission.admit (batch wait + lookup)"),
         (runlog, "succeeded_among", "bq.succeeded_among"), (gate, "standings", "bq.gate_standings"),
-        (gate, "record_runs", "bq.record_runs"), (runlog, "flush", "bq.runlog_flush"),
+        (runlog, "flush", "bq.runlog_flush"),
         # staging only (write=False): no BigQuery call under these any more
         (runlog, "run_started", "runlog.run_started (stage)"), (runlog, "run_finished", "runlog.run_finished (stage)"),
         (runlog, "record_rejected", "runlog.record_rejected (stage)"),
@@ -964,7 +963,7 @@ INCLUSIVE = (
     ("MicroBatcher / GroupCommit (convergence/runtime/batching.py)", "convergence/runtime/batching.py"),
     ("RunLog (convergence/warehouse/runlog.py)", "convergence/warehouse/runlog.py"),
     ("OrgGate (convergence/tenancy/gate.py)", "convergence/tenancy/gate.py"),
-    ("QueryRunner (convergence/warehouse/query.py): succeeded_among, standings, record_runs", "convergence/warehouse/query.py"),
+    ("QueryRunner (convergence/warehouse/query.py): succeeded_among, standings", "convergence/warehouse/query.py"),
     ("Pub/Sub client (all)", "pubsub_v1/"),
     ("EventPublisher (publisher/events.py)", "publisher/events.py"),
     ("Executor (convergence/pipeline/executor.py)", "convergence/pipeline/executor.py"),
@@ -1452,7 +1451,7 @@ def stage(text: str) -> None:
 # Report
 # ================================================================================================
 # A run, in order: admission (shared batches) -> config -> executor + observers -> group commit -> ack.
-# Batched work (admission lookups, bq.*, the run-log flush, the quota flush) runs once per batch or commit:
+# Batched work (admission lookups, bq.*, the run-log flush) runs once per batch or commit:
 # its calls/run < 1 shows the batching, its ms/run each run's share.
 PER_RUN_ORDER = (
     "handler.handle", "pool.callback_to_handler (hop + slot wait)",
@@ -1465,10 +1464,8 @@ PER_RUN_ORDER = (
     "observer.EventObserver.pipeline_finished", "runlog.run_started (stage)", "runlog.run_finished (stage)",
     "runlog.record_rejected (stage)", "events.publish_event",
     "commit_runlog (group commit wait)", "bq.runlog_flush",
-    "admission.write_counts (quota flush)", "bq.record_runs",
 )
-REPORTED_SETTINGS = ("consumer_workers", "per_org_concurrency", "batch_delay_ms", "gate_cache_seconds",
-                     "quota_flush_seconds")
+REPORTED_SETTINGS = ("consumer_workers", "per_org_concurrency", "batch_delay_ms", "gate_cache_seconds")
 
 
 def probe_table(snapshot: dict[str, Any], runs: int) -> list[str]:
@@ -1514,8 +1511,7 @@ def batching_lines(b: dict[str, int], runs: int) -> list[str]:
     if batches:
         out.append(f"admission: {batches} batches, {b.get('admission items', 0) / batches:.1f} requests per batch; "
                    f"succeeded_among {b.get('admission calls succeeded_among', 0)}, standings "
-                   f"{b.get('admission calls standings', 0)}, record_runs {b.get('admission calls record_runs', 0)} "
-                   f"calls ({runs} runs)")
+                   f"{b.get('admission calls standings', 0)} calls ({runs} runs)")
     if commits:
         waiters = b.get("runlog commit waiters", 0)
         out.append(f"run-log group commit: {commits} commits (flushes), {waiters / commits:.1f} waiters per commit, "

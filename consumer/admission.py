@@ -53,8 +53,7 @@ class _Cached:
 
 class AdmissionControl:
     def __init__(self, services: Any, *, cache_seconds: float, batch_delay: float, clock=time.monotonic,
-                 wall_clock=utcnow, quota_flush_seconds: float | None = None):
-        # quota_flush_seconds: accepted for older settings; nothing is flushed any more.
+                 wall_clock=utcnow):
         self.services = services  # runlog and gate are reached lazily: building this creates no client
         self.cache_seconds = cache_seconds
         self.clock = clock

@@ -82,8 +82,6 @@ class Settings(BaseSettings):
     # An org's gate standing (status, subscription, plan, runs today) is reused this long; a suspension
     # therefore takes effect within this many seconds on a consumer that checked the org (0: every run).
     gate_cache_seconds: float = Field(default=5.0, ge=0, le=300)
-    # Runs counted against the daily quota are written together at most this often (and at shutdown).
-    quota_flush_seconds: float = Field(default=1.0, gt=0, le=60)
     # Events are ordered per org through this many ordering keys (publisher/events.py): an org's events
     # always share one key; fewer keys, bigger publish batches.
     events_ordering_keys: int = Field(default=16, ge=1, le=1024)
