@@ -15,17 +15,22 @@ columns) that can be checked in SQL. Every violated rule is reported with its ro
 - currencies: BillingCurrency and PricingCurrency have the ISO 4217 format (three upper-case letters);
 - Tags is a JSON object text.
 
-`processors.focus.conformance` also is ps_type `focus.conformance`: a pipeline step that fails
-(PermanentStepError FOCUS_NONCONFORMANT) when a rule is violated for the run's dates.
+Every check (the CLI and the step) records one row per rule result, PASS or FAIL with its counts, in the
+central `org_meta_dq_results` (`record`): ONE load job per check through the warehouse writer, never one
+write per rule nor a streaming insert or DML (see `record`).
+
+`processors.focus.conformance` also is ps_type `focus.conformance`: a pipeline step that records its results
+and then fails (PermanentStepError FOCUS_NONCONFORMANT) when a rule is violated for the run's dates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -36,6 +41,7 @@ from convergence.pipeline.models import StepConfig
 from convergence.processors.focus._base import FOCUS_TABLE
 from convergence.warehouse.identifiers import table_id, validate_table
 from convergence.warehouse.query import QueryRunner
+from convergence.warehouse.runlog import pipeline_logging_id
 
 MANDATORY = (
     "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingAccountId", "BillingAccountName",
@@ -194,6 +200,8 @@ class Report:
     rules_checked: int = 0
     violations: list[Violation] = field(default_factory=list)
     missing_table: bool = False
+    # Ids of the rules that ran ("presence" first), in order: with `violations`, every rule's result.
+    rules_run: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -232,6 +240,7 @@ def check(client: Any, settings: Any, org_slug: str, *, dataset: str | None = No
         report.missing_table = True
         return report
     report.rules_checked = 1
+    report.rules_run.append("presence")
     missing = [c for c in MANDATORY if c not in columns]
     if missing:
         report.violations.append(Violation("presence", "mandatory FOCUS columns are present", len(missing),
@@ -258,6 +267,7 @@ def check(client: Any, settings: Any, org_slug: str, *, dataset: str | None = No
             report.violations.append(Violation(rule.rule_id, rule.description, int(row["violating_rows"]),
                                                str(row["sample"] or "")[:120]))
     report.rules_checked += len(rules)
+    report.rules_run += [r.rule_id for r in rules]
     return report
 
 
@@ -281,6 +291,74 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
+DQ_TABLE = "org_meta_dq_results"
+DQ_SCHEMA = "configs/setup/bootstrap/schemas/org_meta_dq_results.json"
+_DESCRIPTIONS = {"presence": "mandatory FOCUS columns are present", **{r.rule_id: r.description for r in RULES}}
+
+
+@dataclass(frozen=True)
+class CheckRun:
+    """Who checked: the run (a CLI check gets its own id), and, for a pipeline step, its attempt and step."""
+
+    run_id: str
+    pipeline_id: str | None = None
+    step_id: str | None = None
+    pipeline_logging_id: str | None = None
+
+
+def dq_rows(report: Report, org_slug: str, run: CheckRun, checked_at: datetime | None = None
+            ) -> list[dict[str, Any]]:
+    """One `org_meta_dq_results` row per rule result of the check: PASS (no violating row) or FAIL (with
+    the violating rows), and FAIL for a rule that could not run or a missing table."""
+    when = (checked_at or datetime.now(UTC)).isoformat()
+    target = ".".join(report.table.split(".")[-2:])  # dataset.table
+    found = {v.rule_id: v for v in report.violations}
+    results: list[tuple[str, str, int, str]] = []  # (rule id, status, failed rows, message)
+    if report.missing_table:
+        results.append(("table", "FAIL", 0, f"FOCUS table {target} does not exist"))
+    for rule_id in report.rules_run:
+        violation = found.get(rule_id)
+        if violation is None:
+            results.append((rule_id, "PASS", 0, _DESCRIPTIONS[rule_id]))
+        else:
+            sample = f"; e.g. {violation.sample}" if violation.sample else ""
+            results.append((rule_id, "FAIL", violation.rows, f"{violation.description}{sample}"))
+    ran = set(report.rules_run)
+    results += [(v.rule_id, "FAIL", 0, v.description) for v in report.violations if v.rule_id not in ran]
+    rows = []
+    for rule_id, status, failed, message in results:
+        presence = rule_id == "presence"
+        key = f"{org_slug}|{run.run_id}|{run.pipeline_logging_id or ''}|{run.step_id or ''}|{rule_id}"
+        ident = hashlib.sha256(key.encode()).hexdigest()[:32]
+        rows.append({
+            "dq_result_id": ident, "org_slug": org_slug, "run_id": run.run_id,
+            "pipeline_logging_id": run.pipeline_logging_id, "pipeline_id": run.pipeline_id, "step_id": run.step_id,
+            "target_table": target, "check_name": f"focus.{rule_id}",
+            "check_type": "not_null" if rule_id.startswith("not_null.") else "custom",
+            "status": status, "severity": "INFO" if status == "PASS" else "ERROR",
+            "expected_value": "0 missing column(s)" if presence else "0 violating row(s)",
+            "actual_value": (f"{failed} missing column(s)" if presence
+                             else f"{failed} violating row(s) of {report.rows_checked}"),
+            "failed_rows": failed, "message": message[:1000], "checked_at": when,
+        })
+    return rows
+
+
+def record(writer: Any, settings: Any, report: Report, org_slug: str, run: CheckRun,
+           checked_at: datetime | None = None) -> Any:
+    """Append the check's result rows to the central `org_meta_dq_results`, in ONE load job (append with a
+    date range never goes by streaming insert in the writer): BigQuery allows 1,500 table modifications
+    per table per day ("Quotas and limits" page), and the table is shared by every org, so one write per
+    check, never one per rule. No DML: rows are only ever appended. Returns the writer's WriteResult."""
+    when = checked_at or datetime.now(UTC)
+    rows = dq_rows(report, org_slug, run, when)
+    day = when.astimezone(UTC).date()
+    # No schema file: the table is bootstrap's (partitioned by checked_at, clustered by org_slug, status);
+    # the writer refuses to create it, and refuses rows of another org.
+    return writer.write(settings.central_dataset, DQ_TABLE, rows, mode="append", org_slug=org_slug,
+                        date_column="checked_at", date_range=(day, day))
+
+
 class FocusConformance:
     """ps_type `focus.conformance`: the check as a step (config: source, start_date/end_date or run dates)."""
 
@@ -294,10 +372,14 @@ class FocusConformance:
                                          dataset=services.org_dataset(context.org_slug),
                                          table=str(config.get("table", FOCUS_TABLE)), start=dates.start,
                                          end=dates.end, source=config.get("source"))
+        run = CheckRun(context.run_id, context.pipeline_id, step.step_id,
+                       pipeline_logging_id(context.run_id, context.attempt))
+        # Recorded before failing the step: a nonconformant table's FAIL rows are the point of the record.
+        written = await asyncio.to_thread(record, services.writer, services.settings, report, context.org_slug, run)
         if not report.ok:
             raise PermanentStepError(format_report(report)[:900], code="FOCUS_NONCONFORMANT")
         return {"status": "SUCCESS", "rows_processed": report.rows_checked, "rules_checked": report.rules_checked,
-                **dates.as_result()}
+                "dq_results": written.rows_written, **dates.as_result()}
 
 
 def get_engine() -> FocusConformance:
