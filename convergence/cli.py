@@ -10,12 +10,13 @@ import click
 
 from convergence.settings import SettingsError, get_settings
 
+# Exit code of a process that could not start (settings, credentials, an endpoint that does not answer).
+EXIT_CANNOT_START = 2
+
 
 def load_settings_or_exit():
-    try:
-        return get_settings()
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
+    """The settings; a SettingsError reaches main(), which lists its problems and exits 2."""
+    return get_settings()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,6 +54,42 @@ def _add_command_groups() -> None:
         cli.add_command(command)
 
 
+def cannot_start_problems(error: BaseException) -> list[str] | None:
+    """The problems behind an error that means the command could not start; None for any other error.
+
+    The one place that decides what ends in "cannot start" and exit 2, for every command."""
+    import requests
+    from google.api_core import exceptions as api_exceptions
+    from google.auth import exceptions as auth_exceptions
+
+    from convergence.runtime.startup import StartupError, credentials_problem
+
+    if isinstance(error, SettingsError):
+        lines = str(error).splitlines()
+        return [line[4:] for line in lines if line.startswith("  - ")] or lines[:1] or ["invalid settings"]
+    if isinstance(error, StartupError):
+        return error.problems
+    if isinstance(error, auth_exceptions.GoogleAuthError | api_exceptions.Unauthenticated):
+        return [credentials_problem(error)]
+    if isinstance(error, api_exceptions.RetryError | api_exceptions.ServiceUnavailable
+                  | api_exceptions.DeadlineExceeded | ConnectionError | requests.exceptions.ConnectionError
+                  | requests.exceptions.Timeout):
+        cause = getattr(error, "cause", None) or error
+        return [f"a Google API did not answer: {type(cause).__name__}: {str(cause).strip()[:300]}"]
+    return None
+
+
 def main() -> None:
     _add_command_groups()
-    cli(prog_name="convergence")
+    try:
+        cli(prog_name="convergence")
+    except Exception as error:
+        problems = cannot_start_problems(error)
+        if problems is None:
+            raise
+        from convergence.runtime.startup import scrub
+
+        click.echo("convergence: cannot start:", err=True)
+        for problem in problems:
+            click.echo(f"  - {scrub(problem)}", err=True)
+        sys.exit(EXIT_CANNOT_START)

@@ -17,6 +17,7 @@ def serve(host: str | None, port: int | None) -> None:
     from convergence.consumer.http_app import PushConfigError, run_server
     from convergence.consumer.serving import build_push_app
     from convergence.runtime import Services
+    from convergence.runtime.startup import StartupError, check_startup
     from convergence.settings.production import validate_for_startup
 
     settings = load_settings_or_exit()
@@ -25,6 +26,8 @@ def serve(host: str | None, port: int | None) -> None:
     try:
         app = build_push_app(settings, services)
     except PushConfigError as error:
-        raise click.ClickException(str(error)) from None
+        raise StartupError([str(error)]) from None
+    # Pub/Sub and BigQuery answer, credentials work: else exit 2 now, not a traceback at the first request.
+    check_startup(settings, subscription=None, topic=settings.events_topic)
     ApiDoor(settings, services).register(app)  # the HTTP run door: /api/v1/... (convergence/api/door.py)
     asyncio.run(run_server(app, host, port))
