@@ -118,14 +118,16 @@ async def _load(url: str, rows: int, page_size: int, batch_size: int, project: s
                          services=services)
     sink = TableSink(services, context, "extract_records", table="bench_records_raw", schema_file=None,
                      mode="append", source_url=f"{url}/v1/cursor/records", batch_size=batch_size)
-    buffer = BatchBuffer(batch_size, sink.write)  # same batching and write overlap as the extractor
     start = time.perf_counter()
-    for page, offset in enumerate(range(0, rows, page_size), start=1):
-        await buffer.add(sink.shape([record(i) for i in range(offset, min(offset + page_size, rows))], page))
-    await buffer.flush()
+    async with sink.open_write() as write:  # same batching, overlap and one write per step as the extractor
+        buffer = BatchBuffer(batch_size, write.send)
+        for page, offset in enumerate(range(0, rows, page_size), start=1):
+            await buffer.add(sink.shape([record(i) for i in range(offset, min(offset + page_size, rows))], page))
+        await buffer.flush()
+        await write.finish()
     seconds = time.perf_counter() - start
     await services.aclose()
-    written, batch = buffer.written, buffer.batches
+    written, batch = write.rows_written, buffer.batches
     return {"rows": written, "seconds": seconds, "batches": batch}
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from convergence.devstack.providers.rest_server import ExpectedAuth, RestStandIn
 from convergence.pipeline import RunStatus
+from convergence.warehouse.writer import Writer
 from tests.test_generic_support import (
     DictCredentials,
     TestServices,
@@ -114,6 +115,7 @@ async def test_ten_thousand_rows_across_pages_land_exactly_once(env):
     assert len(ids) == 10_250 and len(set(ids)) == 10_250 and min(ids) == 0 and max(ids) == 10_249
     assert result.steps[0].result["batches"] == 6  # 5 x 2000 + 250
     assert result.steps[0].result["write_methods"] == "load"  # >= 100 rows per write: load jobs
+    assert result.steps[0].result["load_jobs"] == 1  # the whole step in one load job, not one per batch
 
 
 async def test_a_429_storm_obeys_the_rate_limit_and_finishes(env):
@@ -172,21 +174,66 @@ async def test_a_redelivered_run_replaces_what_its_failed_attempt_wrote(env):
     assert sorted(raw_ids(services, org)) == list(range(500))
 
 
-async def test_rows_stream_through_one_batch_at_a_time(env):
-    """Memory is bounded by the batch: at most two batches are held (one filling, one being written while
-    the next pages are fetched), and batches are written while later pages are still to be fetched
-    (rows are consumed lazily, never collected)."""
+async def test_a_replace_mode_that_fails_half_way_keeps_the_earlier_content(env):
+    """overwrite is applied once, at the end of the step: a failure after a full batch writes nothing (the
+    table used to lose its content to the first batch and keep a partial extraction)."""
+    server = RestStandIn(total=500, page_size=100)
+    base, services = await env(server)
+    org = new_org()
+    step = extract_step(f"{base}/v1/offset/records", pagination={"type": "offset", "limit": 100},
+                        data_path="results", destination={"write_mode": "overwrite"},
+                        rate_limit={"max_retries": 2, "initial_backoff_seconds": 0.01})
+    first, _ = await run(pipeline([step]), services, org, run_id="run_overwrite_1")
+    assert first.status is RunStatus.SUCCESS, first.error
+    assert first.steps[0].result["write_methods"] == "staged_merge"
+
+    server.fail_at_page(4, status=500)  # after one full batch of 300
+    second, _ = await run(pipeline([step]), services, org, run_id="run_overwrite_2")
+    assert second.status is RunStatus.FAILED
+    error = second.steps[0].error
+    assert "failed at page 4" in error.message and "nothing was written" in error.message, error.message
+    rows = table_rows(services, org, "vendor_records_raw")
+    assert {r["run_id"] for r in rows} == {"run_overwrite_1"}
+    assert sorted(json.loads(r["raw_json"])["id"] for r in rows) == list(range(500))
+
+
+async def test_a_row_the_writer_refuses_stops_the_step_and_writes_nothing(env):
+    server = RestStandIn(total=1000, page_size=100)
+    base, services = await env(server)
+    org = new_org()
+    step = extract_step(f"{base}/v1/offset/records", pagination={"type": "offset", "limit": 100},
+                        data_path="results", destination={
+                            "table": "vendor_users", "schema_file": "configs/example/usage/schemas/vendor_users.json",
+                            "field_map": {"id": "no_such_field"}})  # id is REQUIRED
+    result, _ = await run(pipeline([step]), services, org)
+    assert result.status is RunStatus.FAILED
+    error = result.steps[0].error
+    assert error.code == "INVALID_ROW" and not error.retryable and "REQUIRED" in error.message
+    assert len(server.hits) < 10  # the refusal stopped the fetching
+    assert table_rows(services, org, "vendor_users") == []
+
+
+async def test_rows_stream_through_one_batch_at_a_time_into_one_load(env, monkeypatch):
+    """Memory is bounded by the batch: at most two batches are held (one filling, one being spooled while
+    the next pages are fetched), and the step's ONE write consumes its rows while later pages are still to
+    be fetched (rows are spooled lazily, never collected), then loads them with one job."""
     server = RestStandIn(total=3000, page_size=100)
     base, services = await env(server)
-    writes: list[tuple[int, int]] = []  # (pages fetched when the write began, rows)
-    real_write = services.writer.write
+    consumed: list[int] = []  # pages fetched when the write took the first row of each 500-row batch
+    results = []
+    real_write = Writer.write
 
-    def spy(dataset, table, rows, **options):
-        rows = list(rows)
-        writes.append((len(server.hits), len(rows)))
-        return real_write(dataset, table, rows, **options)
+    def spy(self, dataset, table, rows, **options):
+        def watched():
+            for i, row in enumerate(rows):
+                if i % 500 == 0:
+                    consumed.append(len(server.hits))
+                yield row
 
-    services.writer.write = spy
+        results.append(real_write(self, dataset, table, watched(), **options))
+        return results[-1]
+
+    monkeypatch.setattr(Writer, "write", spy)
     org = new_org()
     step = extract_step(f"{base}/v1/page/records", pagination={"type": "page", "limit": 100, "limit_param": "per_page",
                                                                "total_pages_path": "total_pages"},
@@ -195,12 +242,16 @@ async def test_rows_stream_through_one_batch_at_a_time(env):
 
     assert result.status is RunStatus.SUCCESS, result.error
     assert 500 <= result.steps[0].result["max_rows_in_memory"] <= 1000
-    assert [n for _, n in writes] == [500] * 6
+    # One Writer.write for the step (it used to be one per batch), one load job into the table.
+    assert [(r.rows_written, r.batches, r.load_jobs, r.method) for r in results] == [(3000, 6, 1, "load")]
+    assert result.steps[0].result["load_jobs"] == 1 and result.steps[0].result["batches"] == 6
+    assert sorted(raw_ids(services, org)) == list(range(3000))
     # Counted in pages, not clock time, so a loaded machine cannot change the answer: batch i fills at page
-    # 5(i+1), and the next batch's emit waits for its write, so write i has begun by page 5(i+2) at the latest.
-    pages_at_write = [pages for pages, _ in writes]
-    assert all(pages <= 5 * (i + 2) for i, pages in enumerate(pages_at_write[:5])), pages_at_write
-    assert pages_at_write[0] < len(server.hits) == 30  # the first batch was written long before the source ended
+    # 5(i+1), and the next batch's emit waits until batch i is spooled, so the write has taken batch i by
+    # page 5(i+2) at the latest.
+    assert len(consumed) == 6
+    assert all(pages <= 5 * (i + 2) for i, pages in enumerate(consumed[:5])), consumed
+    assert consumed[0] < len(server.hits) == 30  # the first batch was spooled long before the source ended
 
 
 async def test_ssrf_guard_refuses_loopback_and_metadata_in_production(env):

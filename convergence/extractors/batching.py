@@ -1,5 +1,5 @@
-"""Rows go to a sink in batches of `batch_size`, written as they fill: memory stays bounded by the batch size,
-never by the number of rows.
+"""Rows go to a sink in batches of `batch_size`, handed over as they fill: memory stays bounded by the batch
+size, never by the number of rows. (The extractors' sink spools each batch into one write per step.)
 
 With `overlap` (the default), a full batch is written in the background while the next one fills: fetching
 and loading overlap, and at most two batches are held (the one being written and the one filling). Batches
@@ -24,7 +24,7 @@ class BatchBuffer:
         self.sink = sink
         self.overlap = overlap
         self.rows: list[dict[str, Any]] = []
-        self.written = 0  # rows whose write completed
+        self.written = 0  # rows the sink has taken (for a spooling sink: spooled, not yet loaded)
         self.batches = 0  # writes started
         self.peak = 0  # most rows held at once: filling + being written (a test checks it stays bounded)
         self._inflight: asyncio.Task[None] | None = None

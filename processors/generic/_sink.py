@@ -1,19 +1,28 @@
 """Where extracted rows go: a table of the org's dataset, typed by a schema file, or the raw-JSON ELT
 table (`configs/generic/schemas/api_raw.json`: one JSON record per row plus where it came from).
 
+One extract step is ONE Writer.write (`TableSink.open_write`): batches are handed to it as they fill, it
+checks each and spools it to its temporary file, and it loads the file when the step ends. BigQuery
+("Quotas and limits" page) allows 1,500 table modifications per table per day (load, copy and query jobs
+that write the table); one write per 10,000-row batch spent 100 of them on 1M rows, one per step spends
+1 (the Writer starts one more load job per `spool_bytes`, 512 MiB, of spooled rows). Replace modes and
+merge load into a staging table and change the target with one MERGE (one DELETE when there are no rows).
+
 Write modes (destination.write_mode):
 - `append` (default): rows are added. Every row carries the run_id, and a redelivered run (attempt > 1)
   first deletes the rows an earlier attempt of the same run had written, so a retry never duplicates.
   Tables with a run_id column are therefore written by load jobs only (DML cannot touch rows in the
-  streaming buffer); other appends get the Writer's smart insert (< 100 rows: streaming with insert ids).
-- `overwrite`: the first batch replaces the table's content, later batches append.
-- `range_replace`: the first batch replaces the org's rows in the run's date range (`date_column`).
-- `merge`: every batch is merged on `key_columns` (ELT: `row_key`, the hash of `key_fields`).
+  streaming buffer); other appends get the Writer's smart insert (a step of < 100 rows: streaming with
+  insert ids).
+- `overwrite`: the step's rows replace the org's rows (the table's, without an org_slug column).
+- `range_replace`: the step's rows replace the org's rows in the run's date range (`date_column`).
+- `merge`: the step's rows are merged on `key_columns` (ELT: `row_key`, the hash of `key_fields`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -26,7 +35,7 @@ import structlog
 
 from convergence.extractors.jsonpath import get_path
 from convergence.pipeline.context import RunContext
-from convergence.processors.generic._common import DateRange, call_writer, identifier, invalid, repo_root, schema_fields
+from convergence.processors.generic._common import DateRange, identifier, invalid, repo_root, schema_fields
 
 log = structlog.get_logger(__name__)
 ELT_SCHEMA = "configs/generic/schemas/api_raw.json"
@@ -159,15 +168,14 @@ class TableSink:
     # -- writing ---------------------------------------------------------------------------------------
     @property
     def writer(self) -> Any:
-        """The shared Writer, or one whose batch size is this sink's when its batches are larger: a batch
-        then goes in ONE load job (BigQuery limits load jobs per table and day) instead of several."""
+        """The shared Writer, or a copy of it (same table cache) that batches by this sink's batch size: the
+        Writer holds one of its own batches while checking it, so memory stays bounded by this sink's."""
         shared = self.services.writer
-        if self.batch_size is None or self.batch_size <= getattr(shared, "batch_size", self.batch_size):
+        if self.batch_size is None or self.batch_size == getattr(shared, "batch_size", self.batch_size):
             return shared
         if self._own_writer is None:
-            from convergence.warehouse.writer import Writer
-
-            self._own_writer = Writer(self.services.bigquery, self.services.settings, batch_size=self.batch_size)
+            self._own_writer = copy.copy(shared)
+            self._own_writer.batch_size = self.batch_size
         return self._own_writer
 
     def writer_options(self, mode: str) -> dict[str, Any]:
@@ -176,15 +184,11 @@ class TableSink:
                                    "schema_path": str(self.schema_path)}
         if self.key_columns and mode == "merge":
             options["key_columns"] = list(self.key_columns)
-        elif mode == "append":
+        elif mode == "append" and "run_id" in self.columns:
             # Never stream rows that a later DML must be able to delete (BigQuery refuses DML on rows still in
-            # the streaming buffer): rows with a run_id (a redelivered run deletes its earlier attempt's rows
-            # by it) and the later batches of a replace-mode write (the next run's replace deletes them).
-            # Naming key columns on an append is how the Writer is told to use load jobs.
-            if "run_id" in self.columns:
-                options["key_columns"] = ["run_id"]
-            elif self.mode != "append" and "org_slug" in self.columns:
-                options["key_columns"] = ["org_slug"]
+            # the streaming buffer): a redelivered run deletes its earlier attempt's rows by run_id. Naming key
+            # columns on an append is how the Writer is told to use load jobs.
+            options["key_columns"] = ["run_id"]
         if self.date_column and self.date_range is not None:
             options["date_column"] = self.date_column
             options["date_range"] = (self.date_range.start, self.date_range.end)
@@ -194,15 +198,9 @@ class TableSink:
             options["clustering"] = list(self.cluster_fields)
         return options
 
-    async def write(self, rows: list[dict[str, Any]], batch_index: int) -> None:
-        """One batch: the first applies the write mode (replace, overwrite), later ones append (merge
-        stays merge). A run that yields no rows still applies a replace mode to clear its range."""
-        mode = self.mode if batch_index == 0 or self.mode == "merge" else "append"
-        if not rows and mode in ("append", "merge"):
-            return
-        result = await call_writer(self.services, self.dataset, self.table, rows, writer=self.writer,
-                                   **self.writer_options(mode))
-        self.methods.add(str(getattr(result, "method", "")))
+    def open_write(self) -> StepWrite:
+        """The step's one write: `send` each batch, then `finish` (or `abort`); use it with `async with`."""
+        return StepWrite(self)
 
     async def prepare(self) -> int:
         """A redelivered run (attempt > 1) in append mode: delete what an earlier attempt of the same run
@@ -228,3 +226,124 @@ class TableSink:
             return 0
         log.info("rows of an earlier attempt removed", table=self.qualified, rows=deleted)
         return deleted
+
+
+class _Aborted(Exception):  # noqa: N818 - not an error: the step stopped feeding its write
+    """Raised inside the Writer's thread when the step abandons its write (nothing is loaded)."""
+
+
+_END = object()
+
+
+class StepWrite:
+    """One `Writer.write` for a whole step, fed batch by batch from the event loop.
+
+    The Writer runs in a worker thread and pulls its rows from a generator that asks the loop for the
+    next batch, so it checks and spools each batch while later pages are fetched, and loads (or stages and
+    merges) once, when `finish` ends the rows. `send` returns once the Writer has asked for the rows after
+    that batch (with the Writer batching by the sink's batch size: the batch is in the spool), so the caller
+    holds at most the batch it fills and the one being sent. A replace mode touches the table only at the
+    end: `abort` (a failed step) leaves it unchanged. Nothing starts before the first batch, so an append
+    step that gets no rows never creates its table.
+    """
+
+    def __init__(self, sink: TableSink):
+        self.sink = sink
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self._handed: asyncio.Future[None] | None = None  # the batch the Writer took last: resolved when done
+        self._task: asyncio.Future[Any] | None = None
+        self._ending = False
+        self.result: Any = None
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        sink = self.sink
+        rows = self._rows(loop)
+        self._task = asyncio.ensure_future(asyncio.to_thread(
+            sink.writer.write, sink.dataset, sink.table, rows, **sink.writer_options(sink.mode)))
+
+    def _rows(self, loop: asyncio.AbstractEventLoop) -> Any:
+        while True:  # in the Writer's thread
+            batch = asyncio.run_coroutine_threadsafe(self._take(), loop).result()
+            if batch is _END:
+                return
+            yield from batch
+
+    async def _take(self) -> Any:
+        if self._handed is not None and not self._handed.done():
+            self._handed.set_result(None)  # asked for more: the previous batch is checked and spooled
+        item = await self._inbox.get()
+        if item is None:
+            raise _Aborted
+        if item is _END:
+            return _END
+        batch, self._handed = item
+        return batch
+
+    async def _until(self, awaitable: Any) -> None:
+        """Await `awaitable`, or the write's end, whichever comes first (a write that failed raises here)."""
+        assert self._task is not None
+        waiter = asyncio.ensure_future(awaitable)
+        try:
+            await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        if not waiter.done() or waiter.cancelled():
+            self._task.result()  # the Writer's own error (a refused row, a failed table check)
+            raise RuntimeError(f"the write to {self.sink.qualified} ended before taking every batch")
+        waiter.result()
+
+    async def send(self, rows: list[dict[str, Any]], batch_index: int = 0) -> None:
+        """Hand one batch to the write (the BatchBuffer sink signature); returns when it is spooled."""
+        if not rows and self.sink.mode in ("append", "merge"):
+            return  # nothing to add; a replace mode starts even without rows, to clear its scope
+        if self._task is None:
+            self._start()
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._until(self._inbox.put((rows, handed)))
+        await self._until(handed)
+
+    async def finish(self) -> Any:
+        """End the rows and wait for the load (or the staged MERGE). Returns the WriteResult, None when an
+        append or merge step had no rows (nothing was written)."""
+        if self._task is None:
+            if self.sink.mode in ("append", "merge"):
+                return None
+            self._start()  # a replace mode with no rows still clears its range
+        assert self._task is not None
+        self._ending = True
+        await self._until(self._inbox.put(_END))
+        self.result = await self._task
+        self.sink.methods.add(str(getattr(self.result, "method", "")))
+        return self.result
+
+    async def abort(self) -> None:
+        """Abandon the write: the Writer stops before loading anything (its staging table is dropped)."""
+        task = self._task
+        if task is None or task.done():
+            return
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+        self._inbox.put_nowait(None)
+        if self._ending:
+            return  # the load is under way in its thread; it cannot be interrupted
+        try:
+            await task
+        except (_Aborted, Exception):  # noqa: BLE001 - the step's own error is what is reported
+            return
+
+    @property
+    def rows_written(self) -> int:
+        return int(getattr(self.result, "rows_written", 0) or 0)
+
+    async def __aenter__(self) -> StepWrite:
+        return self
+
+    async def __aexit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if self._task is not None and self.result is None:
+            await self.abort()
