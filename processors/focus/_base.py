@@ -123,6 +123,17 @@ def names_config(config: Mapping[str, Any], key: str) -> dict[str, str]:
     return out
 
 
+def billing_account(config: Mapping[str, Any], default_id: str) -> tuple[str, str]:
+    """(BillingAccountId, BillingAccountName) of a source whose rows carry no account: the step config's
+    `billing_account_id` (default: the org slug); its name from `billing_account_names` {id: name} (one
+    config for every org, so keyed by the id), else `billing_account_name`, else the id itself."""
+    account = str(config.get("billing_account_id") or default_id)
+    name = names_config(config, "billing_account_names").get(account) or config.get("billing_account_name")
+    if name is not None and (not isinstance(name, str | int) or not str(name).strip()):
+        raise invalid("billing_account_name must be a non-empty name")
+    return account, str(name) if name is not None else account
+
+
 def named(column: str, names: Mapping[str, str], prefix: str) -> tuple[str, dict[str, Any]]:
     """SQL giving the configured name of the id in `column`, else the id itself (NULL when the id is), and
     its query parameters (`@{prefix}_id_N`, `@{prefix}_name_N`)."""

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from convergence.pipeline.context import RunContext
-from convergence.processors.focus._base import Branch, FocusSource, named, names_config, numeric, sql_text
+from convergence.processors.focus._base import (
+    Branch,
+    FocusSource,
+    billing_account,
+    named,
+    names_config,
+    numeric,
+    sql_text,
+)
 
 AI_CATEGORY = "'AI and Machine Learning'"
 AI_SUBCATEGORY = "'Generative AI'"
@@ -65,10 +73,8 @@ class LlmFocusSource(FocusSource):
     token_lines: Sequence[TokenLine] = ()
 
     def extra_params(self, config: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
-        account = str(config.get("billing_account_id") or context.org_slug)
-        return {"billing_account_id": account,
-                "billing_account_name": str(config.get("billing_account_name") or account),
-                **self.sub_account_name(config)[1]}
+        account, name = billing_account(config, context.org_slug)
+        return {"billing_account_id": account, "billing_account_name": name, **self.sub_account_name(config)[1]}
 
     def sub_account_name(self, config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """SubAccountName: the step config's `sub_account_names` {id: name}, else the id itself. The cost

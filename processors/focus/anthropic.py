@@ -2,7 +2,7 @@
 for days without them, the calculated cost (`anthropic_cost_daily`) as FOCUS rows
 (see processors/focus/_llm.py). Workspaces are the sub-accounts; inference_geo is the region.
 
-Config: as focus.openai.
+Config: as focus.openai (sub_account_names keyed by workspace id).
 """
 
 from __future__ import annotations

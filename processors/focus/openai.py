@@ -2,8 +2,9 @@
 without them, the calculated cost (`openai_cost_daily`) as FOCUS rows (see processors/focus/_llm.py).
 
 Config (all optional): start_date/end_date (else run parameters, else yesterday), max_range_days,
-billing_account_id / billing_account_name (default: the org slug), billed/calculated {table, schema_file},
-destination {table, schema_file}.
+billing_account_id (default: the org slug) and its name (billing_account_names {id: name}, else
+billing_account_name, else the id), sub_account_names {project id: name} (else the id),
+billed/calculated {table, schema_file}, destination {table, schema_file}.
 """
 
 from __future__ import annotations

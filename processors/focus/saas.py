@@ -22,7 +22,8 @@ the org buys the seats from the vendor, which also runs the service. `vendors` (
 vendors keep their slug as name and get `default_service_category` ("Other").
 
 Config (all optional): start_date/end_date (cost days; else run parameters, else yesterday), max_range_days,
-billing_account_id / billing_account_name (default: the org slug), vendors {slug: {name, category, subcategory}},
+billing_account_id (default: the org slug) and its name (billing_account_names {id: name}, else
+billing_account_name, else the id), vendors {slug: {name, category, subcategory}},
 default_service_category, subscriptions/daily {table, schema_file}, destination {table, schema_file}.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext
 from convergence.processors._llm.params import invalid
-from convergence.processors.focus._base import Branch, FocusSource, numeric, sql_text
+from convergence.processors.focus._base import Branch, FocusSource, billing_account, numeric, sql_text
 from convergence.processors.focus.conformance import SERVICE_CATEGORIES, SUBCATEGORIES, default_subcategory
 
 _MONTHS = """CASE LOWER(billing_cycle) WHEN 'annual' THEN 12 WHEN 'yearly' THEN 12 WHEN 'quarterly' THEN 3
@@ -85,9 +86,8 @@ class SaasFocus(FocusSource):
     }
 
     def extra_params(self, config: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
-        account = str(config.get("billing_account_id") or context.org_slug)
-        return {"billing_account_id": account,
-                "billing_account_name": str(config.get("billing_account_name") or account)}
+        account, name = billing_account(config, context.org_slug)
+        return {"billing_account_id": account, "billing_account_name": name}
 
     def ctes(self, refs: Mapping[str, str], config: Mapping[str, Any], context: RunContext) -> str:
         start_index = _MONTH_INDEX.format(d="start_date")
