@@ -31,19 +31,27 @@ def cli() -> None:
 @cli.command()
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 def validate(path: Path | None) -> None:
-    """Check every pipeline under configs/: models, DAG, processors, referenced files."""
+    """Check every pipeline under configs/: models, DAG, processors, referenced files, and every SQL the
+    configs carry (Google's SQL front end, against the configs' table schemas)."""
     from convergence.pipeline import ProcessorRegistry
+    from convergence.pipeline.sqlcheck import SqlNames, check_sql
     from convergence.pipeline.validation import validate_tree
 
     settings = load_settings_or_exit()
     root = path or settings.configs_dir
     count, problems = validate_tree(root, ProcessorRegistry(settings.processor_packages))
+    sql = check_sql(root, SqlNames.from_settings(settings))
+    problems = [*problems, *sql.problems]
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
+    for note in sql.notes:
+        click.echo(f"note: {note}", err=True)
     if problems:
         click.echo(f"{len(problems)} problem(s) in {count} pipeline(s) under {root}", err=True)
+        click.echo(sql.summary(), err=True)
         sys.exit(1)
     click.echo(f"ok: {count} pipeline(s) under {root}")
+    click.echo(sql.summary())
 
 
 def _add_command_groups() -> None:
