@@ -178,6 +178,21 @@ def test_a_syntax_error_in_a_procedure_script_names_its_line(analyzer: GoogleSql
     assert problem == "configs/system/procedures/costs/total_cost.sql:4: Syntax error: Unexpected keyword AT"
 
 
+def test_the_statements_of_a_procedure_body_are_analyzed_with_its_typed_arguments_and_variables(
+        analyzer: GoogleSql, tmp_path: Path) -> None:
+    body = ("BEGIN\n  DECLARE n INT64 DEFAULT 2;\n"
+            "  SELECT DATE_ADD(p_day, INTERVAL n DAY) AS next_day, p_project_id AS project;\n")
+    configs = make_configs(tmp_path, {"system/procedures/costs/total_cost.sql": PROCEDURE.replace("BEGIN\n", body)})
+    report = check_sql(configs, NAMES)
+    assert (report.statements, report.problems) == (3, [])
+    wrong = body.replace("DATE_ADD(p_day,", "DATE_ADD(n,")  # an INT64 variable
+    (configs / "system/procedures/costs/total_cost.sql").write_text(textwrap.dedent(PROCEDURE).lstrip()
+                                                                    .replace("BEGIN\n", wrong))
+    [problem] = problems_of(configs)
+    assert problem.startswith("configs/system/procedures/costs/total_cost.sql:5: No matching signature for function "
+                              "DATE_ADD")
+
+
 def test_the_cli_lists_the_refusal_with_file_and_line_and_exits_non_zero(analyzer: GoogleSql,
                                                                         tmp_path: Path) -> None:
     planted = GOOD_SELECT.replace("AS total_cost\n", "AS at\n")
@@ -193,8 +208,8 @@ def test_the_repository_configs_pass(analyzer: GoogleSql) -> None:
     report = check_sql(REPO / "configs", NAMES)
     assert report.problems == [], [str(p) for p in report.problems]
     assert report.skipped is None
-    # billing_export.sql, two transformer files, the procedure script and its two EXECUTE IMMEDIATE
-    assert report.statements >= 6
+    # billing_export.sql, two transformer files, the procedure script, its two SELECTs and EXECUTE IMMEDIATEs
+    assert report.statements >= 8
     _add_command_groups()
     result = CliRunner().invoke(cli, ["validate"])
     assert result.exit_code == 0, result.output

@@ -8,7 +8,8 @@ What is analyzed, rendered as the processor renders it at run time:
 - `gcp.bq_etl` steps: `source.query_file` or `source.query`, identifiers `{source_table}`,
   `{source_project}`, `{source_dataset}`, `{partition_filter}`; @start_date, @end_date, @org_slug and
   `source.parameters`;
-- stored procedures (configs/system/procedures): the whole script through the script parser, and each
+- stored procedures (configs/system/procedures): the whole script through the script parser, each query
+  and DML statement of its body (arguments and variables as typed parameters), and each
   `EXECUTE IMMEDIATE [FORMAT(...)]` statement rendered with the arguments the calling pipelines pass.
 
 Placeholders get representative valid names (the settings' project, the dataset of an org `acme`). A step
@@ -260,6 +261,7 @@ class _Collector:
         self.configs_dir, self.names, self.report, self.catalog = configs_dir, names, report, catalog
         self.base = configs_dir.parent
         self.statements: list[_Sql] = []
+        self.scripts: list[_Sql] = []  # procedure scripts: their own statements are found once parsed
         self.procedure_args: dict[str, dict[str, str]] = {}
 
     def pipeline(self, path: Path, config: PipelineConfig) -> None:
@@ -381,7 +383,9 @@ class _Collector:
             except StepError as error:
                 self.report.problems.append(ConfigProblem(str(error), file=display, line=1))
                 continue
-            self.statements.append(_Sql(sql, {}, display, 1))
+            script = _Sql(sql, {}, display, 1)
+            self.statements.append(script)
+            self.scripts.append(script)
             arguments = _procedure_parameters(sql)
             values = {**{n: _representative(n, t, self.names) for n, t in arguments.items()},
                       **self.procedure_args.get(item.name, {})}
@@ -578,6 +582,107 @@ def _format(dynamic: _Dynamic, values: Mapping[str, str]) -> tuple[str | None, s
     return "".join(out), None
 
 
+# ---- the statements of a procedure's body --------------------------------------------------------------
+
+# Statements analyzed inside a procedure: procedure arguments and typed DECLAREd variables are declared as
+# query parameters of the same type (they are typed values in the statement, as parameters are). One
+# difference: a STRING parameter coerces to DATE/TIMESTAMP where a STRING variable does not, so that one
+# mistake passes here.
+_BODY_STATEMENTS = frozenset({"ASTQueryStatement", "ASTInsertStatement", "ASTUpdateStatement",
+                              "ASTDeleteStatement", "ASTMergeStatement"})
+_PARAMETER_TYPES = frozenset({"STRING", "INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC", "BOOL", "DATE", "DATETIME",
+                              "TIMESTAMP", "TIME", "BYTES", "JSON", "INTERVAL", "GEOGRAPHY"})
+
+
+def _nodes(node: Any) -> Iterator[Any]:
+    """Every syntax-tree node under `node` (itself included), depth first."""
+    if not type(node).__name__.startswith("AST"):
+        return
+    yield node
+    for name in getattr(node, "__dataclass_fields__", ()):
+        value = getattr(node, name)
+        for child in value if isinstance(value, list) else [value]:
+            if hasattr(child, "__dataclass_fields__"):
+                yield from _nodes(child)
+
+
+class _Source:
+    """The script's text addressed by the parser's byte offsets."""
+
+    def __init__(self, sql: str):
+        self.data = sql.encode("utf-8")
+
+    def text(self, node: Any) -> str:
+        span = node.parse_location_range
+        return self.data[span.start:span.end].decode("utf-8")
+
+    def line(self, node: Any) -> int:
+        return self.data[:node.parse_location_range.start].count(b"\n") + 1
+
+
+def _name(source: _Source, node: Any) -> str:
+    return source.text(node).strip("`").lower()
+
+
+def body_statements(tree: Any, script: _Sql) -> tuple[list[_Sql], list[str]]:
+    """The statements of a parsed procedure script, each with its variables as typed parameters, and
+    notes on the ones that cannot be analyzed alone."""
+    source = _Source(script.sql)
+    variables: dict[str, str | None] = {}
+    temp_tables: set[str] = set()
+    for node in _nodes(tree):
+        kind = type(node).__name__
+        if kind == "ASTFunctionParameter":
+            children = [c for c in _nodes(node) if c is not node]
+            names = [c for c in children if type(c).__name__ == "ASTIdentifier"]
+            types = [c for c in children if type(c).__name__ == "ASTSimpleType"]
+            if names and types:
+                variables[_name(source, names[0])] = source.text(types[0]).upper()
+        elif kind == "ASTVariableDeclaration":
+            children = [c for c in _nodes(node) if c is not node]
+            types = [c for c in children if type(c).__name__ == "ASTSimpleType"]
+            kind_text = source.text(types[0]).upper() if types else None
+            for identifier_list in (c for c in children if type(c).__name__ == "ASTIdentifierList"):
+                for ident in (c for c in _nodes(identifier_list) if type(c).__name__ == "ASTIdentifier"):
+                    variables[_name(source, ident)] = kind_text
+        elif kind == "ASTCreateTableStatement":
+            path = next((c for c in _nodes(node) if type(c).__name__ == "ASTPathExpression"), None)
+            if path is not None:
+                temp_tables.add(_name(source, path))
+    statements, notes = [], []
+    for node in _nodes(tree):
+        if type(node).__name__ not in _BODY_STATEMENTS:
+            continue
+        start = node.parse_location_range.start
+        text, line = source.text(node), source.line(node)
+        where = f"{script.file}:{script.first_line + line - 1}"
+        replacements: list[tuple[int, int, str]] = []
+        parameters: dict[str, dict[str, str]] = {}
+        skip = "it reads a system variable (@@)" if "@@" in text else None
+        for path in (c for c in _nodes(node) if type(c).__name__ == "ASTPathExpression"):
+            first = next((c for c in _nodes(path) if type(c).__name__ == "ASTIdentifier"), None)
+            name = _name(source, first) if first is not None else ""
+            if name in temp_tables:
+                skip = skip or f"it reads the script's table {name}"
+            if name not in variables or any(r[0] == first.parse_location_range.start - start for r in replacements):
+                continue
+            kind = variables[name]
+            if kind not in _PARAMETER_TYPES:
+                skip = skip or f"variable {name} has no simple declared type"
+                continue
+            parameters[name] = {"type": kind}
+            span = first.parse_location_range
+            replacements.append((span.start - start, span.end - start, f"@{name}"))
+        if skip:
+            notes.append(f"{where}: statement not analyzed: {skip}")
+            continue
+        data = text.encode("utf-8")
+        for begin, end, value in sorted(replacements, reverse=True):
+            data = data[:begin] + value.encode() + data[end:]
+        statements.append(_Sql(data.decode("utf-8"), parameters, script.file, script.first_line + line - 1))
+    return statements, notes
+
+
 # ---- the check ---------------------------------------------------------------------------------------------
 
 
@@ -610,14 +715,24 @@ def check_sql(configs_dir: Path, names: SqlNames | None = None) -> SqlCheckRepor
     catalog.add_schema_dirs()
     tables = index_tables([*catalog.tables, *step_tables])  # a step's own pairing wins over the file name
     seen: set[tuple[str, str, str]] = set()
-    for item in collector.statements:
+
+    def analyze(item: _Sql) -> bool:
         key = (item.file, item.sql, repr(sorted(item.parameters.items())))
         if key in seen:
-            continue
+            return True
         seen.add(key)
         report.statements += 1
         refusal = analyzer.check(Statement(item.sql, item.parameters), tables)
         if refusal is not None:
             report.problems.append(item.problem(refusal.message))
+        return refusal is None
+
+    accepted = {id(item) for item in collector.statements if analyze(item)}
+    for script in collector.scripts:
+        if id(script) in accepted:
+            statements, notes = body_statements(analyzer.parse_script(script.sql), script)
+            report.notes.extend(notes)
+            for item in statements:
+                analyze(item)
     report.seconds = time.perf_counter() - clock
     return report

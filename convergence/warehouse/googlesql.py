@@ -194,6 +194,10 @@ class GoogleSql:
 
     # ---- analysis ----
 
+    def parse_script(self, sql: str) -> Any:
+        """The script's syntax tree (nodes carry byte ranges); raises on a syntax error."""
+        return self._parser.parse_script(sql)
+
     def check(self, statement: Statement, tables: Mapping[str, TableSchema] | None = None) -> Refusal | None:
         """None if BigQuery's front end accepts the statement, else the refusal (known differences excused)."""
         message = self._refusal(statement, tables or {})
