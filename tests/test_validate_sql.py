@@ -55,11 +55,11 @@ TRANSFORM_FILE = """
 
 GOOD_SELECT = """
     -- {project_id}, {org_dataset}; @org_slug, @start_date, @end_date, @min_cost
-    SELECT org_slug, provider, SUM(cost) AS total_cost
-    FROM `{project_id}.{org_dataset}.costs`
+    SELECT org_slug, provider, SUM(c.cost) AS cost
+    FROM `{project_id}.{org_dataset}.costs` AS c
     WHERE org_slug = @org_slug AND cost_date BETWEEN @start_date AND @end_date
     GROUP BY org_slug, provider
-    HAVING SUM(cost) > @min_cost
+    HAVING SUM(c.cost) > @min_cost
 """
 
 
@@ -70,11 +70,11 @@ def problems_of(configs: Path) -> list[str]:
 def test_a_good_query_file_passes_with_typed_parameters(analyzer: GoogleSql, tmp_path: Path) -> None:
     configs = make_configs(tmp_path, {"example/t.yml": TRANSFORM_FILE, "example/sql/q.sql": GOOD_SELECT})
     report = check_sql(configs, NAMES)
-    assert (report.statements, report.problems) == (1, [])
+    assert (report.statements, report.problems) == (2, [])  # the SELECT, and the INSERT into costs_out
 
 
 def test_a_reserved_alias_in_a_query_file_names_file_and_line(analyzer: GoogleSql, tmp_path: Path) -> None:
-    planted = GOOD_SELECT.replace("AS total_cost\n", "AS at\n")
+    planted = GOOD_SELECT.replace("AS cost\n", "AS at\n")
     configs = make_configs(tmp_path, {"example/t.yml": TRANSFORM_FILE, "example/sql/q.sql": planted})
     [problem] = problems_of(configs)
     assert problem == "configs/example/sql/q.sql:2: Syntax error: Unexpected keyword AT"
@@ -94,6 +94,22 @@ def test_a_parameter_of_the_wrong_type_is_refused(analyzer: GoogleSql, tmp_path:
     # This refusal carries no location: the line where the statement starts.
     assert problem == ("configs/example/sql/q.sql:2: No matching signature for operator > for argument types: "
                        "NUMERIC, DATE")
+
+
+def test_a_select_is_checked_against_its_destination_columns_and_types(analyzer: GoogleSql,
+                                                                        tmp_path: Path) -> None:
+    select = ("SELECT org_slug, provider, SUM(cost) AS cost\nFROM `{project_id}.{org_dataset}.costs`\n"
+              "GROUP BY org_slug, provider\n")
+    configs = make_configs(tmp_path, {"example/t.yml": TRANSFORM_FILE, "example/sql/q.sql": select})
+    report = check_sql(configs, NAMES)
+    assert (report.statements, report.problems) == (2, [])  # the SELECT, and the INSERT into costs_out
+    (configs / "example/sql/q.sql").write_text(select.replace("AS cost", "AS total_cost"))
+    assert problems_of(configs) == ["configs/example/t.yml:9 [steps.0.config.destination]: the SELECT produces "
+                                    "columns the destination does not have: ['total_cost']"]
+    (configs / "example/sql/q.sql").write_text(select.replace("SUM(cost) AS cost", "MAX(provider) AS cost"))
+    [problem] = problems_of(configs)
+    assert problem.startswith("configs/example/sql/q.sql:1: writing to costs_out: Query column 3 has type "
+                              "STRING which cannot be inserted into column cost, which has type NUMERIC")
 
 
 def test_an_aggregate_of_an_aggregate_in_having_in_an_inline_query_names_the_yaml_line(
@@ -195,7 +211,7 @@ def test_the_statements_of_a_procedure_body_are_analyzed_with_its_typed_argument
 
 def test_the_cli_lists_the_refusal_with_file_and_line_and_exits_non_zero(analyzer: GoogleSql,
                                                                         tmp_path: Path) -> None:
-    planted = GOOD_SELECT.replace("AS total_cost\n", "AS at\n")
+    planted = GOOD_SELECT.replace("AS cost\n", "AS at\n")
     configs = make_configs(tmp_path, {"example/t.yml": TRANSFORM_FILE, "example/sql/q.sql": planted})
     _add_command_groups()
     result = CliRunner().invoke(cli, ["validate", str(configs)])
@@ -217,7 +233,7 @@ def test_the_repository_configs_pass(analyzer: GoogleSql) -> None:
 
 
 def test_without_the_analyzer_validate_says_it_skipped_the_sql_and_checks_the_rest(tmp_path: Path) -> None:
-    planted = GOOD_SELECT.replace("AS total_cost\n", "AS at\n")
+    planted = GOOD_SELECT.replace("AS cost\n", "AS at\n")
     bad_step = TRANSFORM_FILE.replace("pipeline_id: example-t", "pipeline_id: example-u").replace(
         "generic.local_bq_transformer", "nowhere.nothing")
     configs = make_configs(tmp_path, {"example/t.yml": TRANSFORM_FILE, "example/sql/q.sql": planted,

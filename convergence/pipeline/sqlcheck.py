@@ -107,6 +107,7 @@ class _Sql:
     file: str
     first_line: int
     exact_lines: bool = True
+    destination: _Destination | None = None  # a transformer's SELECT: the table it is written to
 
     def problem(self, message: str) -> ConfigProblem:
         text = _STATUS.sub("", message.strip())
@@ -119,6 +120,48 @@ class _Sql:
             if self.exact_lines:
                 line = self.first_line + int(found.group(1)) - 1
         return ConfigProblem(text, file=self.file, line=line)
+
+
+@dataclass(frozen=True)
+class _Destination:
+    """A transformer's destination, as local_bq_transformer writes it."""
+
+    table_id: str
+    fields: list[dict[str, Any]]
+    columns: list[str] | None  # destination.columns: the columns named explicitly
+    mode: str
+    key_columns: list[str]
+    date_column: str | None
+    file: str  # the pipeline, for errors
+    path: str
+    line: int
+
+    def problems(self, produced: list[str]) -> list[str]:
+        """What local_bq_transformer refuses before writing, given the columns the SELECT produces."""
+        known = {str(f["name"]) for f in self.fields}
+        extra = [c for c in produced if c not in known]
+        if extra:
+            return [f"the SELECT produces columns the destination does not have: {extra}"]
+        required = [str(f["name"]) for f in self.fields if str(f.get("mode", "")).upper() == "REQUIRED"]
+        missing = [c for c in required if c not in produced]
+        if missing and not self.columns:
+            return [f"the SELECT does not produce the destination's REQUIRED columns {missing}"]
+        columns = self.columns or produced
+        out = []
+        if self.mode == "merge" and (not self.key_columns or any(k not in columns for k in self.key_columns)):
+            out.append("write_mode merge needs destination.key_columns among the destination columns")
+        if self.mode == "range_replace" and self.date_column not in columns:
+            out.append(f"date_column {self.date_column} is not a destination column")
+        return out
+
+    def insert(self, select: str, produced: list[str]) -> str:
+        """The INSERT local_bq_transformer sends in write_mode append (the other modes insert the same
+        columns through MERGE ... INSERT): it checks each column's type against the destination's."""
+        column_list = ", ".join(f"`{c}`" for c in (self.columns or produced))
+        sql = f"INSERT INTO `{self.table_id}` ({column_list})\nSELECT {column_list} FROM (\n{select}\n) AS src"
+        if self.mode == "range_replace":  # the replaced range, as the MERGE's source selects it
+            sql += f"\nWHERE src.`{self.date_column}` BETWEEN @start_date AND @end_date"
+        return sql
 
 
 # ---- the catalog -----------------------------------------------------------------------------------------
@@ -295,7 +338,7 @@ class _Collector:
         return target.read_text(encoding="utf-8"), _display(target, self.configs_dir), 1, True
 
     def _render(self, text: tuple[str, str, int, bool], identifiers: Mapping[str, str],
-                parameters: Mapping[str, str]) -> None:
+                parameters: Mapping[str, str], destination: _Destination | None = None) -> None:
         from convergence.processors.sql.templating import render_identifiers
 
         sql, file, first_line, exact = text
@@ -313,7 +356,8 @@ class _Collector:
             self.report.problems.append(ConfigProblem("the query must be a single SELECT statement", file=file,
                                                       line=first_line))
             return
-        self.statements.append(_Sql(body, {k: {"type": v} for k, v in parameters.items()}, file, first_line, exact))
+        self.statements.append(_Sql(body, {k: {"type": v} for k, v in parameters.items()}, file, first_line, exact,
+                                    destination))
 
     def _transformer(self, path: Path, display: str, index: int, step: StepConfig, names: Mapping[str, Any]) -> None:
         text = self._text(path, display, ("steps", index, "config"), step.config, "query", "sql_file", names)
@@ -323,7 +367,28 @@ class _Collector:
         parameters.update(_parameter_types(step.config.get("parameters"), names))
         dataset = self.names.org_dataset
         self._render(text, {"project_id": self.names.project_id, "org_dataset": dataset, "dataset": dataset},
-                     parameters)
+                     parameters, self._destination(step, names, display, path, index))
+
+    def _destination(self, step: StepConfig, names: Mapping[str, Any], display: str, path: Path,
+                     index: int) -> _Destination | None:
+        from convergence.processors.generic._common import write_mode
+
+        destination = _resolved(step.config.get("destination"), names)
+        if not isinstance(destination, Mapping):
+            return None
+        table, schema_file = destination.get("table"), destination.get("schema_file")
+        if not (isinstance(table, str) and _IDENT.fullmatch(table) and isinstance(schema_file, str)):
+            return None  # an existing table: its columns are known only at run time
+        fields = self.catalog.fields(self.base / schema_file) if (self.base / schema_file).is_file() else None
+        if fields is None:
+            return None
+        columns = destination.get("columns")
+        return _Destination(f"{self.names.project_id}.{self.names.org_dataset}.{table}", fields,
+                            [str(c) for c in columns] if isinstance(columns, list) and columns else None,
+                            write_mode(destination.get("write_mode"), "append"),
+                            [str(k) for k in destination.get("key_columns") or []],
+                            destination.get("date_column"), display, f"steps.{index}.config.destination",
+                            _yaml_value_line(path, ("steps", index, "config", "destination"))[0])
 
     def _bq_etl(self, path: Path, display: str, index: int, step: StepConfig, names: Mapping[str, Any]) -> None:
         source = step.config.get("source") or {}
@@ -683,6 +748,33 @@ def body_statements(tree: Any, script: _Sql) -> tuple[list[_Sql], list[str]]:
     return statements, notes
 
 
+def _check_destination(analyzer: Any, item: _Sql, tables: Mapping[str, Any], report: SqlCheckReport) -> int:
+    """The columns a transformer's SELECT produces against its destination, and the INSERT of them (types).
+    Returns the number of statements analyzed."""
+    from convergence.warehouse.googlesql import Statement
+
+    destination = item.destination
+    assert destination is not None
+    produced = analyzer.output_columns(Statement(item.sql, item.parameters), tables)
+    problems = destination.problems(produced)
+    for message in problems:
+        report.problems.append(ConfigProblem(message, destination.path, destination.file, destination.line))
+    if problems:
+        return 0
+    refusal = analyzer.check(Statement(destination.insert(item.sql, produced), item.parameters), tables)
+    if refusal is not None:
+        # The INSERT's line n + 2 is the SELECT's line n; its first two lines are the wrapper's own.
+        found = _LOCATION.search(refusal.message)
+        if found and int(found.group(1)) > 2:
+            message = _LOCATION.sub(f" [at {int(found.group(1)) - 2}:{found.group(2)}]", refusal.message)
+        else:
+            message = _LOCATION.sub("", refusal.message)
+        problem = item.problem(message)
+        report.problems.append(ConfigProblem(f"writing to {destination.table_id.rsplit('.', 1)[-1]}: "
+                                             f"{problem.message}", file=problem.file, line=problem.line))
+    return 1
+
+
 # ---- the check ---------------------------------------------------------------------------------------------
 
 
@@ -728,6 +820,9 @@ def check_sql(configs_dir: Path, names: SqlNames | None = None) -> SqlCheckRepor
         return refusal is None
 
     accepted = {id(item) for item in collector.statements if analyze(item)}
+    for item in collector.statements:
+        if item.destination is not None and id(item) in accepted:
+            report.statements += _check_destination(analyzer, item, tables, report)
     for script in collector.scripts:
         if id(script) in accepted:
             statements, notes = body_statements(analyzer.parse_script(script.sql), script)

@@ -205,17 +205,25 @@ class GoogleSql:
             return None
         return Refusal(statement.sql, message)
 
+    def output_columns(self, statement: Statement, tables: Mapping[str, TableSchema] | None = None) -> list[str]:
+        """The names of the columns a query produces; raises if the analyzer refuses it."""
+        resolved = self._analyze(statement, tables or {})
+        return [column.name for column in getattr(resolved, "output_column_list", None) or []]
+
+    def _analyze(self, statement: Statement, tables: Mapping[str, TableSchema]) -> Any:
+        options = self._types.AnalyzerOptions(
+            language_options=self.language,  # ONE_LINE: the message ends with "[at line:column]"
+            error_message_mode=self._types.ErrorMessageMode.ERROR_MESSAGE_ONE_LINE,
+            query_parameters=[self._types.AnalyzerOptions.QueryParameter(name=name, type=self._type(spec))
+                              for name, spec in statement.parameters.items()])
+        return self._api.Analyzer(options, self._catalog(statement, tables)).analyze_statement(statement.sql)
+
     def _refusal(self, statement: Statement, tables: Mapping[str, TableSchema]) -> str | None:
         try:
             if statement.is_script:
                 self._parser.parse_script(statement.sql)
             else:
-                options = self._types.AnalyzerOptions(
-                    language_options=self.language,  # ONE_LINE: the message ends with "[at line:column]"
-                    error_message_mode=self._types.ErrorMessageMode.ERROR_MESSAGE_ONE_LINE,
-                    query_parameters=[self._types.AnalyzerOptions.QueryParameter(name=name, type=self._type(spec))
-                                      for name, spec in statement.parameters.items()])
-                self._api.Analyzer(options, self._catalog(statement, tables)).analyze_statement(statement.sql)
+                self._analyze(statement, tables)
         except Exception as error:  # noqa: BLE001 - every refusal is reported, whatever its class
             return str(error) or type(error).__name__
         return None
