@@ -115,8 +115,12 @@ def test_dockerignore_keeps_every_package_and_drops_the_rest():
     listed = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--directory"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     if listed.returncode == 0:
-        scratch = {line.split("/")[0] for line in listed.stdout.splitlines() if line.strip()}
-        sent = sorted(name for name in scratch if not ignored(name, rules) and (REPO / name).is_dir())
+        def dropped(path: str) -> bool:  # the path or one of its folders is ignored
+            parts = path.strip("/").split("/")
+            return any(ignored("/".join(parts[:n]), rules) for n in range(1, len(parts) + 1))
+
+        scratch = {line.strip() for line in listed.stdout.splitlines() if line.strip()}
+        sent = sorted(path for path in scratch if not dropped(path) and (REPO / path).is_dir())
         assert not sent, f"git-ignored directories sent to the Docker engine: {sent}"
     assert not ignored("README.md", rules) and not ignored("pyproject.toml", rules)  # pip install . needs them
     assert not ignored("configs", rules)

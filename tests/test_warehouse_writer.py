@@ -171,13 +171,16 @@ def test_timestamp_range_is_half_open_on_days(env):
     assert count_rows(client, result.table_id) == len(events) + 2
 
 
-def test_small_append_streams_large_append_loads_in_batches(env, monkeypatch):
+def test_small_append_streams_only_when_asked_large_append_loads_in_batches(env, monkeypatch):
     settings, client, org, dataset, files = env
     counting = CountingClient(client)
     writer = Writer(counting, settings)  # type: ignore[arg-type]
-    small = writer.write(dataset, "usage", rows(org, 99), org_slug=org, schema_path=files["usage"])
+    small = writer.write(dataset, "usage", rows(org, 99), org_slug=org, schema_path=files["usage"], streaming=True)
     assert (small.method, small.batches) == ("streaming", 1)
     assert counting.counts["insert_rows_json"] == 1 and counting.counts["load_table_from_file"] == 0
+    # By default even a small append is a load job: a later range replace may not touch streamed rows.
+    default = writer.write(dataset, "usage", rows(org, 5, prefix="d"), org_slug=org, schema_path=files["usage"])
+    assert default.method == "load" and counting.counts["insert_rows_json"] == 1
 
     produced = 0
 
@@ -198,11 +201,11 @@ def test_small_append_streams_large_append_loads_in_batches(env, monkeypatch):
     large = writer.write(dataset, "usage", generate(), org_slug=org, schema_path=files["usage"])
     assert (large.method, large.batches, large.rows_written, large.load_jobs) == ("load", 10, 1000, 1)
     assert loaded_after == [1000]  # ten batches spooled, one load job after the last
-    assert count_rows(client, large.table_id) == 1099
+    assert count_rows(client, large.table_id) == 1104
 
-    # An append in a range-managed table goes by load job even when small (no streaming buffer to block DML).
+    # An append in a range-managed table goes by load job even when small and asked to stream.
     ranged = writer.write(dataset, "usage", rows(org, 3, prefix="r"), org_slug=org, date_column="usage_date",
-                          date_range=DAYS, schema_path=files["usage"])
+                          date_range=DAYS, schema_path=files["usage"], streaming=True)
     assert ranged.method == "load"
 
 
@@ -281,7 +284,7 @@ def test_bigquery_5xx_is_transient_and_4xx_permanent(env):
     assert caught.value.code == "GOOGLE_API_UNAVAILABLE" and "range_replace write to" in str(caught.value)
     counting.fail("insert_rows_json", gexc.Forbidden("no access"))
     with pytest.raises(PermanentStepError) as caught:
-        writer.write(dataset, "usage", rows(org, 2), org_slug=org, schema_path=files["usage"])
+        writer.write(dataset, "usage", rows(org, 2), org_slug=org, schema_path=files["usage"], streaming=True)
     assert caught.value.code == "GOOGLE_API_PERMISSION_DENIED"
     assert count_rows(client, f"{client.project}.{dataset}.usage") == 1  # failed writes left nothing
 

@@ -11,11 +11,12 @@ system is held in memory (container contract), so there `spool_bytes` also bound
 cost nothing and the emulator serves them the same way.)
 
 Modes (pipelines declare one in YAML):
-- `append`: insert. A single small batch (< `streaming_insert_threshold` rows) of a plain append goes by
-  streaming insert with deterministic insert ids; anything else by load jobs (resumable upload). Append is
+- `append`: insert, by load jobs (resumable upload). With `streaming=True`, a single small batch
+  (< `streaming_insert_threshold` rows) goes by streaming insert with deterministic insert ids instead.
+  Opt in only for tables that no write ever range-replaces, merges or overwrites: on BigQuery, rows
+  written by `tabledata.insertAll` in the last 30 minutes cannot be changed by UPDATE, DELETE, MERGE or
+  TRUNCATE (the DML page, "Limitations"), so a rerun's range replace over them would fail. Streaming is
   only as idempotent as BigQuery's best-effort insert-id de-duplication: use it for append-only logs.
-  An append that names a `date_range` or `key_columns` (a later batch of a range-managed write) always
-  uses load jobs: rows in the streaming buffer cannot be deleted by the next run's DML on real BigQuery.
 - `overwrite`: replace the org's rows (every row when the table has no `org_slug` column).
 - `truncate`: replace every row of the table.
 - `range_replace`: replace the org's rows whose `date_column` falls in `date_range` (inclusive dates).
@@ -129,9 +130,11 @@ class _Target:
     def org_column(self) -> bool:
         return self.org_slug is not None and "org_slug" in self.columns
 
+    streaming: bool = False
+
     @property
     def streaming_allowed(self) -> bool:
-        return self.mode is WriteMode.APPEND and self.date_range is None and not self.keys
+        return self.streaming and self.mode is WriteMode.APPEND and self.date_range is None and not self.keys
 
 
 def _as_date(value: Any, what: str) -> date:
@@ -290,13 +293,15 @@ class Writer:
               mode: WriteMode | str = WriteMode.APPEND, org_slug: str | None = None,
               date_column: str | None = None, date_range: tuple[Any, Any] | None = None,
               key_columns: Sequence[str] | None = None, schema_path: str | Path | None = None,
-              partitioning: Any = None, clustering: Sequence[str] | None = None) -> WriteResult:
+              partitioning: Any = None, clustering: Sequence[str] | None = None,
+              streaming: bool = False) -> WriteResult:
         started = time.perf_counter()
         calls = _Calls()
         doing = f"{mode} write to {dataset}.{table}"
         try:
             target = self._target(dataset, table, mode, org_slug, date_column, date_range, key_columns,
                                   schema_path, partitioning, clustering, calls)
+            target.streaming = streaming
             doing = f"{target.mode.value} write to {target.table_id}"
             checker = _RowChecker(target)
             batches = _batched(rows, self.batch_size, checker)

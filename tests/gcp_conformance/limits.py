@@ -4,8 +4,9 @@ Numbers are from Google's BigQuery "Quotas and limits" page and the DML page ("T
 manipulation language"), as read on 2026-12-02:
 - UPDATE, DELETE and MERGE (mutating DML) per table: 2 run concurrently, up to 20 more are queued; past
   that BigQuery fails the statement.
-- Table modifications per table per day: 1,500 (load, copy and query jobs that write a destination table,
-  and DML that writes it).
+- Table modifications per table per day: 1,500 (load, copy and query jobs that write a destination table).
+  DML statements and metadata updates do not count ("Optimize load jobs" page, "Table operations that
+  don't count toward the quota"); DML has its own concurrency limit below.
 - Table metadata update operations per table: 5 per 10 seconds (tables.insert/patch/update, DDL, and job
   output: load, copy and query jobs writing the table).
 - Rows written by `tabledata.insertAll` within the last 30 minutes cannot be modified by UPDATE, DELETE,
@@ -198,7 +199,6 @@ class Limits:
             if statement.kind == "DDL":
                 self._metadata_update(statement.table_id, "DDL")
                 continue
-            self._modification(statement.table_id, statement.kind)
             if statement.mutates_existing_rows:
                 self._streaming_buffer(statement)
             if statement.kind in ("UPDATE", "DELETE", "MERGE"):

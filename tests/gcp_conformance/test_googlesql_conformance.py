@@ -187,6 +187,15 @@ def test_table_modifications_past_1500_a_day_are_refused(tmp_path: Path, own_vio
         layer._modification("p.d.t", "load job")
 
 
+def test_dml_is_not_a_table_modification(tmp_path: Path, own_violations: Path) -> None:
+    """DML does not count toward the 1,500 a day (it has its own concurrency limit); load jobs do."""
+    layer = limits.Limits(tmp_path / "state")
+    for i in range(1_501):
+        layer.before("POST", "/projects/p/jobs", _job(f"i{i}", "INSERT INTO `p.d.t` (v) VALUES (1)"))
+    assert not (tmp_path / "state" / "modifications").exists() or not any(
+        (tmp_path / "state" / "modifications").iterdir())
+
+
 def test_which_tables_a_statement_writes() -> None:
     found = limits.targeted_statements(
         "MERGE INTO `p.d.a` T USING s ON TRUE WHEN MATCHED THEN UPDATE SET x = 1; INSERT INTO d.b (x) VALUES (1);"
