@@ -168,7 +168,7 @@ async def test_a_handler_over_its_budget_is_cut_and_nacked_before_the_ack_deadli
     elapsed = time.monotonic() - started
     assert response.status == 503
     assert (await response.json())["error"] == "deadline_exceeded"
-    assert 0.5 <= elapsed < 2.0
+    assert 0.5 <= elapsed < 10  # cut at 0.5 s, far before the handler's 30 s (loose: loaded machines)
     assert handler.calls[0].deadline_seconds == 0.5
     assert handler.cancelled == 1
 

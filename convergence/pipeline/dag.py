@@ -52,39 +52,3 @@ def find_cycle(steps: Sequence[StepConfig]) -> list[str] | None:
         if step_id not in state and (found := visit(step_id)):
             return found
     return None
-
-
-def execution_levels(steps: Sequence[StepConfig]) -> list[list[str]]:
-    """Steps grouped by depth: every step of a level can run once the levels before it are done."""
-    depth: dict[str, int] = {}
-    by_id = {s.step_id: s for s in steps}
-
-    def level_of(step_id: str) -> int:
-        if step_id not in depth:
-            parents = by_id[step_id].depends_on
-            depth[step_id] = 1 + max((level_of(p) for p in parents), default=-1)
-        return depth[step_id]
-
-    levels: list[list[str]] = []
-    for step in steps:
-        lvl = level_of(step.step_id)
-        while len(levels) <= lvl:
-            levels.append([])
-        levels[lvl].append(step.step_id)
-    return levels
-
-
-def dependents_of(steps: Sequence[StepConfig], step_id: str) -> set[str]:
-    """All steps that depend, directly or not, on `step_id`."""
-    children: dict[str, list[str]] = {}
-    for step in steps:
-        for dep in step.depends_on:
-            children.setdefault(dep, []).append(step.step_id)
-    found: set[str] = set()
-    todo = list(children.get(step_id, []))
-    while todo:
-        node = todo.pop()
-        if node not in found:
-            found.add(node)
-            todo.extend(children.get(node, []))
-    return found
