@@ -18,7 +18,13 @@ from typing import Any
 import structlog
 
 from convergence.consumer.admission import AdmissionControl
-from convergence.consumer.observers import CompositeObserver, EventObserver, RunLogObserver
+from convergence.consumer.observers import (
+    CompositeObserver,
+    EventObserver,
+    RunLogObserver,
+    publish_confirmed,
+    success_event_from_record,
+)
 from convergence.consumer.outcome import Outcome, OutcomeKind
 from convergence.notifications.notifier import NotificationObserver
 from convergence.observability.logging import run_context
@@ -27,12 +33,16 @@ from convergence.observability.tracing import with_trace_id
 from convergence.pipeline import ConfigError, Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
 from convergence.runtime.batching import GroupCommit
 from convergence.schemas import EventType, MessageRejected, PipelineEvent, RunRequest, decode_run_request
+from convergence.schemas.errors import UNKNOWN_ORG
 from convergence.schemas.events import EventError
+from convergence.tenancy.gate import INVALID_ORG_SLUG, ORG_NOT_FOUND
 
 log = structlog.get_logger(__name__)
 
-# Rows of rejected messages whose org cannot be trusted are filed under this reserved slug.
-UNKNOWN_ORG = "__unknown"
+# Gate refusals that mean the request names no org that exists: filed under UNKNOWN_ORG, so a future org
+# of that name never inherits rows anyone could have written under its name.
+_NO_SUCH_ORG = frozenset({INVALID_ORG_SLUG, ORG_NOT_FOUND})
+_EVENTS_UNAVAILABLE = "EVENTS_UNAVAILABLE"
 
 Notifier = Callable[[Outcome], Awaitable[None]]
 
@@ -109,7 +119,7 @@ class RunHandler:
                               attempt: int, deadline_seconds: float | None) -> Outcome:
         admission = await self.admission.admit(request.run_id, request.org_slug)
         if admission.already_succeeded:
-            return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code="ALREADY_SUCCEEDED")
+            return await self._already_succeeded(request)
         decision = admission.decision
         assert decision is not None
         if not decision.allowed:
@@ -132,14 +142,18 @@ class RunHandler:
             parameters=dict(request.parameters), trigger=request.trigger, attempt=attempt,
             trace_id=request.trace_id, services=self.services,
         )
+        events = EventObserver(self.services.events, request, attempt)
         observer = CompositeObserver([
-            RunLogObserver(self.services.runlog, request, attempt, self.commit_runlog),
-            EventObserver(self.services.events, request, attempt),
+            RunLogObserver(self.services.runlog, request, attempt, self.commit_runlog), events,
             MetricsObserver(request.pipeline), NotificationObserver(self.services, self.registry),
         ])
         executor = Executor(self.registry, observer=observer, classifiers=self.services.error_classifiers)
         result = await executor.run(config, context)
         await self.commit_runlog()  # raises when the rows could not be written: the message is nacked
+        # Only now the final event: whoever sees it finds the outcome in the run log. Not confirmed: the
+        # message comes back (a success is then ALREADY_SUCCEEDED and publishes the same event again).
+        if not await events.publish_final() and not result.retryable:
+            return self._events_unavailable(request.run_id, request.org_slug)
         if result.status is RunStatus.SUCCESS:
             return Outcome(OutcomeKind.SUCCEEDED, request.run_id, request.org_slug)
         error = result.error
@@ -154,39 +168,61 @@ class RunHandler:
         await self._notify(outcome)
         return outcome
 
+    async def _already_succeeded(self, request: RunRequest) -> Outcome:
+        """A redelivery of a run that already succeeded: its final event again (same event_id), in case the
+        process that ran it died between the commit and the publish."""
+        record = await asyncio.to_thread(self.services.runlog.latest_run, request.run_id, request.org_slug)
+        if record is None or record.status != "SUCCESS":  # admission saw the success row: not expected
+            log.warning("already succeeded, but the run log shows no success row", status=getattr(
+                record, "status", None))
+        elif not await publish_confirmed(self.services.events, success_event_from_record(request, record)):
+            return self._events_unavailable(request.run_id, request.org_slug)
+        return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code="ALREADY_SUCCEEDED")
+
     async def _reject(self, request: RunRequest, attempt: int, code: str, message: str) -> Outcome:
         log.warning("run request rejected", code=code, reason=message)
+        org = UNKNOWN_ORG if code in _NO_SUCH_ORG else request.org_slug
         self.services.runlog.record_rejected(
-            run_id=request.run_id, org_slug=request.org_slug, pipeline=request.pipeline, trigger=request.trigger,
+            run_id=request.run_id, org_slug=org, pipeline=request.pipeline, trigger=request.trigger,
             attempt=attempt, code=code, message=message, parameters=dict(request.parameters),
             trace_id=request.trace_id, write=False,
         )
         await self.commit_runlog()
-        self._publish_rejected(PipelineEvent.for_request(
-            EventType.REQUEST_REJECTED, request, attempt=attempt, status="REJECTED",
-            error=EventError(code=code, message=message)))
-        return Outcome(OutcomeKind.REJECTED, request.run_id, request.org_slug, code=code, message=message)
+        event = PipelineEvent.for_request(EventType.REQUEST_REJECTED, request, org_slug=org, attempt=attempt,
+                                          status="REJECTED", error=EventError(code=code, message=message))
+        if not await publish_confirmed(self.services.events, event):
+            return self._events_unavailable(request.run_id, org)
+        return Outcome(OutcomeKind.REJECTED, request.run_id, org, code=code, message=message)
 
     async def _reject_undecodable(self, attributes: Mapping[str, str], message_id: str, attempt: int,
                                   error: MessageRejected) -> Outcome:
-        org = attributes.get("org_slug", "")
-        org = org if _looks_like_slug(org) else UNKNOWN_ORG
+        # The body cannot be read, or contradicts its attributes (ATTRIBUTE_MISMATCH): an org is named by an
+        # attribute at most, and an attribute alone is trusted with no org's history. The run_id only
+        # names the message.
+        org = UNKNOWN_ORG
+        claimed = attributes.get("org_slug", "")
         run_id = attributes.get("run_id", "")
         run_id = run_id if _looks_like_run_id(run_id) else f"msg_{message_id}"
         with run_context(run_id=run_id, org_slug=org, message_id=message_id):
-            log.warning("malformed run request rejected", code=error.code, reason=str(error))
+            log.warning("malformed run request rejected", code=error.code, reason=str(error),
+                        claimed_org=claimed[:60] if _looks_like_slug(claimed) else None)
             self.services.runlog.record_rejected(
                 run_id=run_id, org_slug=org, pipeline=None, trigger=None, attempt=attempt, code=error.code,
                 message=str(error), parameters=None, trace_id=None, write=False,
             )
             await self.commit_runlog()
-            self._publish_rejected(PipelineEvent(
+            event = PipelineEvent(
                 event_type=EventType.REQUEST_REJECTED, run_id=run_id, org_slug=org, pipeline=None,
-                attempt=attempt, status="REJECTED", error=EventError(code=error.code, message=str(error))))
+                attempt=attempt, status="REJECTED", error=EventError(code=error.code, message=str(error)))
+            if not await publish_confirmed(self.services.events, event):
+                return self._events_unavailable(run_id, org)
         return Outcome(OutcomeKind.REJECTED, run_id, org, code=error.code, message=str(error))
 
-    def _publish_rejected(self, event: PipelineEvent) -> None:
-        self.services.events.publish_event(event)
+    @staticmethod
+    def _events_unavailable(run_id: str, org: str) -> Outcome:
+        """The outcome is recorded but its event is not out: nacked, the redelivery publishes it (same id)."""
+        return Outcome(OutcomeKind.RETRY, run_id, org, code=_EVENTS_UNAVAILABLE,
+                       message="the final event could not be published; the message comes back")
 
     async def _notify(self, outcome: Outcome) -> None:
         if self.notify is None:

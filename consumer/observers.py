@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -46,13 +47,16 @@ class CompositeObserver(RunObserver):
 
 
 class EventObserver(RunObserver):
-    """Publishes pipeline_started, step_started, step_completed/step_failed and pipeline_completed."""
+    """Publishes pipeline_started, step_started and step_completed/step_failed as the run goes, and builds
+    its pipeline_completed, which the handler publishes with `publish_final` once the run's final run-log
+    row is committed: a reader that sees the final event finds the run's outcome in the run log."""
 
     def __init__(self, publisher: Any, request: RunRequest, attempt: int):
         self.publisher = publisher
         self.request = request
         self.attempt = attempt
         self._sent: list[Any] = []
+        self.final: PipelineEvent | None = None
 
     def _publish(self, event_type: EventType, **fields: Any) -> None:
         event = PipelineEvent.for_request(event_type, self.request, attempt=self.attempt, **fields)
@@ -77,18 +81,66 @@ class EventObserver(RunObserver):
         )
 
     async def pipeline_finished(self, result: PipelineResult, context: RunContext) -> None:
-        self._publish(
-            EventType.PIPELINE_COMPLETED, pipeline_id=result.pipeline_id, status=result.status.value,
-            rows_processed=result.rows_processed, duration_ms=result.duration_ms,
+        self.final = final_event(
+            self.request, pipeline_id=result.pipeline_id, status=result.status.value, attempt=self.attempt,
+            rows_processed=result.rows_processed, duration_ms=result.duration_ms, ended_at=result.ended_at,
             error=EventError.from_error_info(result.error) if result.error else None,
         )
-        # This run's events are out before its message is acked (other runs' events are not waited for).
-        sent = [asyncio.wrap_future(future) for future in self._sent]
-        done, pending = await asyncio.wait(sent, timeout=_EVENTS_TIMEOUT_SECONDS)
-        for future in pending:
-            future.cancel()
-        if pending:
-            log.error("events not confirmed in time", pending=len(pending), timeout_s=_EVENTS_TIMEOUT_SECONDS)
+        # The step events are out before the run's rows are committed (other runs' events are not waited for).
+        if not await confirmed(self._sent):
+            log.error("events not confirmed in time", timeout_s=_EVENTS_TIMEOUT_SECONDS)
+
+    async def publish_final(self) -> bool:
+        """Publish pipeline_completed (call after the final run-log row is committed); True once Pub/Sub
+        has it. False: the message must come back, and its redelivery publishes the event again."""
+        if self.final is None:  # building it failed (logged by the CompositeObserver)
+            return False
+        return await publish_confirmed(self.publisher, self.final)
+
+
+def final_event(request: RunRequest, *, pipeline_id: str | None, status: str, attempt: int | None,
+                rows_processed: int | None, duration_ms: int | None, ended_at: datetime | None,
+                error: EventError | None = None, **identity: Any) -> PipelineEvent:
+    """A run's pipeline_completed. It happened when the run ended: a republished copy (a redelivery of a
+    run that already succeeded, built from the run log) says the same as the first one, id included."""
+    fields: dict[str, Any] = {"occurred_at": ended_at} if ended_at is not None else {}
+    fields.update({key: value for key, value in identity.items() if value is not None})
+    return PipelineEvent.for_request(
+        EventType.PIPELINE_COMPLETED, request, pipeline_id=pipeline_id, status=status, attempt=attempt,
+        rows_processed=rows_processed, duration_ms=duration_ms, error=error, **fields)
+
+
+def success_event_from_record(request: RunRequest, record: Any) -> PipelineEvent:
+    """The pipeline_completed of a run the run log shows SUCCESS (a `RunRecord`): the trace and pipeline
+    of the attempt that succeeded, whatever the redelivered copy of the request carries."""
+    return final_event(request, pipeline_id=record.pipeline_id, status="SUCCESS", attempt=record.attempt,
+                       rows_processed=record.rows_processed, duration_ms=record.duration_ms,
+                       ended_at=record.end_time, trace_id=record.trace_id, pipeline=record.pipeline)
+
+
+async def confirmed(sent: Sequence[Any], timeout: float = _EVENTS_TIMEOUT_SECONDS) -> bool:
+    """True when every publish future succeeded within `timeout` (the rest are cancelled)."""
+    if not sent:
+        return True
+    waiting = [asyncio.wrap_future(future) for future in sent]
+    done, pending = await asyncio.wait(waiting, timeout=timeout)
+    for future in pending:
+        future.cancel()
+    return not pending and all(not f.cancelled() and f.exception() is None for f in done)
+
+
+async def publish_confirmed(publisher: Any, event: PipelineEvent,
+                            timeout: float = _EVENTS_TIMEOUT_SECONDS) -> bool:
+    """Publish one event and wait until Pub/Sub has it; False when it could not be published in time."""
+    try:
+        future = publisher.publish_event(event)
+    except Exception:  # noqa: BLE001 - the caller nacks; the redelivery publishes it again
+        log.exception("event could not be published", event_type=event.event_type.value)
+        return False
+    ok = await confirmed([future], timeout)
+    if not ok:
+        log.error("event not confirmed", event_type=event.event_type.value, event_id=event.event_id)
+    return ok
 
 
 class RunLogObserver(RunObserver):

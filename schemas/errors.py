@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# The reserved org slug that rejections are filed under when their org cannot be trusted: the body could
+# not be read or contradicts its attributes (an attribute alone names no org), or the org does not exist.
+# The run log files rows with an invalid slug here too. No org may be onboarded under it.
+UNKNOWN_ORG = "__unknown"
+
 
 class RejectCode(StrEnum):
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"

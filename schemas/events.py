@@ -32,6 +32,7 @@ _NULLABLE_IDENTITY = frozenset({"request_rejected", "dead_lettered"})
 _STEP_EVENTS = frozenset({"step_started", "step_completed", "step_failed"})
 _MASK = "[REDACTED]"  # what observability.logging.redact_secrets writes
 _ERROR_EVENTS = frozenset({"step_failed", "request_rejected", "dead_lettered"})
+_EVENT_NAMESPACE = uuid.UUID("0b9d7c52-3f0e-5a8e-9b1c-7d2f4e6a8c10")  # fixed forever: ids must not change
 
 Status = Literal["PENDING", "RUNNING", "SUCCESS", "FAILED", "TIMEOUT", "SKIPPED", "REJECTED"]
 
@@ -70,7 +71,8 @@ class PipelineEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=_FIELDS["event_id"]["pattern"])
+    # Filled from the event's identity when not given (see event_id_for): a repeat has the same id.
+    event_id: str = Field(pattern=_FIELDS["event_id"]["pattern"])
     schema_version: Literal["1"] = SCHEMA_VERSION
     event_type: EventType
     run_id: str | None = Field(pattern=_FIELDS["run_id"]["pattern"])
@@ -86,6 +88,13 @@ class PipelineEvent(BaseModel):
     trace_id: str | None = Field(default=None, pattern=_FIELDS["trace_id"]["pattern"])
     occurred_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     details: dict[str, Any] = Field(default_factory=dict, max_length=50)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deterministic_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("event_id"):
+            data = {**data, "event_id": _event_id_of(data)}
+        return data
 
     @field_validator("details")
     @classmethod
@@ -130,6 +139,46 @@ class PipelineEvent(BaseModel):
 
     def to_json(self) -> bytes:
         return compact_json(self.to_dict())
+
+
+def event_id_for(event_type: EventType | str, run_id: str | None, *, step_id: str | None = None,
+                 attempt: int | None = None, status: str | None = None, error_code: str | None = None) -> str:
+    """The id of an event: uuid5 over what makes it one logical event, so every repeat of that event (a
+    redelivery, a republish after a crash) carries the same id and readers deduplicate on it.
+
+    - A run's success (pipeline_completed, SUCCESS): run_id only, whatever the attempt. A run succeeds
+      once; a redelivery of a run that already succeeded announces that same success again.
+    - A rejection (request_rejected): run_id and reason code. Redelivered, it is the same decision.
+    - Anything else belongs to one attempt (pipeline_started, step_*, a pipeline_completed that is not a
+      success, dead_lettered with its delivery count): run_id, type, step and attempt. A new attempt is a
+      new execution whose events must not be mistaken for the last one's (the run log keys its rows by
+      run_id and attempt the same way).
+    - No run_id: nothing identifies the event, so the id is random.
+    """
+    kind = EventType(event_type)
+    if not run_id:
+        return uuid.uuid4().hex
+    if kind is EventType.PIPELINE_COMPLETED and status == "SUCCESS":
+        key = [run_id, kind.value, "SUCCESS"]
+    elif kind is EventType.REQUEST_REJECTED:
+        key = [run_id, kind.value, error_code or ""]
+    else:
+        key = [run_id, kind.value, step_id or "", "" if attempt is None else str(attempt)]
+    return uuid.uuid5(_EVENT_NAMESPACE, "\x1f".join(key)).hex
+
+
+def _event_id_of(data: dict[str, Any]) -> str:
+    """event_id_for from an event's raw fields (before validation: enums, models or plain JSON values)."""
+    error = data.get("error")
+    code = error.get("code") if isinstance(error, dict) else getattr(error, "code", None)
+    status = data.get("status")
+    try:
+        return event_id_for(
+            data.get("event_type"), data.get("run_id"), step_id=data.get("step_id"), attempt=data.get("attempt"),
+            status=getattr(status, "value", status), error_code=getattr(code, "value", code),
+        )
+    except (TypeError, ValueError):  # not an event at all: the field validators say why
+        return uuid.uuid4().hex
 
 
 def validate_pipeline_event(data: Any) -> PipelineEvent:

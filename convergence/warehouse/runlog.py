@@ -35,6 +35,7 @@ from google.cloud import bigquery
 
 from convergence.observability import metrics
 from convergence.pipeline.results import PipelineResult, RunStatus, StepResult, StepStatus
+from convergence.schemas.errors import UNKNOWN_ORG
 from convergence.settings import Settings
 from convergence.warehouse.client import call_retry
 from convergence.warehouse.identifiers import InvalidIdentifier, validate_dataset, validate_org_slug
@@ -44,7 +45,6 @@ log = structlog.get_logger(__name__)
 
 RUNS_TABLE = "org_meta_pipeline_runs"
 STEPS_TABLE = "org_meta_step_logs"
-UNKNOWN_ORG = "__unknown"
 DEAD_LETTERED = "DEAD_LETTERED"
 _NAMESPACE = uuid.UUID("6f1c1f0e-5a43-4d0c-9a51-3c0b7b1e2a10")
 _RANK_RUNNING, _RANK_FINAL, _RANK_DEAD = 0, 1, 2
