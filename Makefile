@@ -11,8 +11,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall whenever pyproject.toml changes, so a missing dependency never hides behind an old venv.
+# Then compile Google's SQL analyzer once into wasmtime's cache: `convergence validate` loads it in ~2 s.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c 'from convergence.warehouse.googlesql import GoogleSql; GoogleSql.shared()'
 	touch $(STAMP)
 
 install: $(STAMP)
