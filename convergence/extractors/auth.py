@@ -23,16 +23,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from convergence.extractors.request import PageRequest
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_.\-\[\]]{1,100}$")
 # Headers a config may not take over with `header` auth: they would break or redirect the request.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "cookie"})
 
-
-def _invalid(message: str) -> PermanentStepError:
-    return PermanentStepError(message, code="CONFIG_INVALID")
 
 
 class Auth(ABC):
@@ -62,7 +59,7 @@ class BearerAuth(Auth):
 
     def __init__(self, token: str):
         if not token or any(c in token for c in "\r\n"):
-            raise PermanentStepError("bearer token is empty or malformed", code="CREDENTIAL_INVALID")
+            raise PermanentStepError("bearer token is empty or malformed", code=ErrorCode.CREDENTIAL_INVALID)
         self.token = token
 
     def apply(self, request: PageRequest) -> None:
@@ -77,9 +74,9 @@ class HeaderAuth(Auth):
 
     def __init__(self, key: str, header_name: str = "X-API-Key", prefix: str = ""):
         if not _HEADER_NAME.match(header_name) or header_name.lower() in _RESERVED_HEADERS:
-            raise _invalid(f"auth.header_name {header_name!r} is not an allowed HTTP header name")
+            raise invalid(f"auth.header_name {header_name!r} is not an allowed HTTP header name")
         if not key or any(c in key + prefix for c in "\r\n"):
-            raise PermanentStepError("API key is empty or malformed", code="CREDENTIAL_INVALID")
+            raise PermanentStepError("API key is empty or malformed", code=ErrorCode.CREDENTIAL_INVALID)
         self.key = key
         self.header_name = header_name
         self.prefix = prefix
@@ -96,9 +93,9 @@ class QueryAuth(Auth):
 
     def __init__(self, key: str, param_name: str = "api_key"):
         if not _PARAM_NAME.match(param_name):
-            raise _invalid(f"auth.param_name {param_name!r} is not a valid query parameter name")
+            raise invalid(f"auth.param_name {param_name!r} is not a valid query parameter name")
         if not key:
-            raise PermanentStepError("API key is empty", code="CREDENTIAL_INVALID")
+            raise PermanentStepError("API key is empty", code=ErrorCode.CREDENTIAL_INVALID)
         self.key = key
         self.param_name = param_name
 
@@ -114,7 +111,7 @@ class BasicAuth(Auth):
 
     def __init__(self, username: str, password: str):
         if not username or ":" in username:
-            raise PermanentStepError("basic auth username is empty or contains ':'", code="CREDENTIAL_INVALID")
+            raise PermanentStepError("basic auth username is empty or contains ':'", code=ErrorCode.CREDENTIAL_INVALID)
         self.username = username
         self.password = password
         self._value = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
@@ -134,14 +131,14 @@ def _basic_from_secret(secret: str, username: str | None) -> BasicAuth:
         try:
             data = json.loads(text)
         except ValueError:
-            raise PermanentStepError("basic auth secret is not valid JSON", code="CREDENTIAL_INVALID") from None
+            raise PermanentStepError("basic auth secret is not valid JSON", code=ErrorCode.CREDENTIAL_INVALID) from None
         return BasicAuth(str(username or data.get("username") or ""), str(data.get("password") or ""))
     if username:
         return BasicAuth(username, secret)
     user, sep, password = secret.partition(":")
     if not sep:
         raise PermanentStepError("basic auth needs `username` in the config or a secret 'user:password'",
-                                 code="CREDENTIAL_INVALID")
+                                 code=ErrorCode.CREDENTIAL_INVALID)
     return BasicAuth(user, password)
 
 
@@ -153,12 +150,12 @@ def build_auth(spec: Mapping[str, Any] | None, secret: str | None) -> Auth:
     spec = dict(spec or {})
     kind = str(spec.get("type") or "none").lower()
     if kind not in AUTH_TYPES:
-        raise _invalid(f"auth.type {kind!r} is not one of {', '.join(AUTH_TYPES)}")
+        raise invalid(f"auth.type {kind!r} is not one of {', '.join(AUTH_TYPES)}")
     if kind == "none":
         return NoAuth()
     if not secret:
         raise PermanentStepError(f"auth type {kind} needs a credential and none was found",
-                                 code="CREDENTIAL_NOT_FOUND")
+                                 code=ErrorCode.CREDENTIAL_NOT_FOUND)
     if kind == "bearer":
         return BearerAuth(secret)
     if kind == "header":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import PermanentStepError, StepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, StepError
 
 log = structlog.get_logger(__name__)
 _PROVIDER = re.compile(r"^[A-Z][A-Z0-9_]{1,49}$")
@@ -35,7 +35,7 @@ async def resolve_credential(context: RunContext, provider: str | None = None,
     """The credential for `provider`/`secret_key`, or None when neither is configured."""
     if provider is not None and not _PROVIDER.match(str(provider)):
         raise PermanentStepError(f"auth.provider {provider!r} must be an upper-case provider name such as "
-                                 "VENDOR_API", code="CONFIG_INVALID")
+                                 "VENDOR_API", code=ErrorCode.CONFIG_INVALID)
     if not provider and not secret_key:
         return None
     secrets = context.secrets
@@ -55,7 +55,7 @@ async def resolve_credential(context: RunContext, provider: str | None = None,
     if secret_key:
         looked.append(f"context secrets[{secret_key!r}]")
     raise PermanentStepError(f"org {context.org_slug} has no credential: looked in {', '.join(looked)}",
-                             code="CREDENTIAL_NOT_FOUND")
+                             code=ErrorCode.CREDENTIAL_NOT_FOUND)
 
 
 async def _from_store(context: RunContext, provider: str) -> str | None:
@@ -69,10 +69,10 @@ async def _from_store(context: RunContext, provider: str) -> str | None:
     except LookupError:
         return None
     except StepError as error:
-        if error.code == "CREDENTIAL_NOT_FOUND":
+        if error.code == ErrorCode.CREDENTIAL_NOT_FOUND:
             return None
         raise
     except Exception as error:  # noqa: BLE001 - a decrypt error must not carry key material out
         log.warning("credential lookup failed", provider=provider, error_type=type(error).__name__)
         raise PermanentStepError(f"could not read the {provider} credential of org {context.org_slug} "
-                                 f"({type(error).__name__})", code="CREDENTIAL_DECRYPT_FAILED") from None
+                                 f"({type(error).__name__})", code=ErrorCode.CREDENTIAL_DECRYPT_FAILED) from None

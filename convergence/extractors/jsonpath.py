@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError
 
 _MISSING = object()
 
@@ -37,7 +37,7 @@ def get_path(body: Any, path: str | None, default: Any = None) -> Any:
     current = body
     for part in _parts(path):
         if part == "*":
-            raise PermanentStepError(f"path {path!r}: '*' is only allowed in data_path", code="CONFIG_INVALID")
+            raise PermanentStepError(f"path {path!r}: '*' is only allowed in data_path", code=ErrorCode.CONFIG_INVALID)
         current = _step(current, part)
         if current is _MISSING:
             return default
@@ -77,6 +77,6 @@ def select_rows(body: Any, data_path: str | None) -> list[Any]:
         else:
             raise PermanentStepError(
                 f"data_path {data_path!r} points at a {type(match).__name__}, not a list of records",
-                code="PROVIDER_BAD_RESPONSE",
+                code=ErrorCode.PROVIDER_BAD_RESPONSE,
             )
     return found

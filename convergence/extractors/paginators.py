@@ -23,15 +23,12 @@ from urllib.parse import urljoin, urlsplit
 
 from convergence.extractors.jsonpath import get_path
 from convergence.extractors.request import PageRequest
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 
 _PARAM = re.compile(r"^[A-Za-z0-9_.\-\[\]]{1,100}$")
 # RFC 8288 link-value: <uri>; param=value; rel="next"
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
 
-
-def _invalid(message: str) -> PermanentStepError:
-    return PermanentStepError(message, code="CONFIG_INVALID")
 
 
 def _param_name(spec: Mapping[str, Any], key: str, default: str | None) -> str | None:
@@ -39,7 +36,7 @@ def _param_name(spec: Mapping[str, Any], key: str, default: str | None) -> str |
     if value is None:
         return None
     if not isinstance(value, str) or not _PARAM.match(value):
-        raise _invalid(f"pagination.{key} {value!r} is not a valid query parameter name")
+        raise invalid(f"pagination.{key} {value!r} is not a valid query parameter name")
     return value
 
 
@@ -50,9 +47,9 @@ def _positive_int(spec: Mapping[str, Any], key: str, default: int | None, low: i
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise _invalid(f"pagination.{key} {value!r} is not a whole number") from None
+        raise invalid(f"pagination.{key} {value!r} is not a whole number") from None
     if number < low:
-        raise _invalid(f"pagination.{key} must be at least {low}")
+        raise invalid(f"pagination.{key} must be at least {low}")
     return number
 
 
@@ -117,7 +114,7 @@ class CursorPaginator(Paginator):
         cursor = str(cursor)
         if cursor in self._seen:
             raise PermanentStepError(f"the API returned cursor {cursor[:40]!r} twice; stopping to avoid a loop",
-                                     code="PROVIDER_BAD_RESPONSE")
+                                     code=ErrorCode.PROVIDER_BAD_RESPONSE)
         self._seen.add(cursor)
         request.params[self.param] = cursor
         return True
@@ -235,10 +232,10 @@ class LinkPaginator(Paginator):
         parts = urlsplit(url)
         if not self.allow_other_hosts and (parts.scheme, (parts.hostname or "").lower(), parts.port) != self._origin:
             raise PermanentStepError(f"next-page link points to another host ({parts.hostname}); refused",
-                                     code="PROVIDER_BAD_RESPONSE")
+                                     code=ErrorCode.PROVIDER_BAD_RESPONSE)
         if url in self._seen:
             raise PermanentStepError("the API returned the same next-page link twice; stopping to avoid a loop",
-                                     code="PROVIDER_BAD_RESPONSE")
+                                     code=ErrorCode.PROVIDER_BAD_RESPONSE)
         self._seen.add(url)
         request.url = url
         request.params = {}
@@ -265,7 +262,7 @@ def build_paginator(spec: Mapping[str, Any] | None) -> Paginator:
     if kind == "offset":
         limit = _positive_int(spec, "limit", None)
         if limit is None:
-            raise _invalid("pagination type offset needs `limit` (the page size)")
+            raise invalid("pagination type offset needs `limit` (the page size)")
         return OffsetPaginator(
             limit=limit, offset_param=_param_name(spec, "offset_param", spec.get("param", "offset")),
             limit_param=_param_name(spec, "limit_param", "limit"),
@@ -284,4 +281,4 @@ def build_paginator(spec: Mapping[str, Any] | None) -> Paginator:
         return LinkPaginator(next_url_path=spec.get("next_url_path") or spec.get("response_path"),
                              rel=str(spec.get("rel") or "next"),
                              allow_other_hosts=bool(spec.get("allow_other_hosts", False)), has_more_path=has_more)
-    raise _invalid(f"pagination.type {kind!r} is not one of {', '.join(PAGINATION_TYPES)}")
+    raise invalid(f"pagination.type {kind!r} is not one of {', '.join(PAGINATION_TYPES)}")

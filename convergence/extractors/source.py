@@ -15,7 +15,7 @@ from convergence.extractors.auth import Auth
 from convergence.extractors.jsonpath import select_rows
 from convergence.extractors.paginators import Paginator
 from convergence.extractors.request import PageRequest
-from convergence.pipeline.errors import PermanentStepError, StepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, StepError
 
 
 @dataclass
@@ -49,7 +49,7 @@ async def iter_pages(http: Any, request: PageRequest, auth: Auth, paginator: Pag
         if number > max_pages:
             raise PageFetchError(number, PermanentStepError(
                 f"more than max_pages={max_pages} pages; raise max_pages if the API really has that many",
-                code="TOO_MANY_PAGES"))
+                code=ErrorCode.TOO_MANY_PAGES))
         try:
             await auth.prepare()
             sent = request.copy()

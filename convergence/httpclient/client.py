@@ -19,7 +19,7 @@ import yarl
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from convergence.httpclient.ssrf import AddressGuard, BlockedAddress, is_guarded
-from convergence.pipeline.errors import PermanentStepError, TransientStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, TransientStepError
 
 log = structlog.get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -143,7 +143,7 @@ class HttpClient:
         except (aiohttp.ClientError, TimeoutError) as error:
             raise TransientStepError(
                 f"{self.provider}: network error calling {_no_query(url)}: {type(error).__name__}: {error}",
-                code="PROVIDER_NETWORK_ERROR",
+                code=ErrorCode.PROVIDER_NETWORK_ERROR,
             ) from None
         raise AssertionError("unreachable")
 
@@ -162,7 +162,7 @@ class HttpClient:
                 )
             if response.status in REDIRECT_STATUS:
                 raise PermanentStepError(f"{self.provider}: HTTP {response.status} from {_no_query(url)} "
-                                         "without a Location", code="PROVIDER_BAD_RESPONSE")
+                                         "without a Location", code=ErrorCode.PROVIDER_BAD_RESPONSE)
             if response.status == 204:
                 return None, response.headers
             try:
@@ -170,7 +170,7 @@ class HttpClient:
             except ValueError as error:
                 raise PermanentStepError(
                     f"{self.provider}: response from {_no_query(url)} is not JSON: {error}",
-                    code="PROVIDER_BAD_RESPONSE",
+                    code=ErrorCode.PROVIDER_BAD_RESPONSE,
                 ) from None
 
     @contextlib.asynccontextmanager
@@ -190,7 +190,7 @@ class HttpClient:
             if response.status in REDIRECT_STATUS and location and hop == MAX_REDIRECTS:
                 response.release()
                 raise PermanentStepError(f"{self.provider}: more than {MAX_REDIRECTS} redirects from "
-                                         f"{_no_query(url)}; refused", code="PROVIDER_TOO_MANY_REDIRECTS")
+                                         f"{_no_query(url)}; refused", code=ErrorCode.PROVIDER_TOO_MANY_REDIRECTS)
             if response.status not in REDIRECT_STATUS or not location:
                 try:
                     yield response
@@ -202,7 +202,7 @@ class HttpClient:
                 target = str(response.url.join(yarl.URL(location)))
             except ValueError:
                 raise PermanentStepError(f"{self.provider}: redirect from {_no_query(url)} has an invalid "
-                                         "Location", code="PROVIDER_BAD_RESPONSE") from None
+                                         "Location", code=ErrorCode.PROVIDER_BAD_RESPONSE) from None
             try:
                 self.guard.check_url(target)
             except BlockedAddress as error:
@@ -213,7 +213,7 @@ class HttpClient:
             if _origin(target) != origin:
                 if json is not None:
                     raise PermanentStepError(f"{self.provider}: redirect of a request body to another host "
-                                             f"({_no_query(target)}) refused", code="PROVIDER_BAD_RESPONSE")
+                                             f"({_no_query(target)}) refused", code=ErrorCode.PROVIDER_BAD_RESPONSE)
                 headers = {k: v for k, v in (headers or {}).items() if k.lower() in _SAFE_HEADERS}
                 auth = None
             previous, url, params = url, target, None  # the Location holds the whole next URL, query included
@@ -222,15 +222,19 @@ class HttpClient:
         where = f"{self.provider} answered HTTP {error.status} for {error.url}"
         if error.status in (401, 403):
             return PermanentStepError(
-                f"{where}: credentials rejected ({error.body})", code="PROVIDER_AUTH_FAILED", status=error.status
+                f"{where}: credentials rejected ({error.body})",
+                code=ErrorCode.PROVIDER_AUTH_FAILED, status=error.status
             )
         if error.status == 429:
             return TransientStepError(
-                f"{where}: rate limited after {self.policy.attempts} attempts", code="PROVIDER_RATE_LIMITED", status=429
+                f"{where}: rate limited after {self.policy.attempts} attempts",
+                code=ErrorCode.PROVIDER_RATE_LIMITED, status=429
             )
         if error.retryable:
-            return TransientStepError(f"{where}: {error.body}", code="PROVIDER_UNAVAILABLE", status=error.status)
-        return PermanentStepError(f"{where}: {error.body}", code="PROVIDER_REQUEST_REJECTED", status=error.status)
+            return TransientStepError(f"{where}: {error.body}",
+                                      code=ErrorCode.PROVIDER_UNAVAILABLE, status=error.status)
+        return PermanentStepError(f"{where}: {error.body}",
+                                  code=ErrorCode.PROVIDER_REQUEST_REJECTED, status=error.status)
 
 
 _SAFE_HEADERS = frozenset({"accept", "accept-encoding", "user-agent"})

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -52,7 +52,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class BlockedAddress(PermanentStepError):
-    code = "BLOCKED_ADDRESS"
+    code = ErrorCode.BLOCKED_ADDRESS
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:

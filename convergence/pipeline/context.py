@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from convergence.pipeline.errors import ErrorCode
+
 # `{name}` or `{step_id.field}`; `{{` and `}}` are literal braces.
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -15,7 +17,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 class PlaceholderError(ValueError):
     """A `{placeholder}` names nothing in the context; never silently resolved to an empty string."""
 
-    code = "UNKNOWN_PLACEHOLDER"
+    code = ErrorCode.UNKNOWN_PLACEHOLDER
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 from convergence.pipeline.context import PlaceholderError, RunContext
 from convergence.pipeline.dag import dag_problems
-from convergence.pipeline.errors import ConfigError, StepError
+from convergence.pipeline.errors import ConfigError, ErrorCode, StepError
 from convergence.pipeline.models import PipelineConfig, StepConfig
 from convergence.pipeline.redaction import redact
 from convergence.pipeline.registry import ProcessorRegistry
@@ -41,10 +41,10 @@ def default_classifier(error: BaseException) -> ErrorInfo:
     if isinstance(error, StepError):
         return ErrorInfo(code=error.code, message=str(error), retryable=error.retryable)
     if isinstance(error, ConfigError | PlaceholderError):
-        return ErrorInfo(code=getattr(error, "code", "CONFIG_INVALID"), message=str(error), retryable=False)
+        return ErrorInfo(code=getattr(error, "code", ErrorCode.CONFIG_INVALID), message=str(error), retryable=False)
     if isinstance(error, ConnectionError | TimeoutError):
-        return ErrorInfo(code="NETWORK_ERROR", message=f"{type(error).__name__}: {error}", retryable=True)
-    return ErrorInfo(code="PROCESSOR_ERROR", message=f"{type(error).__name__}: {error}", retryable=False)
+        return ErrorInfo(code=ErrorCode.NETWORK_ERROR, message=f"{type(error).__name__}: {error}", retryable=True)
+    return ErrorInfo(code=ErrorCode.PROCESSOR_ERROR, message=f"{type(error).__name__}: {error}", retryable=False)
 
 
 class Executor:
@@ -123,7 +123,7 @@ class Executor:
                 result.status = StepStatus.SKIPPED
                 failed = [d for d, ok in zip(step.depends_on, deps_ok, strict=True) if not ok]
                 result.error = ErrorInfo(
-                    code="UPSTREAM_FAILED", message=f"skipped: {', '.join(failed)} did not succeed"
+                    code=ErrorCode.UPSTREAM_FAILED, message=f"skipped: {', '.join(failed)} did not succeed"
                 )
                 await self.observer.step_finished(result, context)
                 return
@@ -133,12 +133,13 @@ class Executor:
                 self._finish(
                     result,
                     StepStatus.TIMEOUT,
-                    ErrorInfo(code="PIPELINE_TIMEOUT", message="pipeline timeout reached while step was running"),
+                    ErrorInfo(code=ErrorCode.PIPELINE_TIMEOUT,
+                              message="pipeline timeout reached while step was running"),
                 )
                 await _quietly(self.observer.step_finished(result, context))
             elif result.status is StepStatus.PENDING:
                 result.status = StepStatus.SKIPPED
-                result.error = ErrorInfo(code="PIPELINE_TIMEOUT", message="skipped: pipeline timeout reached")
+                result.error = ErrorInfo(code=ErrorCode.PIPELINE_TIMEOUT, message="skipped: pipeline timeout reached")
             raise
         finally:
             if not done[step.step_id].done():
@@ -156,7 +157,8 @@ class Executor:
             self._finish(
                 result,
                 StepStatus.TIMEOUT,
-                ErrorInfo(code="STEP_TIMEOUT", message=f"step exceeded timeout of {step.timeout_minutes:g} min"),
+                ErrorInfo(code=ErrorCode.STEP_TIMEOUT,
+                          message=f"step exceeded timeout of {step.timeout_minutes:g} min"),
                 clock,
             )
         except asyncio.CancelledError:
@@ -176,7 +178,7 @@ class Executor:
                 self._finish(result, StepStatus.SUCCESS, None, clock)
             else:
                 message = str(output.get("error") or f"processor returned status {status}")
-                self._finish(result, StepStatus.FAILED, ErrorInfo(code="STEP_FAILED", message=message), clock)
+                self._finish(result, StepStatus.FAILED, ErrorInfo(code=ErrorCode.STEP_FAILED, message=message), clock)
         await self.observer.step_finished(result, context)
 
     @staticmethod
@@ -191,7 +193,7 @@ class Executor:
     def _overall(config: PipelineConfig, results: dict[str, StepResult], timed_out: bool):
         if timed_out:
             return RunStatus.TIMEOUT, ErrorInfo(
-                code="PIPELINE_TIMEOUT", message=f"pipeline exceeded timeout of {config.timeout_minutes:g} min"
+                code=ErrorCode.PIPELINE_TIMEOUT, message=f"pipeline exceeded timeout of {config.timeout_minutes:g} min"
             )
         ordered = [results[s.step_id] for s in config.steps]
         for step in ordered:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import ConfigError
+from convergence.pipeline.errors import ConfigError, ErrorCode
 from convergence.pipeline.models import StepConfig
 
 _PS_TYPE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
@@ -32,7 +32,7 @@ def _find(module_name: str) -> bool:
 
 
 class UnknownProcessor(ConfigError):
-    code = "UNKNOWN_PROCESSOR"
+    code = ErrorCode.UNKNOWN_PROCESSOR
 
 
 class ProcessorRegistry:

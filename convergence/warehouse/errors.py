@@ -7,7 +7,7 @@ from __future__ import annotations
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 
-from convergence.pipeline.errors import PermanentStepError, StepError, TransientStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, StepError, TransientStepError
 from convergence.pipeline.results import ErrorInfo
 
 _RETRYABLE_REASONS = frozenset({"rateLimitExceeded", "quotaExceeded", "backendError", "internalError",
@@ -39,14 +39,16 @@ def classify_google_error(error: BaseException) -> ErrorInfo | None:
     if isinstance(error, gexc.RetryError):
         cause = error.cause
         detail = f"{type(cause).__name__}: {cause}" if cause else str(error)
-        return ErrorInfo(code="GOOGLE_API_UNAVAILABLE", retryable=True,
+        return ErrorInfo(code=ErrorCode.GOOGLE_API_UNAVAILABLE, retryable=True,
                          message=_short(f"gave up after retrying: {detail}"))
     if isinstance(error, gexc.GoogleAPICallError):
         return _classify_call_error(error)
     if isinstance(error, auth_exc.RefreshError):
-        return ErrorInfo(code="GOOGLE_AUTH_ERROR", retryable=False, message=_short(f"credentials refused: {error}"))
+        return ErrorInfo(code=ErrorCode.GOOGLE_AUTH_ERROR, retryable=False,
+                         message=_short(f"credentials refused: {error}"))
     if isinstance(error, auth_exc.TransportError) or _network_error(error):
-        return ErrorInfo(code="NETWORK_ERROR", retryable=True, message=_short(f"{type(error).__name__}: {error}"))
+        return ErrorInfo(code=ErrorCode.NETWORK_ERROR, retryable=True,
+                         message=_short(f"{type(error).__name__}: {error}"))
     return None
 
 
@@ -55,12 +57,13 @@ def _classify_call_error(error: gexc.GoogleAPICallError) -> ErrorInfo:
     reasons = _reasons(error)
     message = _short(f"{status or ''} {error.message}".strip())
     if status in (429,) or reasons & {"rateLimitExceeded", "quotaExceeded"}:
-        return ErrorInfo(code="GOOGLE_API_RATE_LIMITED", retryable=True, message=message)
+        return ErrorInfo(code=ErrorCode.GOOGLE_API_RATE_LIMITED, retryable=True, message=message)
     if (status is not None and (status >= 500 or status == 408)) or reasons & _RETRYABLE_REASONS:
-        return ErrorInfo(code="GOOGLE_API_UNAVAILABLE", retryable=True, message=message)
-    code = {400: "GOOGLE_API_INVALID_REQUEST", 401: "GOOGLE_API_PERMISSION_DENIED",
-            403: "GOOGLE_API_PERMISSION_DENIED", 404: "GOOGLE_API_NOT_FOUND", 409: "GOOGLE_API_CONFLICT",
-            412: "GOOGLE_API_CONFLICT"}.get(status or 0, "GOOGLE_API_ERROR")
+        return ErrorInfo(code=ErrorCode.GOOGLE_API_UNAVAILABLE, retryable=True, message=message)
+    code = {400: ErrorCode.GOOGLE_API_INVALID_REQUEST, 401: ErrorCode.GOOGLE_API_PERMISSION_DENIED,
+            403: ErrorCode.GOOGLE_API_PERMISSION_DENIED, 404: ErrorCode.GOOGLE_API_NOT_FOUND,
+            409: ErrorCode.GOOGLE_API_CONFLICT, 412: ErrorCode.GOOGLE_API_CONFLICT}.get(status or 0,
+                                                                                    ErrorCode.GOOGLE_API_ERROR)
     return ErrorInfo(code=code, retryable=False, message=message)
 
 
@@ -69,7 +72,7 @@ def to_step_error(error: BaseException, doing: str) -> StepError:
     info = classify_google_error(error)
     if info is None:
         return PermanentStepError(f"BigQuery {doing} failed: {type(error).__name__}: {_short(str(error))}",
-                                  code="WAREHOUSE_ERROR")
+                                  code=ErrorCode.WAREHOUSE_ERROR)
     cls = TransientStepError if info.retryable else PermanentStepError
     return cls(f"BigQuery {doing} failed: {info.message}", code=info.code)
 

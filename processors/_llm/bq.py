@@ -11,8 +11,7 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from convergence.pipeline.errors import PermanentStepError
-from convergence.processors._llm.params import invalid
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 from convergence.warehouse.errors import to_step_error
 from convergence.warehouse.identifiers import InvalidIdentifier, table_id, validate_column, validate_table
 from convergence.warehouse.query import QueryRunner
@@ -24,7 +23,7 @@ def identifier(name: Any, what: str = "table") -> str:
     try:
         return validate_column(name) if what == "column" else validate_table(name)
     except InvalidIdentifier as error:
-        raise invalid(f"{what} name: {error}") from None
+        raise invalid(f"{what} name: {error}", ErrorCode.INVALID_PARAMETERS) from None
 
 
 def repo_root(services: Any) -> Path:
@@ -36,9 +35,9 @@ def resolve_file(services: Any, relative: str) -> Path:
     root = repo_root(services)
     path = (root / relative).resolve()
     if not path.is_relative_to(root):
-        raise invalid(f"{relative!r} points outside the project")
+        raise invalid(f"{relative!r} points outside the project", ErrorCode.INVALID_PARAMETERS)
     if not path.is_file():
-        raise PermanentStepError(f"file not found: {relative}", code="CONFIG_INVALID")
+        raise PermanentStepError(f"file not found: {relative}", code=ErrorCode.CONFIG_INVALID)
     return path
 
 
@@ -46,7 +45,7 @@ def schema_columns(services: Any, schema_file: str) -> list[str]:
     try:
         return [f.name for f in warehouse_schema(resolve_file(services, schema_file))]
     except SchemaFileError as error:
-        raise PermanentStepError(str(error), code="CONFIG_INVALID") from None
+        raise PermanentStepError(str(error), code=ErrorCode.CONFIG_INVALID) from None
 
 
 class Warehouse:
@@ -79,7 +78,7 @@ class Warehouse:
             await asyncio.to_thread(ensure_table, self.client, self.dataset, identifier(table), path,
                                     partitioning=partitioning, clustering=list(clustering) if clustering else None)
         except SchemaFileError as error:
-            raise PermanentStepError(str(error), code="CONFIG_INVALID") from None
+            raise PermanentStepError(str(error), code=ErrorCode.CONFIG_INVALID) from None
         except gexc.GoogleAPIError as error:
             raise to_step_error(error, f"creating {self.table_id(table)}") from error
 

@@ -7,8 +7,7 @@ from typing import Any
 
 from convergence.httpclient import RetryPolicy
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import PermanentStepError
-from convergence.processors._llm.params import invalid
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 from convergence.processors.integrations.kms_decrypt import decrypt_credential
 
 MAX_PAGES = 100_000
@@ -32,7 +31,8 @@ def retry_policy(config: Mapping[str, Any]) -> RetryPolicy | None:
     if not retry:
         return None
     if not isinstance(retry, Mapping):
-        raise invalid("retry in the step config must be a mapping (attempts, initial_seconds, max_seconds)")
+        raise invalid("retry in the step config must be a mapping (attempts, initial_seconds, max_seconds)",
+                      ErrorCode.INVALID_PARAMETERS)
     try:
         return RetryPolicy(
             attempts=int(retry.get("attempts", 5)),
@@ -41,7 +41,7 @@ def retry_policy(config: Mapping[str, Any]) -> RetryPolicy | None:
             max_retry_after_seconds=float(retry.get("max_retry_after_seconds", 60.0)),
         )
     except (TypeError, ValueError):
-        raise invalid("retry values in the step config must be numbers") from None
+        raise invalid("retry values in the step config must be numbers", ErrorCode.INVALID_PARAMETERS) from None
 
 
 def http_client(context: RunContext, provider: str, config: Mapping[str, Any]) -> Any:
@@ -51,7 +51,7 @@ def http_client(context: RunContext, provider: str, config: Mapping[str, Any]) -
 
 
 class MalformedPage(PermanentStepError):
-    code = "PROVIDER_BAD_RESPONSE"
+    code = ErrorCode.PROVIDER_BAD_RESPONSE
 
 
 async def pages(http: Any, url: str, params: Sequence[tuple[str, str]], headers: Mapping[str, str],

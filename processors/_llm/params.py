@@ -6,19 +6,20 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline import errors
+from convergence.pipeline.errors import ErrorCode
 from convergence.processors._dates import DateRange, utc_today
 
-INVALID = "INVALID_PARAMETERS"
 DEFAULT_MAX_RANGE_DAYS = 93
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 
 
-def invalid(message: str) -> PermanentStepError:
-    return PermanentStepError(message, code=INVALID)
+# The name processors/focus imports (its codes are INVALID_PARAMETERS): pipeline.errors.invalid with the code.
+invalid = partial(errors.invalid, code=ErrorCode.INVALID_PARAMETERS)
 
 
 def _parse_date(name: str, value: Any) -> date:

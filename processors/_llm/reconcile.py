@@ -16,11 +16,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 from convergence.pipeline.models import StepConfig
 from convergence.processors._llm.bq import Warehouse
 from convergence.processors._llm.calc import TableSpec, run_replace
-from convergence.processors._llm.params import date_range, int_setting, invalid
+from convergence.processors._llm.params import date_range, int_setting
 from convergence.processors._llm.values import usd_text
 
 SUMMARY_CHARS = 200
@@ -88,9 +88,10 @@ class Reconciliation:
         try:
             tolerance = Decimal(str(config.get("tolerance_usd", "0.01")))
         except InvalidOperation:
-            raise invalid(f"tolerance_usd {config.get('tolerance_usd')!r} is not a decimal number") from None
+            raise invalid(f"tolerance_usd {config.get('tolerance_usd')!r} is not a decimal number",
+                          ErrorCode.INVALID_PARAMETERS) from None
         if tolerance < 0:
-            raise invalid("tolerance_usd must not be negative")
+            raise invalid("tolerance_usd must not be negative", ErrorCode.INVALID_PARAMETERS)
         limit = int_setting(config, "report_limit", 20, 0, 1000)
         warehouse = Warehouse(context.services, context.org_slug)
         calculated = TableSpec(config.get("calculated"), *self.calculated_default, "cost_date", ["model"])
@@ -132,7 +133,7 @@ class Reconciliation:
         }
         if count and config.get("fail_on_difference"):
             raise PermanentStepError(f"{count} reconciliation differences above {tolerance} USD: "
-                                     f"{result['difference_summary']}", code="RECONCILIATION_DIFFERENCE")
+                                     f"{result['difference_summary']}", code=ErrorCode.RECONCILIATION_DIFFERENCE)
         return result
 
 

@@ -20,14 +20,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 from convergence.pipeline.models import StepConfig
 from convergence.processors._llm.bq import Warehouse, identifier, resolve_file
-from convergence.processors._llm.params import choice, invalid
+from convergence.processors._llm.params import choice
 from convergence.processors._llm.values import now_iso, numeric_text
 from convergence.warehouse.tables import load_schema
 
-SEED_INVALID = "SEED_INVALID"
 _COUNT = "SELECT COUNT(*) AS n FROM {table} WHERE org_slug = @org_slug"
 
 
@@ -49,7 +48,8 @@ def _convert(value: str, kind: str, where: str) -> Any:
         if kind in ("FLOAT64", "FLOAT"):
             raise ValueError("FLOAT columns are not allowed in seeds: use NUMERIC")
     except (ValueError, InvalidOperation) as error:
-        raise PermanentStepError(f"{where}: {text!r} is not a valid {kind} ({error})", code=SEED_INVALID) from None
+        raise PermanentStepError(f"{where}: {text!r} is not a valid {kind} ({error})",
+                                 code=ErrorCode.SEED_INVALID) from None
     return text
 
 
@@ -65,24 +65,26 @@ def read_seed(services: Any, csv_file: str, schema_file: str, org_slug: str,
         header = reader.fieldnames or []
         unknown = [c for c in header if c not in fields]
         if unknown:
-            raise PermanentStepError(f"{csv_file}: columns {unknown} are not in {schema_file}", code=SEED_INVALID)
+            raise PermanentStepError(f"{csv_file}: columns {unknown} are not in {schema_file}",
+                                     code=ErrorCode.SEED_INVALID)
         for line, record in enumerate(reader, start=2):
             row: dict[str, Any] = {"org_slug": org_slug}
             if "loaded_at" in fields:
                 row["loaded_at"] = loaded_at
             for name, value in record.items():
                 if name is None:
-                    raise PermanentStepError(f"{csv_file}:{line}: more values than columns", code=SEED_INVALID)
+                    raise PermanentStepError(f"{csv_file}:{line}: more values than columns",
+                                             code=ErrorCode.SEED_INVALID)
                 kind = fields[name].field_type.upper()
                 row[name] = _convert(value or "", kind, f"{csv_file}:{line} {name}")
             missing = [n for n, f in fields.items() if (f.mode or "") == "REQUIRED" and row.get(n) is None]
             if missing:
-                raise PermanentStepError(f"{csv_file}:{line}: required {missing} empty", code=SEED_INVALID)
+                raise PermanentStepError(f"{csv_file}:{line}: required {missing} empty", code=ErrorCode.SEED_INVALID)
             if unique:
                 key = tuple(row.get(c) for c in unique)
                 if key in seen:
                     raise PermanentStepError(f"{csv_file}:{line}: duplicate {dict(zip(unique, key, strict=True))} "
-                                             f"(first on line {seen[key]})", code=SEED_INVALID)
+                                             f"(first on line {seen[key]})", code=ErrorCode.SEED_INVALID)
                 seen[key] = line
             rows.append(row)
     return rows
@@ -94,7 +96,8 @@ class SeedCsv:
         mode = choice(config, "mode", "if_empty", ("if_empty", "overwrite"))
         tables = config.get("tables")
         if not isinstance(tables, list) or not tables:
-            raise invalid("tables in the step config must list {table, csv_file, schema_file}")
+            raise invalid("tables in the step config must list {table, csv_file, schema_file}",
+                          ErrorCode.INVALID_PARAMETERS)
         services = context.services
         warehouse = Warehouse(services, context.org_slug)
         seeded: list[str] = []
@@ -102,7 +105,7 @@ class SeedCsv:
         written = 0
         for spec in tables:
             if not isinstance(spec, Mapping):
-                raise invalid("each entry of tables must be a mapping")
+                raise invalid("each entry of tables must be a mapping", ErrorCode.INVALID_PARAMETERS)
             table = identifier(spec.get("table"))
             csv_file, schema_file = str(spec.get("csv_file", "")), str(spec.get("schema_file", ""))
             unique = list(spec.get("unique") or [])

@@ -21,8 +21,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import ErrorCode, invalid
 from convergence.processors._llm.extract import Extraction, ReportRequest, Stats, require_dict, require_list
-from convergence.processors._llm.params import DateRange, choice, int_setting, invalid, plain_list, string_list
+from convergence.processors._llm.params import DateRange, choice, int_setting, plain_list, string_list
 from convergence.processors._llm.values import BadValue, model_base, now_iso, parse_rfc3339, to_int
 
 USER_AGENT = "convergence/0.1 (usage-cost pipelines)"
@@ -66,7 +67,7 @@ class AnthropicUsage(Extraction):
         limit = int_setting(config, "page_limit", MAX_LIMIT[width], 1, MAX_LIMIT[width])
         group_by = string_list(config, "group_by", DEFAULT_GROUP_BY, GROUPS)
         if len(group_by) > 5:
-            raise invalid("group_by: the usage report accepts at most 5 dimensions")
+            raise invalid("group_by: the usage report accepts at most 5 dimensions", ErrorCode.INVALID_PARAMETERS)
         params = [*rfc3339_window(dates), ("bucket_width", width), ("limit", str(limit))]
         params += [("group_by[]", g) for g in group_by]
         for name in ("models", "workspace_ids"):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError
 
 
 def synthetic_rows(org_slug: str, source: str, day: date, count: int) -> Iterator[dict]:
@@ -35,7 +35,7 @@ class Rows:
             count = int(config.get("count", 10))
         except (TypeError, ValueError) as error:
             raise PermanentStepError(f"demo.rows needs an ISO `date` and an integer `count`: {error}",
-                                     code="INVALID_PARAMETERS") from None
+                                     code=ErrorCode.INVALID_PARAMETERS) from None
         services = context.services
         dataset = services.org_dataset(context.org_slug)
         schema_path = Path(services.settings.configs_dir).parent / config["schema_file"]

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from convergence.extractors.auth import Auth
 from convergence.extractors.request import PageRequest
 from convergence.httpclient import AddressGuard
-from convergence.pipeline.errors import PermanentStepError, TransientStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, TransientStepError
 
 GOOGLE_TOKEN_HOSTS = frozenset({"oauth2.googleapis.com", "accounts.google.com", "www.googleapis.com"})
 SCOPE_CLOUD_PLATFORM_READ = "https://www.googleapis.com/auth/cloud-platform.read-only"
@@ -39,14 +39,14 @@ class ServiceAccountKey:
             info = json.loads(text) if isinstance(text, str) else dict(text)
         except ValueError:
             raise PermanentStepError("the GCP service-account credential is not valid JSON",
-                                     code="CREDENTIAL_INVALID") from None
+                                     code=ErrorCode.CREDENTIAL_INVALID) from None
         if not isinstance(info, dict) or info.get("type") != "service_account":
             raise PermanentStepError("the GCP credential is not a service-account key (type service_account)",
-                                     code="CREDENTIAL_INVALID")
+                                     code=ErrorCode.CREDENTIAL_INVALID)
         missing = [k for k in _REQUIRED if not info.get(k)]
         if missing:
             raise PermanentStepError(f"the GCP service-account key lacks {', '.join(missing)}",
-                                     code="CREDENTIAL_INVALID")
+                                     code=ErrorCode.CREDENTIAL_INVALID)
         return cls(info)
 
     @property
@@ -70,14 +70,15 @@ class ServiceAccountKey:
 async def check_token_uri(key: ServiceAccountKey, settings: Any) -> None:
     parts = urlsplit(key.token_uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PermanentStepError("the service-account key's token_uri is not an http(s) URL", code="CREDENTIAL_INVALID")
+        raise PermanentStepError("the service-account key's token_uri is not an http(s) URL",
+                                 code=ErrorCode.CREDENTIAL_INVALID)
     if not settings.is_production:
         return
     host = parts.hostname.lower()
     allowed = frozenset(h.lower() for h in settings.outbound_allowed_hosts)
     if host not in GOOGLE_TOKEN_HOSTS and host not in allowed:
         raise PermanentStepError(f"the service-account key's token_uri host {host} is not Google's token "
-                                 "endpoint; refused", code="BLOCKED_ADDRESS")
+                                 "endpoint; refused", code=ErrorCode.BLOCKED_ADDRESS)
     await AddressGuard(enabled=True, allowed_hosts=allowed).check(key.token_uri)
 
 
@@ -102,7 +103,7 @@ class _CredentialCache:
             credentials = service_account.Credentials.from_service_account_info(key.info, scopes=list(scopes))
         except (ValueError, KeyError) as error:
             raise PermanentStepError(f"the GCP service-account key cannot be used ({type(error).__name__})",
-                                     code="CREDENTIAL_INVALID") from None
+                                     code=ErrorCode.CREDENTIAL_INVALID) from None
         with self._lock:
             self._items[cache_key] = credentials
             while len(self._items) > self.size:
@@ -135,10 +136,10 @@ def _refresh(credentials: Any) -> None:
     except exceptions.RefreshError as error:
         reason = str(error.args[0]) if error.args else "refused"
         raise PermanentStepError(f"GCP token request refused for the service account: {reason[:200]}",
-                                 code="PROVIDER_AUTH_FAILED") from None
+                                 code=ErrorCode.PROVIDER_AUTH_FAILED) from None
     except exceptions.TransportError as error:
         raise TransientStepError(f"GCP token endpoint unreachable: {type(error).__name__}",
-                                 code="PROVIDER_NETWORK_ERROR") from None
+                                 code=ErrorCode.PROVIDER_NETWORK_ERROR) from None
 
 
 async def credentials_for(key: ServiceAccountKey, scopes: tuple[str, ...], settings: Any,

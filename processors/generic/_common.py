@@ -13,11 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, invalid
 from convergence.processors._dates import DateRange, utc_today
 
-CONFIG_INVALID = "CONFIG_INVALID"
-INVALID_PARAMETERS = "INVALID_PARAMETERS"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 # GCP project ids: 6-30 chars, lower-case letters, digits, hyphens; optionally domain-scoped (example.com:p).
 _PROJECT = re.compile(r"^(?:[a-z0-9.\-]{1,63}:)?[a-z][a-z0-9\-]{4,28}[a-z0-9]$")
@@ -25,10 +23,6 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 WRITE_MODES = ("append", "overwrite", "range_replace", "merge")
 _MODE_ALIASES = {"truncate": "overwrite", "replace": "overwrite", "write_truncate": "overwrite",
                  "write_append": "append", "range-replace": "range_replace", "upsert": "merge"}
-
-
-def invalid(message: str, code: str = CONFIG_INVALID) -> PermanentStepError:
-    return PermanentStepError(message, code=code)
 
 
 def identifier(name: Any, what: str = "table") -> str:
@@ -146,11 +140,11 @@ def parse_date(name: str, value: Any, today: date | None = None) -> date:
     if text in named:
         return named[text]
     if not _ISO_DATE.match(text):
-        raise invalid(f"{name} {value!r} is not an ISO date (YYYY-MM-DD)", INVALID_PARAMETERS)
+        raise invalid(f"{name} {value!r} is not an ISO date (YYYY-MM-DD)", ErrorCode.INVALID_PARAMETERS)
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise invalid(f"{name} {value!r} is not a valid calendar date", INVALID_PARAMETERS) from None
+        raise invalid(f"{name} {value!r} is not a valid calendar date", ErrorCode.INVALID_PARAMETERS) from None
 
 
 def _given(value: Any) -> bool:
@@ -180,11 +174,11 @@ def run_dates(config: Mapping[str, Any], parameters: Mapping[str, Any], *, defau
         start = end - timedelta(days=max(1, lookback_days) - 1)
     assert start is not None and end is not None
     if start > end:
-        raise invalid(f"start_date {start} is after end_date {end}", INVALID_PARAMETERS)
+        raise invalid(f"start_date {start} is after end_date {end}", ErrorCode.INVALID_PARAMETERS)
     result = DateRange(start, end)
     if result.days > max_days:
         raise invalid(f"date range {start}..{end} is {result.days} days; at most {max_days} allowed "
-                      "(max_range_days): split the run", INVALID_PARAMETERS)
+                      "(max_range_days): split the run", ErrorCode.INVALID_PARAMETERS)
     return result
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import PermanentStepError, StepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, StepError
 from convergence.pipeline.models import StepConfig
 
 log = structlog.get_logger(__name__)
@@ -34,7 +34,7 @@ async def decrypt_credential(context: RunContext, provider: str) -> str:
     never any key material."""
     store = getattr(context.services, "credentials", None)
     if store is None:
-        raise PermanentStepError("no credential store is configured", code="CREDENTIAL_NOT_FOUND")
+        raise PermanentStepError("no credential store is configured", code=ErrorCode.CREDENTIAL_NOT_FOUND)
     try:
         if inspect.iscoroutinefunction(store.get):
             secret = await store.get(context.org_slug, provider)
@@ -44,14 +44,14 @@ async def decrypt_credential(context: RunContext, provider: str) -> str:
         raise
     except LookupError:
         raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
-                                 code="CREDENTIAL_NOT_FOUND") from None
+                                 code=ErrorCode.CREDENTIAL_NOT_FOUND) from None
     except Exception as error:  # noqa: BLE001 - never let a decrypt error carry key material out
         log.warning("credential decryption failed", provider=provider, error_type=type(error).__name__)
         raise PermanentStepError(f"could not decrypt the {provider} credential of org {context.org_slug} "
-                                 f"({type(error).__name__})", code="CREDENTIAL_DECRYPT_FAILED") from None
+                                 f"({type(error).__name__})", code=ErrorCode.CREDENTIAL_DECRYPT_FAILED) from None
     if not secret:
         raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
-                                 code="CREDENTIAL_NOT_FOUND")
+                                 code=ErrorCode.CREDENTIAL_NOT_FOUND)
     return secret
 
 
@@ -61,10 +61,10 @@ class KmsDecrypt:
         provider = str(config.get("provider") or "")
         if not _PROVIDER.match(provider):
             raise PermanentStepError(f"provider {provider!r} must be an upper-case credential provider name "
-                                     "such as OPENAI", code="INVALID_PARAMETERS")
+                                     "such as OPENAI", code=ErrorCode.INVALID_PARAMETERS)
         name = str(config.get("secret_name") or provider.lower())
         if not _SECRET_NAME.match(name):
-            raise PermanentStepError(f"secret_name {name!r} must be snake_case", code="INVALID_PARAMETERS")
+            raise PermanentStepError(f"secret_name {name!r} must be snake_case", code=ErrorCode.INVALID_PARAMETERS)
         context.secrets[name] = await decrypt_credential(context, provider)
         log.info("credential decrypted into the run context", provider=provider, slot=name)
         return {"status": "SUCCESS", "rows_processed": 0, "provider": provider, "secret_name": name}

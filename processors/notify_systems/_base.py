@@ -7,7 +7,7 @@ from typing import Any
 from convergence.notifications.messages import RunSummary
 from convergence.notifications.notifier import Delivery, step_trigger
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.pipeline.models import StepConfig
 
 
@@ -18,7 +18,7 @@ class NotificationStep:
         try:
             trigger = step_trigger(step)
         except ValueError as error:
-            raise PermanentStepError(str(error), code="CONFIG_INVALID") from None
+            raise PermanentStepError(str(error), code=ErrorCode.CONFIG_INVALID) from None
         if trigger != "immediate":
             # on_failure / on_success / on_completion / always: the run's outcome is not known yet. The
             # NotificationObserver sends it when the run has finished (also if this step was skipped).

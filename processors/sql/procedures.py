@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.processors.generic._common import identifier, project_id
 
 log = structlog.get_logger(__name__)
@@ -35,7 +35,7 @@ _CREATE = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?PROCEDURE\s+`?([^`(\s]+)
 
 
 class ProcedureNotFound(PermanentStepError):
-    code = "PROCEDURE_NOT_FOUND"
+    code = ErrorCode.PROCEDURE_NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ class ProcedureFile:
             found = match.group(1) if match else "no CREATE PROCEDURE"
             raise PermanentStepError(
                 f"{self.domain}/{self.path.name} must start by creating procedure "
-                f"`{{project}}.{{dataset}}.{self.name}` (the file's name), found {found}", code="CONFIG_INVALID")
+                f"`{{project}}.{{dataset}}.{self.name}` (the file's name), found {found}",
+                code=ErrorCode.CONFIG_INVALID)
         return sql
 
     def digest(self, project: str, dataset: str) -> str:
@@ -76,10 +77,10 @@ def procedure_files(configs_dir: Path) -> list[ProcedureFile]:
         name, domain = path.stem, path.parent.name
         if not _NAME.match(name):
             raise PermanentStepError(f"procedure file {domain}/{path.name}: name is not a valid routine id",
-                                     code="CONFIG_INVALID")
+                                     code=ErrorCode.CONFIG_INVALID)
         if name in files:
             raise PermanentStepError(f"procedure {name} is defined twice ({files[name].domain} and {domain})",
-                                     code="CONFIG_INVALID")
+                                     code=ErrorCode.CONFIG_INVALID)
         files[name] = ProcedureFile(name, domain, path)
     return list(files.values())
 
@@ -166,7 +167,7 @@ class ProcedureCatalog:
             create_or_replace_from_sql_file(self.client, self.dataset, item.path, project=self.project,
                                             retry=call_retry(self.settings))
         except ValueError as error:
-            raise PermanentStepError(str(error), code="CONFIG_INVALID") from None
+            raise PermanentStepError(str(error), code=ErrorCode.CONFIG_INVALID) from None
         self._record_digest(name, digest, item)
         log.info("procedure created", procedure=f"{self.dataset}.{name}", file=item.describe()["file"])
         return {"name": name, "sha256": digest, "file": item.describe()["file"]}
@@ -216,7 +217,7 @@ class ProcedureCatalog:
             return execute_procedure(self.client, self.dataset, identifier(name, "procedure"), values,
                                      project=self.project, retry=call_retry(self.settings))
         except InvalidIdentifier as error:
-            raise PermanentStepError(f"procedure {name}: {error}", code="INVALID_PARAMETERS") from None
+            raise PermanentStepError(f"procedure {name}: {error}", code=ErrorCode.INVALID_PARAMETERS) from None
 
     # -- helpers -------------------------------------------------------------------------------------
     def _ensure_dataset(self) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 from convergence.warehouse.query import infer_type as parameter_type
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -27,9 +27,6 @@ _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 SCALAR_TYPES = ("STRING", "INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC", "BOOL", "DATE", "TIMESTAMP", "DATETIME")
 _TYPE_ALIASES = {"INTEGER": "INT64", "INT": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "DECIMAL": "NUMERIC"}
 
-
-def _invalid(message: str) -> PermanentStepError:
-    return PermanentStepError(message, code="CONFIG_INVALID")
 
 
 def render_identifiers(sql: str, identifiers: Mapping[str, str]) -> str:
@@ -43,7 +40,7 @@ def render_identifiers(sql: str, identifiers: Mapping[str, str]) -> str:
         if name in identifiers:
             return identifiers[name]
         allowed = ", ".join(f"{{{n}}}" for n in sorted(identifiers)) or "none"
-        raise _invalid(f"placeholder {token} in SQL: only identifiers can be placeholders ({allowed}); "
+        raise invalid(f"placeholder {token} in SQL: only identifiers can be placeholders ({allowed}); "
                        f"pass values as query parameters, e.g. @{name if _PARAM_NAME.match(name) else 'value'}")
 
     return _PLACEHOLDER.sub(substitute, sql)
@@ -59,7 +56,7 @@ def normalise_type(kind: Any) -> str:
     text = str(kind or "").strip().upper()
     text = _TYPE_ALIASES.get(text, text)
     if text not in SCALAR_TYPES:
-        raise _invalid(f"parameter type {kind!r} is not one of {', '.join(SCALAR_TYPES)}")
+        raise invalid(f"parameter type {kind!r} is not one of {', '.join(SCALAR_TYPES)}")
     return text
 
 
@@ -127,7 +124,8 @@ def coerce(name: str, kind: str, value: Any) -> Any:
             return parsed
     except (ValueError, TypeError, InvalidOperation, OverflowError):
         pass
-    raise PermanentStepError(f"parameter {name}: {str(value)[:60]!r} is not a valid {kind}", code="INVALID_PARAMETERS")
+    raise PermanentStepError(f"parameter {name}: {str(value)[:60]!r} is not a valid {kind}",
+                             code=ErrorCode.INVALID_PARAMETERS)
 
 
 def parameter_specs(spec: Any) -> list[tuple[str, str, Any]]:
@@ -140,14 +138,14 @@ def parameter_specs(spec: Any) -> list[tuple[str, str, Any]]:
     elif isinstance(spec, list):
         for entry in spec:
             if not isinstance(entry, Mapping) or "name" not in entry:
-                raise _invalid("each parameter in a list needs a `name`")
+                raise invalid("each parameter in a list needs a `name`")
             items.append((entry["name"], {k: v for k, v in entry.items() if k != "name"}))
     else:
-        raise _invalid("parameters must be a mapping or a list")
+        raise invalid("parameters must be a mapping or a list")
     out = []
     for name, raw in items:
         if not isinstance(name, str) or not _PARAM_NAME.match(name):
-            raise _invalid(f"parameter name {name!r} is not valid")
+            raise invalid(f"parameter name {name!r} is not valid")
         if isinstance(raw, Mapping):
             value = raw.get("value", raw.get("default"))
             kind = normalise_type(raw["type"]) if raw.get("type") else infer_type(value)
