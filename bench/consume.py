@@ -813,9 +813,9 @@ class ConsumerUnderTest:
 # Phases
 # ================================================================================================
 def build_requests(orgs: list[str], count: int) -> list[Any]:
-    from convergence.publisher.requests import RequestPublisher
+    from convergence.schemas import RunRequest
 
-    return [RequestPublisher.build(orgs[i % len(orgs)], PIPELINE, requested_by="bench") for i in range(count)]
+    return [RunRequest.create(orgs[i % len(orgs)], PIPELINE, requested_by="bench") for i in range(count)]
 
 
 def phase_bare(settings: Any, payloads: list[Any], cpu_pids: dict[str, int | None]) -> dict[str, Any]:

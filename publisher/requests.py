@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from concurrent import futures
-from datetime import datetime
 from types import TracebackType
 from typing import Self
 
@@ -62,23 +61,6 @@ class RequestPublisher:
             publisher_options=types.PublisherOptions(flow_control=REQUEST_FLOW),
         )  # fmt: skip
 
-    @staticmethod
-    def build(
-        org_slug: str,
-        pipeline: str,
-        parameters: Mapping[str, Scalar] | None = None,
-        trigger: Trigger | str = Trigger.ADHOC,
-        requested_by: str = "convergence",
-        run_id: str | None = None,
-        trace_id: str | None = None,
-        requested_at: datetime | None = None,
-    ) -> RunRequest:
-        """A checked request; raises schemas.MessageRejected exactly as the consumer would refuse it."""
-        return RunRequest.create(
-            org_slug, pipeline, parameters, trigger, requested_by,
-            run_id=run_id, trace_id=trace_id or new_trace_id(), requested_at=requested_at,
-        )  # fmt: skip
-
     def publish_run(
         self,
         org_slug: str,
@@ -90,7 +72,8 @@ class RequestPublisher:
         trace_id: str | None = None,
     ) -> str:
         """Publish one request and wait until Pub/Sub has it; returns the run_id (given, or run_<uuid>)."""
-        request = self.build(org_slug, pipeline, parameters, trigger, requested_by, run_id, trace_id)
+        request = RunRequest.create(org_slug, pipeline, parameters, trigger, requested_by, run_id=run_id,
+                                    trace_id=trace_id or new_trace_id())
         self.publish_request(request).result(timeout=self.timeout)
         log.info("run request published", run_id=request.run_id, org_slug=org_slug, pipeline=pipeline,
                  trigger=str(request.trigger), trace_id=request.trace_id)  # fmt: skip

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from google.cloud import bigquery
 
+from convergence.schemas import RunRequest
 from tests.harness import ConsumerProcess, Platform
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
@@ -106,7 +107,7 @@ def test_one_flooding_org_does_not_starve_another(local_stack, tmp_path):
     try:
         platform.onboard("flood_org")
         platform.onboard("quiet_org")
-        flood = [platform.services.requests.build("flood_org", "testing/consumer/ok", {"seconds": 1})
+        flood = [RunRequest.create("flood_org", "testing/consumer/ok", {"seconds": 1})
                  for _ in range(200)]
         platform.services.requests.publish_many(flood)
         platform.start_consumer()

@@ -84,7 +84,7 @@ def test_invalid_request_is_refused_before_publishing(settings: Settings, pull_m
 def test_publish_many_batches_and_waits_for_all(settings: Settings, pull_messages: Pull) -> None:
     count = 2000
     requests = [
-        RequestPublisher.build(f"org_{i % 50:03d}", "gcp/cost/billing", {"n": i}, trigger="scheduled")
+        RunRequest.create(f"org_{i % 50:03d}", "gcp/cost/billing", {"n": i}, trigger="scheduled")
         for i in range(count)
     ]
     with RequestPublisher(settings) as publisher:
@@ -99,7 +99,7 @@ def test_publish_many_batches_and_waits_for_all(settings: Settings, pull_message
 
 def test_publish_many_reports_every_failure(pubsub_settings: Callable[..., Settings]) -> None:
     settings = pubsub_settings()  # nothing applied: the topic does not exist
-    requests = [RequestPublisher.build("acme_corp", "gcp/cost/billing") for _ in range(3)]
+    requests = [RunRequest.create("acme_corp", "gcp/cost/billing") for _ in range(3)]
     with RequestPublisher(settings) as publisher, pytest.raises(PublishError) as caught:
         publisher.publish_many(requests, timeout=30)
     assert set(caught.value.failed) == {request.run_id for request in requests}

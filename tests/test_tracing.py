@@ -138,14 +138,6 @@ def test_with_trace_id_on_a_decoded_request():
     assert with_trace_id(decoded, {}).trace_id == derived_trace_id(bare.run_id)
 
 
-def test_publisher_build_sets_a_w3c_trace_id_or_keeps_the_given_one():
-    from convergence.publisher.requests import RequestPublisher
-
-    assert is_w3c_trace_id(RequestPublisher.build("acme", "testing/consumer/ok").trace_id)
-    request = RequestPublisher.build("acme", "testing/consumer/ok", trace_id=TRACE)
-    assert request.trace_id == TRACE and request.attributes()["trace_id"] == TRACE
-
-
 class _Lines:
     def __init__(self) -> None:
         self.lines: list[str] = []

@@ -39,7 +39,7 @@ from convergence.api.ratelimit import Limits
 from convergence.observability.tracing import trace_id_from_headers
 from convergence.pipeline import ConfigError, PipelineLoader
 from convergence.pipeline.errors import InvalidPipelineRef, PipelineNotFound, StepError
-from convergence.schemas import MessageRejected, Trigger
+from convergence.schemas import MessageRejected, RunRequest, Trigger
 from convergence.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -204,12 +204,10 @@ class ApiDoor:
             raise ApiError(500, error.code, f"pipeline {ref} has an invalid config") from None
         if config.auth_type == "admin_key":
             check_root_key(self.settings, request.headers.get("X-CA-Root-Key"))
-        from convergence.publisher.requests import RequestPublisher
-
         requested_by = f"api:{org}:key-{key.fingerprint}" if key else f"api:{org}:no-auth"
         try:
-            run_request = RequestPublisher.build(org, ref, parameters, Trigger(body.trigger),
-                                                 requested_by=requested_by, trace_id=request[TRACE_ID_KEY])
+            run_request = RunRequest.create(org, ref, parameters, Trigger(body.trigger), requested_by=requested_by,
+                                            trace_id=request[TRACE_ID_KEY])
         except MessageRejected as error:
             raise ApiError(422, error.code.value, str(error)) from None
         try:

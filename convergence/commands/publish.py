@@ -90,9 +90,10 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
         from_: Any, to: Any, date_params: tuple[str, ...], run_id: str | None, skip_config_check: bool) -> None:
     """Run PIPELINE (provider/domain/name; domain may be empty: anthropic//usage_cost) for ORG."""
     from convergence.cli import load_settings_or_exit
+    from convergence.observability.tracing import new_trace_id
     from convergence.pipeline import ConfigError, PipelineLoader
     from convergence.publisher.requests import PublishError, RequestPublisher
-    from convergence.schemas import MessageRejected, Trigger
+    from convergence.schemas import MessageRejected, RunRequest, Trigger
 
     parameters: dict[str, Any] = load_json_parameters(json_file) if json_file else {}
     parameters.update(dict(parse_param(p) for p in params))
@@ -103,12 +104,12 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
 
     try:
         if days:
-            requests = [RequestPublisher.build(org, pipeline, {**parameters, **dict.fromkeys(names, day.isoformat())},
-                                               Trigger.BACKFILL, requested_by="convergence-cli")
+            requests = [RunRequest.create(org, pipeline, {**parameters, **dict.fromkeys(names, day.isoformat())},
+                                          Trigger.BACKFILL, requested_by="convergence-cli", trace_id=new_trace_id())
                         for day in days]
         else:
-            requests = [RequestPublisher.build(org, pipeline, parameters, Trigger.ADHOC,
-                                               requested_by="convergence-cli", run_id=run_id)]
+            requests = [RunRequest.create(org, pipeline, parameters, Trigger.ADHOC, requested_by="convergence-cli",
+                                          run_id=run_id, trace_id=new_trace_id())]
     except MessageRejected as error:
         _invalid(f"{error.code.value}: {error}")
     settings = load_settings_or_exit()
