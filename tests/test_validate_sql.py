@@ -159,6 +159,34 @@ def test_a_billing_export_query_is_checked_against_the_published_export_schema(
     assert problem.startswith("configs/example/etl.yml:10: Field name name does not exist in STRUCT<id STRING")
 
 
+def test_a_source_table_of_unknown_schema_gets_its_syntax_checked_and_a_note(analyzer: GoogleSql,
+                                                                           tmp_path: Path) -> None:
+    pipeline = """
+        pipeline_id: example-etl
+        name: etl
+        steps:
+          - step_id: copy
+            ps_type: gcp.bq_etl
+            config:
+              source:
+                dataset: exports
+                table: usage
+                query: |
+                  SELECT anything, at_all
+                  FROM `{source_table}` WHERE day = @start_date AND {partition_filter}
+              destination: {table: costs_out, schema_file: configs/example/schemas/costs.json}
+    """
+    configs = make_configs(tmp_path, {"example/etl.yml": pipeline})
+    report = check_sql(configs, NAMES)
+    assert (report.statements, report.problems) == (1, [])
+    assert report.notes == ["configs/example/etl.yml: steps.0: no schema known for source table "
+                            "customer-billing-project.exports.usage; its query's syntax is checked, not its names"]
+    (configs / "example" / "etl.yml").write_text(
+        (configs / "example" / "etl.yml").read_text().replace("at_all\n", "at_all AS at\n"))
+    [problem] = problems_of(configs)
+    assert problem == "configs/example/etl.yml:11: Syntax error: Unexpected keyword AT"
+
+
 PROCEDURE = """
     CREATE OR REPLACE PROCEDURE `{project}.{dataset}.total_cost`(p_project_id STRING, p_dataset_id STRING,
                                                                  p_day DATE)

@@ -108,6 +108,7 @@ class _Sql:
     first_line: int
     exact_lines: bool = True
     destination: _Destination | None = None  # a transformer's SELECT: the table it is written to
+    parse_only: bool = False  # it reads a table whose schema is unknown: its syntax is checked
 
     def problem(self, message: str) -> ConfigProblem:
         text = _STATUS.sub("", message.strip())
@@ -338,7 +339,8 @@ class _Collector:
         return target.read_text(encoding="utf-8"), _display(target, self.configs_dir), 1, True
 
     def _render(self, text: tuple[str, str, int, bool], identifiers: Mapping[str, str],
-                parameters: Mapping[str, str], destination: _Destination | None = None) -> None:
+                parameters: Mapping[str, str], destination: _Destination | None = None, *,
+                parse_only: bool = False) -> None:
         from convergence.processors.sql.templating import render_identifiers
 
         sql, file, first_line, exact = text
@@ -357,7 +359,7 @@ class _Collector:
                                                       line=first_line))
             return
         self.statements.append(_Sql(body, {k: {"type": v} for k, v in parameters.items()}, file, first_line, exact,
-                                    destination))
+                                    destination, parse_only))
 
     def _transformer(self, path: Path, display: str, index: int, step: StepConfig, names: Mapping[str, Any]) -> None:
         text = self._text(path, display, ("steps", index, "config"), step.config, "query", "sql_file", names)
@@ -404,19 +406,21 @@ class _Collector:
                                      "its query is not analyzed")
             return
         source_ref = f"{project}.{dataset}.{table}"
-        if _BILLING_EXPORT_TABLE.match(table):
+        known = bool(_BILLING_EXPORT_TABLE.match(table))
+        if known:
             self.catalog.add_billing_export(source_ref)
         else:
             self.report.notes.append(f"{display}: steps.{index}: no schema known for source table {source_ref}; "
-                                     "its query is analyzed against no columns")
-        margin = source.get("partition_margin_days", 2)
+                                     "its query's syntax is checked, not its names")
+        margin = _resolved(source.get("partition_margin_days", 2), names)
         # As bq_etl._partition_filter renders it for an ingestion-time partitioned source (the billing export).
+        days = int(margin) if isinstance(margin, int) or str(margin).isdigit() else 2
         partition_filter = ("TRUE" if margin is None else
-                            f"_PARTITIONTIME >= TIMESTAMP(DATE_SUB(@start_date, INTERVAL {int(margin)} DAY))")
+                            f"_PARTITIONTIME >= TIMESTAMP(DATE_SUB(@start_date, INTERVAL {days} DAY))")
         parameters = {"start_date": "DATE", "end_date": "DATE", "org_slug": "STRING"}
         parameters.update(_parameter_types(source.get("parameters"), names))
         self._render(text, {"source_table": source_ref, "source_project": project, "source_dataset": dataset,
-                            "partition_filter": partition_filter}, parameters)
+                            "partition_filter": partition_filter}, parameters, parse_only=not known)
 
     def _procedure_call(self, step: StepConfig, names: Mapping[str, Any]) -> None:
         name = step.config.get("procedure")
@@ -755,7 +759,10 @@ def _check_destination(analyzer: Any, item: _Sql, tables: Mapping[str, Any], rep
 
     destination = item.destination
     assert destination is not None
-    produced = analyzer.output_columns(Statement(item.sql, item.parameters), tables)
+    try:
+        produced = analyzer.output_columns(Statement(item.sql, item.parameters), tables)
+    except Exception:  # noqa: BLE001 - accepted by check() a moment ago; nothing more to learn
+        return 0
     problems = destination.problems(produced)
     for message in problems:
         report.problems.append(ConfigProblem(message, destination.path, destination.file, destination.line))
@@ -800,8 +807,11 @@ def check_sql(configs_dir: Path, names: SqlNames | None = None) -> SqlCheckRepor
 
     try:
         analyzer = GoogleSql.shared()
-    except RuntimeError as error:
+    except RuntimeError as error:  # not installed (the production image)
         report.skipped = str(error)
+        return report
+    except Exception as error:  # noqa: BLE001 - installed but broken: said in one line, as a skip
+        report.skipped = f"Google's SQL analyzer did not start: {type(error).__name__}: {str(error)[:200]}"
         return report
     step_tables, catalog.tables = catalog.tables, []
     catalog.add_schema_dirs()
@@ -814,6 +824,13 @@ def check_sql(configs_dir: Path, names: SqlNames | None = None) -> SqlCheckRepor
             return True
         seen.add(key)
         report.statements += 1
+        if item.parse_only:
+            try:
+                analyzer.parse_script(item.sql)
+            except Exception as error:  # noqa: BLE001 - every refusal is reported, whatever its class
+                report.problems.append(item.problem(str(error)))
+                return False
+            return True
         refusal = analyzer.check(Statement(item.sql, item.parameters), tables)
         if refusal is not None:
             report.problems.append(item.problem(refusal.message))
