@@ -36,6 +36,7 @@ _check_bqemulator_version()
 
 # Imported after the check so a wrong version fails with the message above.
 from bqemulator.config import PersistenceMode, Settings  # noqa: E402
+from bqemulator.jobs import executor as jobs_executor  # noqa: E402
 from bqemulator.server import run_forever  # noqa: E402
 from bqemulator.storage.engine import DuckDBEngine  # noqa: E402
 from bqemulator.versioning.snapshots import SnapshotManager  # noqa: E402
@@ -49,8 +50,18 @@ def _no_snapshot(self: SnapshotManager, *args: object, **kwargs: object) -> None
     """Stand-in for ``SnapshotManager.capture``: no time-travel copy of the table after each write."""
 
 
+def _load_row_count(job: object, ctx: object) -> int:
+    """Stand-in for ``executor._refresh_load_row_count`` that reads its one row to the end. The original
+    stops at ``fetchone()``, leaving DuckDB's result open, so the next insertAll (``connection.register``)
+    failed with "connection has an unfinished result" (a 500 to the client) until some query ran."""
+    sql = f"SELECT COUNT(*) FROM {job.target_ref}"  # type: ignore[attr-defined]  # noqa: S608
+    rows = ctx.engine.execute(sql).fetchall()  # type: ignore[attr-defined]
+    return int(rows[0][0]) if rows else 0
+
+
 def patch_engine(time_travel: bool = False) -> None:
     DuckDBEngine._load_spatial = _skip_spatial  # type: ignore[method-assign]
+    jobs_executor._refresh_load_row_count = _load_row_count  # type: ignore[assignment]
     if not time_travel:
         # The emulator copies the whole table after every write for time travel, which nothing here
         # uses: memory then grows with the square of a table's size (20+ GB for a 1M-row load).

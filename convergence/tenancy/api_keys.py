@@ -24,6 +24,9 @@ _ALPHABET = string.ascii_letters + string.digits
 _RANDOM_CHARS = 16
 _SEPARATOR = "_api_"
 TABLE = "org_api_keys"
+ROW_TYPES = {"org_api_key_id": "STRING", "org_slug": "STRING", "org_api_key_hash": "STRING",
+             "encrypted_org_api_key": "STRING", "key_fingerprint": "STRING", "scopes": "STRING",
+             "is_active": "BOOL", "created_at": "TIMESTAMP", "expires_at": "TIMESTAMP"}
 
 
 def generate_org_api_key(org_slug: str) -> str:
@@ -65,24 +68,28 @@ class OrgApiKeys:
 
     def issue(self, org_slug: str, *, scopes: tuple[str, ...] = ("pipelines:run",),
               expires_at: datetime | None = None) -> IssuedApiKey:
+        issued, row = self.new_key(org_slug, scopes=scopes, expires_at=expires_at)
+        # DML, not streaming: revoking later is an UPDATE.
+        self.central.queries.insert(self.central.ref(TABLE), [row], ROW_TYPES)
+        self.central.audit(issued.org_slug, "API_KEY_CREATED", resource_type="org_api_key",
+                           resource_id=issued.org_api_key_id, actor_type="ROOT")
+        return issued
+
+    def new_key(self, org_slug: str, *, scopes: tuple[str, ...] = ("pipelines:run",),
+                expires_at: datetime | None = None) -> tuple[IssuedApiKey, dict[str, object]]:
+        """A new key and its org_api_keys row, not yet written (onboarding writes many in one load job)."""
         org_slug = validate_org_slug(org_slug)
         api_key = generate_org_api_key(org_slug)
         encrypted = None
         if self.cipher is not None:
             encrypted = base64.b64encode(self.cipher.encrypt(api_key.encode(), aad=api_key_aad(org_slug))).decode()
         key_id = uuid.uuid4().hex
-        now = utcnow()
-        # DML, not streaming: revoking later is an UPDATE.
-        self.central.queries.insert(self.central.ref(TABLE), [{
+        row = {
             "org_api_key_id": key_id, "org_slug": org_slug, "org_api_key_hash": hash_api_key(api_key),
             "encrypted_org_api_key": encrypted, "key_fingerprint": api_key[-4:], "scopes": list(scopes),
-            "is_active": True, "created_at": now, "expires_at": expires_at,
-        }], {"org_api_key_id": "STRING", "org_slug": "STRING", "org_api_key_hash": "STRING",
-             "encrypted_org_api_key": "STRING", "key_fingerprint": "STRING", "scopes": "STRING",
-             "is_active": "BOOL", "created_at": "TIMESTAMP", "expires_at": "TIMESTAMP"})
-        self.central.audit(org_slug, "API_KEY_CREATED", resource_type="org_api_key", resource_id=key_id,
-                           actor_type="ROOT")
-        return IssuedApiKey(org_slug, key_id, api_key[-4:], api_key)
+            "is_active": True, "created_at": utcnow(), "expires_at": expires_at,
+        }
+        return IssuedApiKey(org_slug, key_id, api_key[-4:], api_key), row
 
     def verify(self, org_slug: str, api_key: str) -> bool:
         """True when `api_key` is an active, unexpired key of `org_slug`."""

@@ -18,7 +18,7 @@ from convergence.tenancy.plans import KNOWN_STATUSES, Plans, load_plans
 from convergence.warehouse.identifiers import validate_org_slug
 
 TABLE = "org_subscriptions"
-_TYPES = {"subscription_id": "STRING", "org_slug": "STRING", "plan_name": "STRING", "status": "STRING",
+ROW_TYPES = {"subscription_id": "STRING", "org_slug": "STRING", "plan_name": "STRING", "status": "STRING",
           "billing_status": "STRING", "trial_ends_at": "TIMESTAMP", "current_period_start": "TIMESTAMP",
           "created_at": "TIMESTAMP", "updated_at": "TIMESTAMP"}
 
@@ -40,17 +40,22 @@ class Subscriptions:
         return plan, status
 
     def create(self, org_slug: str, plan: str, status: str = "ACTIVE", *, now: datetime | None = None) -> str:
+        row = self.new_row(org_slug, plan, status, now=now)
+        self.central.queries.insert(self.central.ref(TABLE), [row], ROW_TYPES)
+        return str(row["subscription_id"])
+
+    def new_row(self, org_slug: str, plan: str, status: str = "ACTIVE", *,
+                now: datetime | None = None) -> dict[str, object]:
+        """The org_subscriptions row of a new subscription, not yet written (onboarding loads many at once)."""
         org_slug = validate_org_slug(org_slug)
         checked_plan, checked_status = self._check(plan, status)
         now = now or utcnow()
-        subscription_id = uuid.uuid4().hex
         trial_end = now + timedelta(days=self.plans.trial_days) if checked_status == "TRIAL" else None
-        self.central.queries.insert(self.central.ref(TABLE), [{
-            "subscription_id": subscription_id, "org_slug": org_slug, "plan_name": checked_plan,
+        return {
+            "subscription_id": uuid.uuid4().hex, "org_slug": org_slug, "plan_name": checked_plan,
             "status": checked_status, "billing_status": None, "trial_ends_at": trial_end,
             "current_period_start": now, "created_at": now, "updated_at": now,
-        }], _TYPES)
-        return subscription_id
+        }
 
     def update(self, org_slug: str, *, status: str | None = None, plan: str | None = None,
                billing_status: str | None = None) -> int:
