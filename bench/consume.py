@@ -356,44 +356,6 @@ def child_consumer() -> None:
     asyncio.run(main())
 
 
-# ================================================================================================
-# The BigQuery emulator without its per-write time-travel snapshots (this file run with --child-bqemulator)
-# ================================================================================================
-def child_bqemulator(argv: list[str]) -> None:
-    """devstack.bqemulator_launcher, plus: no AUTO snapshot per write. bqemulator 1.4.0 copies the whole
-    table (`CREATE TABLE snap AS SELECT * FROM t`) after every insertAll/DML and keeps the copy for
-    time_travel_retention_days (7): the append-only run log makes that O(rows) time per write and O(N^2)
-    memory over N runs (5.8 GiB after ~2,300 runs here). Nothing in this project uses time travel, and real
-    BigQuery has no such per-write cost."""
-    from bqemulator.versioning.snapshots import SnapshotManager
-
-    from convergence.devstack import bqemulator_launcher
-
-    original = SnapshotManager.capture
-
-    def capture(self: Any, project_id: str, dataset_id: str, table_id: str, *, kind: str = "AUTO") -> Any:
-        if kind == "AUTO":
-            return None
-        return original(self, project_id, dataset_id, table_id, kind=kind)
-
-    SnapshotManager.capture = capture  # type: ignore[method-assign]
-    bqemulator_launcher.main(argv)
-
-
-def use_bench_bqemulator() -> None:
-    """Make LocalStack start the emulator through child_bqemulator (same ports, log, lifetime)."""
-    import convergence.devstack.bigquery_emulator as module
-
-    managed = module.ManagedProcess
-
-    def swapped(name: str, argv: list[str], *args: Any, **kwargs: Any) -> Any:
-        if argv[1:3] == ["-m", "convergence.devstack.bqemulator_launcher"]:
-            argv = [argv[0], str(Path(__file__).resolve()), "--child-bqemulator", *argv[3:]]
-        return managed(name, argv, *args, **kwargs)
-
-    module.ManagedProcess = swapped  # type: ignore[misc, assignment]
-
-
 def die_with_parent() -> None:
     """preexec_fn: SIGTERM this child when the benchmark process dies (Linux prctl PR_SET_PDEATHSIG)."""
     import ctypes
@@ -1112,12 +1074,7 @@ def main() -> None:
     parser.add_argument("--label", default="main",
                         help="which block of this benchmark's RESULTS.md section the figures replace")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs, probe dumps, py-spy output")
-    parser.add_argument("--bq-time-travel", action="store_true",
-                        help="keep bqemulator's per-write table snapshots (stock emulator; memory grows as N^2)")
     parser.add_argument("--child-consumer", action="store_true", help=argparse.SUPPRESS)
-    if sys.argv[1:2] == ["--child-bqemulator"]:
-        child_bqemulator(sys.argv[2:])
-        return
     args = parser.parse_args()
     if args.child_consumer:
         child_consumer()
@@ -1131,8 +1088,6 @@ def main() -> None:
         parser.error("--whatif needs --consumer process")
     # SIGTERM (timeout, kill): unwind so the consumer, the emulators and py-spy are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if not args.bq_time_travel:
-        use_bench_bqemulator()
     command = " ".join([".venv/bin/python bench/consume.py", *sys.argv[1:]])
     results = run(args)
     report = render(results, command)
@@ -1544,8 +1499,7 @@ def render(r: dict[str, Any], command: str) -> str:
         f"consume` runs), --workers {a['workers']} --per-org {a['per_org']} --orgs {a['orgs']} (settings: "
         + ", ".join(f"{k}={v}" for k, v in st.items())
         + f"), no-op pipeline `{PIPELINE}`; service code {r.get('code', '?')}; probe "
-        f"{'off' if a['no_probe'] else 'on'}; bqemulator time-travel "
-        f"snapshots {'ON (stock)' if a['bq_time_travel'] else 'off'}.",
+        f"{'off' if a['no_probe'] else 'on'}; bqemulator time-travel snapshots off (the launcher's default).",
         "",
         "```",
         f"throughput  consumer / bare subscriber      : {ratio:.4f}   (target >= 0.5: {target})",

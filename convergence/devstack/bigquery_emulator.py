@@ -12,9 +12,7 @@ import structlog
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from convergence.devstack.ports import LOOPBACK, free_port
-from convergence.devstack.process import ManagedProcess, wait_until_ready
-from convergence.devstack.workdir import WorkDir
+from convergence.devstack.process import EmulatorProcess
 
 log = structlog.get_logger(__name__)
 
@@ -32,12 +30,18 @@ def anonymous_bigquery_client(endpoint: str, project: str) -> bigquery.Client:
     )
 
 
-class BigQueryEmulator:
-    """Starts and stops one bqemulator through ``devstack.bqemulator_launcher``.
+class BigQueryEmulator(EmulatorProcess):
+    """Starts and stops one bqemulator through ``convergence.devstack.bqemulator_launcher``.
 
     The emulator accepts any project id without creating it first; ``project`` is
     only its default. Data lives in memory unless ``data_dir`` is given.
     """
+
+    name = "BigQuery emulator"
+    work_prefix = "convergence-bigquery-"
+    log_name = "bigquery-emulator.log"
+    ready_event = "bigquery_emulator.ready"
+    waiting_for = "its REST API to answer"
 
     def __init__(
         self,
@@ -47,17 +51,8 @@ class BigQueryEmulator:
         work_dir: Path | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
-        self.port = port if port is not None else free_port()
-        self.project = project
+        super().__init__(port, project, work_dir, startup_timeout)
         self._data_dir = data_dir
-        self._work_dir_arg = work_dir
-        self._startup_timeout = startup_timeout
-        self._work_dir: WorkDir | None = None
-        self._process: ManagedProcess | None = None
-
-    @property
-    def host(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
 
     @property
     def endpoint(self) -> str:
@@ -66,48 +61,23 @@ class BigQueryEmulator:
     def client(self, project: str | None = None) -> bigquery.Client:
         return anonymous_bigquery_client(self.endpoint, project or self.project)
 
-    def start(self) -> None:
-        self.launch()
-        self.wait_ready()
-
-    def launch(self) -> None:
-        """Start the process without waiting, so another emulator can boot meanwhile."""
-        self._work_dir = WorkDir("convergence-bigquery-", self._work_dir_arg)
+    def argv(self, work_dir: Path) -> list[str]:
         argv = [
             sys.executable,
             "-m",
             "convergence.devstack.bqemulator_launcher",
             f"--port={self.port}",
             f"--project={self.project}",
-            f"--work-dir={self._work_dir.path}",
+            f"--work-dir={work_dir}",
         ]
         if self._data_dir is not None:
             argv.append(f"--data-dir={self._data_dir}")
-        log_path = self._work_dir.path / "bigquery-emulator.log"
-        self._process = ManagedProcess("BigQuery emulator", argv, log_path, _child_env())
-        self._process.start()
+        return argv
 
-    def wait_ready(self) -> None:
-        """Block until the REST API answers; on failure stop it and raise with its log tail."""
-        if self._process is None:
-            raise RuntimeError("launch() the BigQuery emulator first")
-        try:
-            wait_until_ready(self._process, self._api_answers, self._startup_timeout, "its REST API to answer")
-        except BaseException:
-            self.stop()
-            raise
-        log.info("bigquery_emulator.ready", endpoint=self.endpoint)
+    def env(self) -> dict[str, str]:
+        return _child_env()
 
-    def stop(self) -> None:
-        """Idempotent."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-        if self._work_dir is not None:
-            self._work_dir.cleanup()
-            self._work_dir = None
-
-    def _api_answers(self) -> bool:
+    def ready(self) -> bool:
         url = f"{self.endpoint}/bigquery/v2/projects/{self.project}/datasets"
         try:
             with _DIRECT.open(url, timeout=2) as response:

@@ -13,6 +13,8 @@ from pathlib import Path
 import structlog
 
 from convergence.devstack.errors import EmulatorStartError
+from convergence.devstack.ports import LOOPBACK, free_port
+from convergence.devstack.workdir import WorkDir
 
 log = structlog.get_logger(__name__)
 
@@ -130,3 +132,67 @@ def wait_until_ready(
             f"{process.name} {reason}.\nCommand: {' '.join(process.argv)}\n"
             f"Last lines of {process.log_path}:\n{process.log_tail()}"
         )
+
+
+class EmulatorProcess:
+    """What both emulators share: a loopback port, a work directory, one child process, a readiness probe.
+
+    Subclasses say how to start (`argv`, `log_name`, `env`) and how to tell it is ready (`ready`)."""
+
+    name = "emulator"
+    work_prefix = "convergence-emulator-"
+    log_name = "emulator.log"
+    waiting_for = "it to answer"
+    ready_event = "emulator.ready"
+
+    def __init__(self, port: int | None, project: str, work_dir: Path | None, startup_timeout: float) -> None:
+        self.port = port if port is not None else free_port()
+        self.project = project  # the emulators accept any project id without creating it first
+        self._work_dir_arg = work_dir
+        self._startup_timeout = startup_timeout
+        self._work_dir: WorkDir | None = None
+        self._process: ManagedProcess | None = None
+
+    @property
+    def host(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def argv(self, work_dir: Path) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str] | None:
+        return None
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting, so another emulator can boot meanwhile."""
+        self._work_dir = WorkDir(self.work_prefix, self._work_dir_arg)
+        self._process = ManagedProcess(self.name, self.argv(self._work_dir.path), self._work_dir.path / self.log_name,
+                                       self.env())
+        self._process.start()
+
+    def wait_ready(self) -> None:
+        """Block until the emulator serves; on failure stop it and raise with its log tail."""
+        if self._process is None:
+            raise RuntimeError(f"launch() the {self.name} first")
+        try:
+            wait_until_ready(self._process, self.ready, self._startup_timeout, self.waiting_for)
+        except BaseException:
+            self.stop()
+            raise
+        log.info(self.ready_event, host=self.host)
+
+    def stop(self) -> None:
+        """Idempotent."""
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+        if self._work_dir is not None:
+            self._work_dir.cleanup()
+            self._work_dir = None

@@ -8,9 +8,8 @@ from pathlib import Path
 import structlog
 
 from convergence.devstack.errors import EmulatorNotInstalledError
-from convergence.devstack.ports import LOOPBACK, free_port
-from convergence.devstack.process import ManagedProcess, wait_until_ready
-from convergence.devstack.workdir import WorkDir
+from convergence.devstack.ports import LOOPBACK
+from convergence.devstack.process import EmulatorProcess
 
 log = structlog.get_logger(__name__)
 
@@ -36,57 +35,26 @@ def emulator_command(port: int, project: str, data_dir: Path) -> list[str]:
     raise EmulatorNotInstalledError(INSTALL_HINT)
 
 
-class PubSubEmulator:
+class PubSubEmulator(EmulatorProcess):
     """Starts and stops one Pub/Sub emulator; ``host`` is what PUBSUB_EMULATOR_HOST takes."""
+
+    name = "Pub/Sub emulator"
+    work_prefix = "convergence-pubsub-"
+    log_name = "pubsub-emulator.log"
+    ready_event = "pubsub_emulator.ready"
+    waiting_for = repr(READY_LINE)
 
     def __init__(
         self,
         port: int | None = None,
-        project: str = "convergence-local",
+        project: str = "convergence-local",  # the emulator accepts any project id; gcloud wants one
         work_dir: Path | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
-        self.port = port if port is not None else free_port()
-        self.project = project  # the emulator accepts any project id; gcloud wants one
-        self._work_dir_arg = work_dir
-        self._startup_timeout = startup_timeout
-        self._work_dir: WorkDir | None = None
-        self._process: ManagedProcess | None = None
+        super().__init__(port, project, work_dir, startup_timeout)
 
-    @property
-    def host(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+    def argv(self, work_dir: Path) -> list[str]:
+        return emulator_command(self.port, self.project, work_dir / "data")
 
-    def start(self) -> None:
-        self.launch()
-        self.wait_ready()
-
-    def launch(self) -> None:
-        """Start the process without waiting, so another emulator can boot meanwhile."""
-        self._work_dir = WorkDir("convergence-pubsub-", self._work_dir_arg)
-        argv = emulator_command(self.port, self.project, self._work_dir.path / "data")
-        self._process = ManagedProcess("Pub/Sub emulator", argv, self._work_dir.path / "pubsub-emulator.log")
-        self._process.start()
-
-    def wait_ready(self) -> None:
-        """Block until the emulator serves; on failure stop it and raise with its log tail."""
-        if self._process is None:
-            raise RuntimeError("launch() the Pub/Sub emulator first")
-        try:
-            wait_until_ready(self._process, self._log_says_ready, self._startup_timeout, repr(READY_LINE))
-        except BaseException:
-            self.stop()
-            raise
-        log.info("pubsub_emulator.ready", host=self.host)
-
-    def stop(self) -> None:
-        """Idempotent."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-        if self._work_dir is not None:
-            self._work_dir.cleanup()
-            self._work_dir = None
-
-    def _log_says_ready(self) -> bool:
+    def ready(self) -> bool:
         return self._process is not None and READY_LINE in self._process.log_text()
