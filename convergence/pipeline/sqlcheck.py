@@ -24,6 +24,7 @@ statement (the line ZetaSQL reports, mapped back into the file; for inline YAML 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -466,12 +467,19 @@ class _Collector:
                     self.report.notes.append(f"{display}:{dynamic.line}: EXECUTE IMMEDIATE not analyzed: {reason}")
 
 
+@functools.lru_cache(maxsize=64)
+def _composed(path: Path, mtime_ns: int) -> yaml.Node | None:
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def _yaml_value_line(path: Path, keys: tuple[Any, ...]) -> tuple[int, bool]:
     """The file line of the value's first line of text, and whether its lines are the text's lines (a
     literal block `|` keeps them; folded and flow scalars do not)."""
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+    node = _composed(path, path.stat().st_mtime_ns if path.exists() else 0)
+    if node is None:
         return 1, False
     for key in keys:
         if isinstance(node, yaml.MappingNode):
