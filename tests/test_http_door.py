@@ -284,6 +284,45 @@ def test_rate_limits_answer_429_with_retry_after(platform):
         server.close()
 
 
+def test_the_org_gate_refuses_at_the_door_before_anything_is_published(platform):
+    platform.keys["paused_door"] = platform.onboard("paused_door", status="SUSPENDED").api_key
+    platform.keys["starter_door"] = platform.onboard("starter_door", plan="STARTER").api_key
+    app, door = door_app(platform, gate_cache_seconds=300)
+    door.services.__dict__["requests"] = stub = StubRequests()
+    server = Server(app)
+    try:
+        got, headers, answer = server.call("POST", run_path("paused_door"), {}, key_of(platform, "paused_door"))
+        assert (got, answer["code"]) == (403, "SUBSCRIPTION_SUSPENDED") and "Retry-After" not in headers
+        assert not stub.published
+        # STARTER allows 10 runs a day: the ten queued here count while the standing is cached (none is
+        # in the run log: the stub never delivers), so the 11th is refused at once.
+        starter = run_path("starter_door")
+        statuses = [server.call("POST", starter, {}, key_of(platform, "starter_door"))[0] for _ in range(10)]
+        assert statuses == [202] * 10
+        got, headers, answer = server.call("POST", starter, {}, key_of(platform, "starter_door"))
+        assert (got, answer["code"]) == (429, "QUOTA_EXCEEDED") and "10 of 10" in answer["detail"]
+        assert 1 <= int(headers["Retry-After"]) <= 86_400  # at the next UTC midnight
+        assert len(stub.published) == 10
+        assert server.call("POST", run_path("acme_door"), {}, key_of(platform))[0] == 202  # other orgs unaffected
+    finally:
+        server.close()
+
+
+async def test_the_door_lets_a_run_through_when_the_gate_cannot_be_read():
+    from google.api_core import exceptions
+
+    from convergence.api.standing import DoorGate, seconds_until_quota_reset
+
+    class Unreachable:
+        def standings(self, orgs):
+            raise exceptions.ServiceUnavailable("BigQuery is down")
+
+    assert await DoorGate(Unreachable, ttl_seconds=5).check("acme") is None  # the consumer's gate decides
+    from datetime import UTC, datetime
+
+    assert seconds_until_quota_reset(datetime(2026, 12, 2, 23, 59, 30, tzinfo=UTC)) == 30
+
+
 def test_verified_keys_are_cached_briefly(platform, server):
     door = server.door
     before = door.auth.lookups

@@ -10,7 +10,9 @@
 
 The domain may be empty: `/run/acme/anthropic//usage_cost`. Order of checks for a run: X-Request-ID
 (format), global rate limit, API key (401 missing/invalid, 403 another org's), per-org rate limit,
-body (400 not JSON, 422 invalid or unknown field), pipeline (404), publish (503 if Pub/Sub refuses).
+body (400 not JSON, 422 invalid or unknown field), pipeline (404), the org gate from a standing cached for
+GATE_CACHE_SECONDS (403 with the gate's code, e.g. SUBSCRIPTION_SUSPENDED; 429 QUOTA_EXCEEDED with
+Retry-After at the next UTC midnight), publish (503 if Pub/Sub refuses).
 Nothing is published unless every check passed. Errors are JSON `{"detail", "code", "request_id"}`.
 
 `X-Request-ID` is echoed on every answer; when absent one is made (UUID4). It becomes the run's trace_id,
@@ -36,6 +38,7 @@ from structlog.contextvars import bound_contextvars
 from convergence.api.auth import AuthError, OrgKey, OrgKeyAuth, bigquery_verifier, check_root_key
 from convergence.api.models import EmptyBody, RunBody, SyncBody
 from convergence.api.ratelimit import Limits
+from convergence.api.standing import DoorGate, refusal_status, seconds_until_quota_reset
 from convergence.observability.tracing import trace_id_from_headers
 from convergence.pipeline import ConfigError, PipelineLoader
 from convergence.pipeline.errors import InvalidPipelineRef, PipelineNotFound, StepError
@@ -81,6 +84,7 @@ class ApiDoor:
                                        settings.rate_limit_global_requests_per_minute)
         self._ledger = ledger
         self._procedures = procedures
+        self.gate = DoorGate(lambda: services.gate, settings.gate_cache_seconds)
         self.auth_disabled = settings.disable_auth and not settings.is_production
         if self.auth_disabled:
             log.warning("DISABLE_AUTH: the run door accepts calls without an org API key (never in production)")
@@ -204,6 +208,11 @@ class ApiDoor:
             raise ApiError(500, error.code, f"pipeline {ref} has an invalid config") from None
         if config.auth_type == "admin_key":
             check_root_key(self.settings, request.headers.get("X-CA-Root-Key"))
+        decision = await self.gate.check(org)
+        if decision is not None and not decision.allowed:
+            status = refusal_status(decision)
+            retry = {"Retry-After": str(seconds_until_quota_reset())} if status == 429 else None
+            raise ApiError(status, decision.code, decision.message, retry)
         requested_by = f"api:{org}:key-{key.fingerprint}" if key else f"api:{org}:no-auth"
         try:
             run_request = RunRequest.create(org, ref, parameters, Trigger(body.trigger), requested_by=requested_by,
@@ -217,6 +226,7 @@ class ApiDoor:
             log.error("run request not published", error=f"{type(error).__name__}: {error}"[:300])
             raise ApiError(503, "PUBLISH_FAILED", "the run request could not be queued; retry later",
                            {"Retry-After": "5"}) from None
+        self.gate.queued(org)
         try:
             await asyncio.to_thread(self.ledger.record, [run_request])
         except Exception as error:  # noqa: BLE001 - queued anyway; only the QUEUED status lookup misses it
