@@ -60,6 +60,8 @@ async def test_official_validator_passes_the_demo_org(demo_org_rows, tmp_path, c
     rows = demo_org_rows
     assert {r["x_SourcePipeline"] for r in rows} == {"openai", "anthropic"}
     assert {r["x_CostBasis"] for r in rows} >= {"billed"} and len(rows) > 50, len(rows)
+    # Sub-account names from the stand-ins' Admin API lists (projects, workspaces).
+    assert {r["SubAccountName"] for r in rows if r["SubAccountId"]} == {"Stand-in Alpha", "Stand-in Beta"}
     data = tmp_path / "focus_cost_daily.parquet"
     export_parquet(rows, data)
     results = run_validator(venv, data, tmp_path, criteria)

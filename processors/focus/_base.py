@@ -164,9 +164,14 @@ class FocusSource:
     def extra_params(self, config: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
         return {}
 
+    async def prepare(self, config: Mapping[str, Any], context: RunContext) -> tuple[Mapping[str, Any], dict[str, Any]]:
+        """The step config to map with (e.g. with names read from the provider) and fields for the result."""
+        return config, {}
+
     async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
         config = context.resolve(step.config)
         dates = date_range(config, context.parameters)
+        config, noted = await self.prepare(config, context)
         warehouse = Warehouse(context.services, context.org_slug)
         target = TableSpec(config.get("destination"), FOCUS_TABLE, FOCUS_SCHEMA, DATE_COLUMN, list(CLUSTERING))
         await target.ensure(warehouse)
@@ -185,7 +190,7 @@ class FocusSource:
         _, job = await warehouse.query(sql, params)
         summary_rows, _ = await warehouse.query(_SUMMARY.format(target=warehouse.ref(target.table)), params)
         return {"status": "SUCCESS", **summarize(summary_rows), **dates.as_result(), "source": self.source,
-                "table": target.table, "query_job_id": getattr(job, "job_id", None)}
+                "table": target.table, "query_job_id": getattr(job, "job_id", None), **noted}
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -9,6 +9,13 @@ Per org and day:
   EffectiveCost = ListCost = ContractedCost = the calculated cost, ConsumedQuantity/PricingQuantity =
   tokens (x_CostBasis = 'calculated'). Unpriced usage (is_priced = false) has no cost and is left out.
 When the cost report later arrives, the next run of the day replaces the calculated rows by billed ones.
+
+SubAccountName: the provider's Admin API names the sub-accounts (OpenAI `GET /v1/organization/projects`,
+Anthropic `GET /v1/organizations/workspaces`, archived ones included), read at every run with the org's
+stored admin key; the step config's `sub_account_names` {id: name} names the ids the API does not (and all
+of them when the org has no credential, the API fails, or `names_from_provider: false`); else the id
+itself. The cost tables carry only ids. A names failure never fails the mapping: the step result says
+where the names came from (`sub_account_names_from`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import StepError
+from convergence.processors._llm.client import MalformedPage, provider_secret
+from convergence.processors._llm.params import invalid
 from convergence.processors.focus._base import (
     Branch,
     FocusSource,
@@ -28,7 +40,10 @@ from convergence.processors.focus._base import (
     sql_text,
 )
 
+log = structlog.get_logger(__name__)
+
 AI_CATEGORY = "'AI and Machine Learning'"
+MAX_NAME_PAGES = 1_000
 AI_SUBCATEGORY = "'Generative AI'"
 _MONTH_START = "TIMESTAMP(DATE_TRUNC({d}, MONTH))"
 # No DATE_ADD/DATE_SUB: on the emulator a DATE_ADD anywhere in the statement sends it down a path that
@@ -64,9 +79,34 @@ def day_columns(date_column: str) -> dict[str, str]:
     }
 
 
+async def listed_names(http: Any, url: str, params: Sequence[tuple[str, str]], headers: Mapping[str, str],
+                       cursor_param: str, provider: str) -> dict[str, str]:
+    """{id: name} of every object of an Admin API list (`data`, `has_more`, `last_id` as the next cursor)."""
+    names: dict[str, str] = {}
+    cursor: str | None = None
+    seen: set[str] = set()
+    for number in range(1, MAX_NAME_PAGES + 1):
+        query = [*params, *([(cursor_param, cursor)] if cursor else [])]
+        body, _ = await http.request_json("GET", url, params=query, headers=headers)
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise MalformedPage(f"{provider}: page {number} from {url} has no 'data' list")
+        for item in body["data"]:
+            if isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("name"), str) \
+                    and item["name"].strip():
+                names[item["id"]] = item["name"].strip()[:200]
+        if not body.get("has_more"):
+            return names
+        cursor = body.get("last_id")
+        if not isinstance(cursor, str) or not cursor or cursor in seen:
+            raise MalformedPage(f"{provider}: page {number} from {url} says has_more without a new last_id")
+        seen.add(cursor)
+    raise MalformedPage(f"{provider}: more than {MAX_NAME_PAGES} pages from {url}; refusing to continue")
+
+
 class LlmFocusSource(FocusSource):
     provider = ""
     service = ""
+    credential_provider = ""  # as stored in org_integration_credentials
     sub_account: tuple[str, str] = ("project_id", "Project")  # column of both tables, SubAccountType
     billed_columns: Sequence[str] = ()      # columns the `billed` CTE keeps
     calculated_columns: Sequence[str] = ()  # columns the `calc` CTE keeps
@@ -76,9 +116,30 @@ class LlmFocusSource(FocusSource):
         account, name = billing_account(config, context.org_slug)
         return {"billing_account_id": account, "billing_account_name": name, **self.sub_account_name(config)[1]}
 
+    async def provider_names(self, secret: str, config: Mapping[str, Any], context: RunContext) -> dict[str, str]:
+        """{sub-account id: name} from the provider's Admin API."""
+        raise NotImplementedError
+
+    async def prepare(self, config: Mapping[str, Any], context: RunContext) -> tuple[Mapping[str, Any], dict[str, Any]]:
+        use_api = config.get("names_from_provider", True)
+        if not isinstance(use_api, bool):
+            raise invalid("names_from_provider must be true or false")
+        configured = names_config(config, "sub_account_names")
+        if not use_api:
+            return config, {"sub_account_names_from": "configuration"}
+        try:
+            secret = await provider_secret(config, context, self.credential_provider)
+            listed = await self.provider_names(secret, config, context)
+        except StepError as error:
+            log.warning("sub-account names not read from the provider; configuration used", provider=self.provider,
+                        code=error.code)
+            return config, {"sub_account_names_from": f"configuration ({error.code})"}
+        return ({**config, "sub_account_names": {**configured, **listed}},
+                {"sub_account_names_from": f"provider API ({len(listed)} named)"})
+
     def sub_account_name(self, config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        """SubAccountName: the step config's `sub_account_names` {id: name}, else the id itself. The cost
-        tables carry only ids (the providers' cost reports name no project or workspace)."""
+        """SubAccountName: the names from `prepare` (provider API over the step config's `sub_account_names`),
+        else the id itself."""
         return named(self.sub_account[0], names_config(config, "sub_account_names"), "sub_account")
 
     def ctes(self, refs: Mapping[str, str], config: Mapping[str, Any], context: RunContext) -> str:

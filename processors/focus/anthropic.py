@@ -2,20 +2,26 @@
 for days without them, the calculated cost (`anthropic_cost_daily`) as FOCUS rows
 (see processors/focus/_llm.py). Workspaces are the sub-accounts; inference_geo is the region.
 
-Config: as focus.openai (sub_account_names keyed by workspace id).
+Config: as focus.openai (workspace names from the Admin API; sub_account_names keyed by workspace id), and
+anthropic_version.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from convergence.processors.focus._llm import LlmFocusSource, TokenLine
+from convergence.pipeline.context import RunContext
+from convergence.processors._llm.client import http_client
+from convergence.processors.anthropic.usage import admin_headers
+from convergence.processors.focus._llm import LlmFocusSource, TokenLine, listed_names
 
 
 class AnthropicFocus(LlmFocusSource):
     source = "anthropic"
     provider = "Anthropic"
     service = "Claude API"
+    credential_provider = "ANTHROPIC"
     sub_account = ("workspace_id", "Workspace")
     inputs = {
         "billed": ("anthropic_billed_cost_daily_raw", "configs/anthropic/schemas/anthropic_billed_cost_daily_raw.json"),
@@ -33,6 +39,14 @@ class AnthropicFocus(LlmFocusSource):
         TokenLine("output_tokens", "output_tokens", "output_cost"),
         TokenLine("web_search", "web_search_requests", "web_search_cost", unit="Requests"),
     )
+
+    async def provider_names(self, secret: str, config: Mapping[str, Any], context: RunContext) -> dict[str, str]:
+        # Admin API workspace list: at most 1,000 per page, `after_id` = the last id. The default workspace has
+        # no id (workspace_id NULL in the reports), so it has no sub-account and needs no name.
+        url = f"{context.services.settings.anthropic_base_url}/v1/organizations/workspaces"
+        return await listed_names(http_client(context, "anthropic", config), url,
+                                  [("limit", "1000"), ("include_archived", "true")], admin_headers(secret, config),
+                                  "after_id", "anthropic")
 
     def billed_branch(self, refs: Mapping[str, str]) -> dict[str, str]:
         meter = "CASE WHEN cost_type IS NULL OR cost_type = 'tokens' THEN token_type ELSE cost_type END"

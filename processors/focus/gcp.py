@@ -14,8 +14,8 @@
 
 Config (all optional): start_date/end_date (usage_date), max_range_days, billing_account_id (used when
 the row has none), billing_account_names {id: name} (else the id: the export has no account name),
-sub_account_names {project id: name} (for rows without project.name; else the id), invoice_timezone (default America/Los_Angeles), source {table, schema_file},
-destination {table, schema_file}.
+sub_account_names {project id: name} (for rows without project.name; else the id), invoice_timezone
+(default America/Los_Angeles), source {table, schema_file}, destination {table, schema_file}.
 """
 
 from __future__ import annotations

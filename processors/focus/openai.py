@@ -3,21 +3,27 @@ without them, the calculated cost (`openai_cost_daily`) as FOCUS rows (see proce
 
 Config (all optional): start_date/end_date (else run parameters, else yesterday), max_range_days,
 billing_account_id (default: the org slug) and its name (billing_account_names {id: name}, else
-billing_account_name, else the id), sub_account_names {project id: name} (else the id),
+billing_account_name, else the id), names_from_provider (default true: project names from the Admin API),
+sub_account_names {project id: name} (for projects the API does not name; else the id), secret_name, retry,
 billed/calculated {table, schema_file}, destination {table, schema_file}.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from convergence.processors.focus._llm import LlmFocusSource, TokenLine
+from convergence.pipeline.context import RunContext
+from convergence.processors._llm.client import http_client
+from convergence.processors.focus._llm import LlmFocusSource, TokenLine, listed_names
+from convergence.processors.openai.usage import bearer_headers
 
 
 class OpenAIFocus(LlmFocusSource):
     source = "openai"
     provider = "OpenAI"
     service = "OpenAI API"
+    credential_provider = "OPENAI"
     inputs = {
         "billed": ("openai_billed_cost_daily_raw", "configs/openai/cost/schemas/openai_billed_cost_daily_raw.json"),
         "calculated": ("openai_cost_daily", "configs/openai/cost/schemas/openai_cost_daily.json"),
@@ -31,6 +37,13 @@ class OpenAIFocus(LlmFocusSource):
         TokenLine("cache write", "input_cache_write_tokens", "cache_write_cost"),
         TokenLine("output", "output_tokens", "output_cost"),
     )
+
+    async def provider_names(self, secret: str, config: Mapping[str, Any], context: RunContext) -> dict[str, str]:
+        # Admin API project list: at most 100 per page, `after` = the last id; archived projects still have costs.
+        url = f"{context.services.settings.openai_base_url}/v1/organization/projects"
+        return await listed_names(http_client(context, "openai", config), url,
+                                  [("limit", "100"), ("include_archived", "true")], bearer_headers(secret), "after",
+                                  "openai")
 
     def billed_branch(self, refs: Mapping[str, str]) -> dict[str, str]:
         return {

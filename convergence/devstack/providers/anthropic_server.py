@@ -12,7 +12,10 @@ shared/research/llm_usage_apis.md section 2 and checklist 5:
   dimensions null; the default workspace is `workspace_id: null`;
 - cost rows with `amount` a decimal string in cents, `currency: "USD"`, and `model`/`token_type`/
   `cost_type`/`description` set only when grouping by `description`;
-- pagination by buckets with `has_more` and `next_page` (`page_` + base64 of the next bucket start).
+- pagination by buckets with `has_more` and `next_page` (`page_` + base64 of the next bucket start);
+- the Admin API's workspace list (`GET /v1/organizations/workspaces`: `limit` 1..1000, default 20,
+  `after_id`/`before_id` workspace ids, `include_archived`; `data` of `workspace` objects with
+  `first_id`/`last_id`/`has_more`). The default workspace has no id and is not listed.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ WEB_SEARCH_USD = Decimal("0.01")  # $10 per 1,000 searches
 DEFAULT_MODELS = ("claude-sonnet-4-20250514", "claude-sonnet-4-5-20250929", "claude-opus-4-1-20250805",
                   "claude-haiku-4-5-20251001", "claude-3-5-haiku-20241022")
 DEFAULT_WORKSPACES = (None, "wrkspc_01StandInAlpha")
+DEFAULT_WORKSPACE_NAMES = {"wrkspc_01StandInAlpha": "Stand-in Alpha"}
+WORKSPACES_LIMIT = (20, 1000)  # (default, max) workspaces per page
 _SNAPSHOT = re.compile(r"-\d{8}$")
 
 
@@ -148,9 +153,12 @@ class AnthropicStandIn(StandInServer):
                  usage: UsageSource | Sequence[UsageRecord] | None = None,
                  prices: Mapping[str, tuple[str, str, str, str, str]] | None = None,
                  cost_adjustments: Mapping[tuple[str, str | None, str], Decimal | str] | None = None,
+                 workspaces: Mapping[str, str] | None = None, archived_workspaces: Sequence[str] = (),
                  seed: int = 7, host: str = "127.0.0.1", port: int = 0):
         super().__init__(host, port)
         self.admin_keys = frozenset(admin_keys)
+        self.workspaces = dict(DEFAULT_WORKSPACE_NAMES if workspaces is None else workspaces)  # id -> name
+        self.archived_workspaces = frozenset(archived_workspaces)
         if usage is None:
             usage = generated_usage(seed)
         self.usage_source = usage if isinstance(usage, UsageSource) else FixedUsage(usage)
@@ -163,6 +171,7 @@ class AnthropicStandIn(StandInServer):
         return [
             web.get("/v1/organizations/usage_report/messages", self.usage),
             web.get("/v1/organizations/cost_report", self.cost_report),
+            web.get("/v1/organizations/workspaces", self.list_workspaces),
         ]
 
     # -- errors and auth ---------------------------------------------------------------------------
@@ -339,6 +348,39 @@ class AnthropicStandIn(StandInServer):
                 })
             buckets.append({"starting_at": iso(start), "ending_at": iso(stop), "results": results})
         return self._page(buckets, next_start)
+
+
+    # -- workspaces (Admin API) -------------------------------------------------------------------------
+    async def list_workspaces(self, request: web.Request) -> web.Response:
+        default, maximum = WORKSPACES_LIMIT
+        try:
+            limit = int(request.query.get("limit", default))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= maximum:
+            return self.error(400, f"limit: Input should be between 1 and {maximum}")
+        archived = request.query.get("include_archived", "false").lower() == "true"
+        ids = [w for w in sorted(self.workspaces) if archived or w not in self.archived_workspaces]
+        after, before = request.query.get("after_id"), request.query.get("before_id")
+        if after and before:
+            return self.error(400, "Only one of after_id and before_id may be given")
+        cursor = after or before
+        if cursor and cursor not in ids:
+            return self.error(400, f"{'after_id' if after else 'before_id'}: unknown workspace id")
+        if after:
+            ids = ids[ids.index(after) + 1:]
+            page, more = ids[:limit], len(ids) > limit
+        elif before:
+            ids = ids[:ids.index(before)]
+            page, more = ids[-limit:], len(ids) > limit
+        else:
+            page, more = ids[:limit], len(ids) > limit
+        data = [{"id": w, "type": "workspace", "name": self.workspaces[w],
+                 "created_at": f"2024-10-30T23:58:{n % 60:02d}.427722Z",
+                 "archived_at": "2024-11-01T23:59:27.427722Z" if w in self.archived_workspaces else None,
+                 "display_color": "#6C5BB9"} for n, w in enumerate(page)]
+        return web.json_response({"data": data, "has_more": more, "first_id": page[0] if page else None,
+                                  "last_id": page[-1] if page else None})
 
 
 def _description(model: str | None, token_type: str | None, cost_type: str | None) -> str | None:

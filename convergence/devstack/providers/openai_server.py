@@ -1,4 +1,6 @@
-"""Stand-in for OpenAI's Organization Usage API and Costs API (`/v1/organization/usage/*`, `/v1/organization/costs`).
+"""Stand-in for OpenAI's Organization Usage API and Costs API (`/v1/organization/usage/*`, `/v1/organization/costs`),
+and the Admin API's project list (`GET /v1/organization/projects`: `limit` 1..100, default 20, `after` a
+project id, `include_archived`; a `list` of `organization.project` objects with `first_id`/`last_id`/`has_more`).
 
 Follows the facts in shared/research/llm_usage_apis.md section 1 and checklist 5:
 - `Authorization: Bearer sk-admin-...` (admin key) or 401 with OpenAI's `{"error": {...}}` body;
@@ -77,6 +79,8 @@ DEFAULT_MODELS = (
     "gpt-5-mini-2025-08-07", "gpt-5-nano-2025-08-07",
 )
 DEFAULT_PROJECTS = ("proj_standin_alpha", "proj_standin_beta")
+DEFAULT_PROJECT_NAMES = {"proj_standin_alpha": "Stand-in Alpha", "proj_standin_beta": "Stand-in Beta"}
+PROJECTS_LIMIT = (20, 100)  # (default, max) projects per page
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 
@@ -150,8 +154,11 @@ class OpenAIStandIn(StandInServer):
                  cost_adjustments: Mapping[tuple[str, str], Decimal | str] | None = None,
                  extra_costs: Sequence[tuple[str, str | None, str, Decimal | str]] = (),
                  field_set: str = "2026", amount_as_string: bool = False, iso_fields: bool = False,
-                 allow_costs_api_key_group: bool = False, seed: int = 42, host: str = "127.0.0.1", port: int = 0):
+                 allow_costs_api_key_group: bool = False, projects: Mapping[str, str] | None = None,
+                 archived_projects: Sequence[str] = (), seed: int = 42, host: str = "127.0.0.1", port: int = 0):
         super().__init__(host, port)
+        self.projects = dict(DEFAULT_PROJECT_NAMES if projects is None else projects)  # id -> name
+        self.archived_projects = frozenset(archived_projects)
         self.admin_keys = frozenset(admin_keys)
         self.completions = _source(completions) or generated_completions(seed)
         self.embeddings = _source(embeddings) or (generated_embeddings(seed) if completions is None
@@ -171,6 +178,7 @@ class OpenAIStandIn(StandInServer):
         return [
             web.get("/v1/organization/usage/{kind}", self.usage),
             web.get("/v1/organization/costs", self.costs),
+            web.get("/v1/organization/projects", self.list_projects),
         ]
 
     # -- errors and auth ---------------------------------------------------------------------------
@@ -385,6 +393,29 @@ class OpenAIStandIn(StandInServer):
                 })
             buckets.append(self._bucket(start, stop, results))
         return self._page(buckets, next_start)
+
+    # -- projects (Admin API) ---------------------------------------------------------------------------
+    async def list_projects(self, request: web.Request) -> web.Response:
+        default, maximum = PROJECTS_LIMIT
+        try:
+            limit = int(request.query.get("limit", default))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= maximum:
+            return self.error(400, f"Invalid value for 'limit': must be between 1 and {maximum}.", param="limit")
+        archived = request.query.get("include_archived", "false").lower() == "true"
+        ids = [p for p in sorted(self.projects) if archived or p not in self.archived_projects]
+        after = request.query.get("after")
+        if after:
+            if after not in ids:
+                return self.error(400, "Invalid value for 'after'.", param="after")
+            ids = ids[ids.index(after) + 1:]
+        page = ids[:limit]
+        data = [{"id": p, "object": "organization.project", "name": self.projects[p],
+                 "created_at": 1711471533 + n, "archived_at": 1730419200 if p in self.archived_projects else None,
+                 "status": "archived" if p in self.archived_projects else "active"} for n, p in enumerate(page)]
+        return web.json_response({"object": "list", "data": data, "first_id": page[0] if page else None,
+                                  "last_id": page[-1] if page else None, "has_more": len(ids) > limit})
 
     def _amount(self, amount: Decimal) -> float | str:
         if self.amount_as_string:  # observed: strings with 39 decimals, and "0E-6176" for zero (G-O3)
