@@ -323,6 +323,59 @@ async def test_the_door_lets_a_run_through_when_the_gate_cannot_be_read():
     assert seconds_until_quota_reset(datetime(2026, 12, 2, 23, 59, 30, tzinfo=UTC)) == 30
 
 
+def test_cors_only_for_the_configured_origins(platform, server):
+    app, door = door_app(platform, cors_origins=["https://app.example.com"])
+    door.services.__dict__["requests"] = stub = StubRequests()
+    cors = Server(app)
+    try:
+        preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "X-API-Key, Content-Type"}
+        got, headers, _ = cors.call("OPTIONS", run_path("acme_door"), headers=preflight)
+        assert got == 200 and headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "X-API-KEY" in headers["Access-Control-Allow-Headers"].upper()
+        assert "Access-Control-Allow-Credentials" not in headers
+        got, headers, _ = cors.call("OPTIONS", run_path("acme_door"), headers={**preflight,
+                                                                               "Origin": "https://evil.example"})
+        assert got == 403 and "Access-Control-Allow-Origin" not in headers
+        got, headers, _ = cors.call("POST", run_path("acme_door"), {},
+                                    {**key_of(platform), "Origin": "https://app.example.com"})
+        assert got == 202 and headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "X-Request-ID" in headers["Access-Control-Expose-Headers"] and len(stub.published) == 1
+        got, headers, _ = cors.call("POST", run_path("acme_door"), {},
+                                    {**key_of(platform), "Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in headers  # the browser refuses to hand it the answer
+    finally:
+        cors.close()
+    # Not configured (the default): no preflight is answered, no answer carries CORS headers.
+    got, headers, _ = server.call("OPTIONS", run_path("acme_door"), headers={
+        "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"})
+    assert got in (403, 405) and "Access-Control-Allow-Origin" not in headers
+
+
+def test_cors_origins_are_checked_and_a_wildcard_is_refused_in_production():
+    from convergence.settings.model import SettingsError, load_settings
+    from convergence.settings.production import production_problems
+
+    for bad in (["app.example.com"], ["https://app.example.com/path"], ["ftp://x.example"]):
+        with pytest.raises(SettingsError, match="is not an origin"):
+            load_settings(cors_origins=bad)
+    assert 'CORS_ORIGINS must list the allowed origins in production, not "*"' in production_problems(
+        load_settings(cors_origins=["*"]))
+
+
+def test_the_old_two_segment_run_urls_are_aliases(platform):
+    app, door = door_app(platform)
+    door.services.__dict__["requests"] = stub = StubRequests()
+    server = Server(app)
+    try:
+        for path, pipeline in (("openai/usage_cost", "openai/cost/usage_cost"), ("gcp/billing", "gcp/cost/billing")):
+            got, _, answer = server.call("POST", f"/api/v1/pipelines/run/acme_door/{path}", {}, key_of(platform))
+            assert (got, answer["pipeline"]) == (202, pipeline), answer
+        assert [r.pipeline for r in stub.published] == ["openai/cost/usage_cost", "gcp/cost/billing"]
+    finally:
+        server.close()
+
+
 def test_verified_keys_are_cached_briefly(platform, server):
     door = server.door
     before = door.auth.lookups

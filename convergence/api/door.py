@@ -106,14 +106,29 @@ class ApiDoor:
 
     def register(self, app: web.Application) -> None:
         r = app.router
-        r.add_post(PREFIX + "/pipelines/run/{org}/{provider}/{domain:[^/]*}/{pipeline}", self._wrap(self.run))
-        r.add_get(PREFIX + "/pipelines/runs/{run_id}", self._wrap(self.run_status))
-        r.add_get(PREFIX + "/procedures", self._wrap(self.procedures_list))
-        r.add_get(PREFIX + "/procedures/files", self._wrap(self.procedures_files))
-        r.add_post(PREFIX + "/procedures/sync", self._wrap(self.procedures_sync))
-        r.add_get(PREFIX + "/procedures/{name}", self._wrap(self.procedure_get))
-        r.add_post(PREFIX + "/procedures/{name}", self._wrap(self.procedure_put))
-        r.add_delete(PREFIX + "/procedures/{name}", self._wrap(self.procedure_delete))
+        routes = [
+            r.add_post(PREFIX + "/pipelines/run/{org}/{provider}/{domain:[^/]*}/{pipeline}", self._wrap(self.run)),
+            r.add_get(PREFIX + "/pipelines/runs/{run_id}", self._wrap(self.run_status)),
+            r.add_get(PREFIX + "/procedures", self._wrap(self.procedures_list)),
+            r.add_get(PREFIX + "/procedures/files", self._wrap(self.procedures_files)),
+            r.add_post(PREFIX + "/procedures/sync", self._wrap(self.procedures_sync)),
+            r.add_get(PREFIX + "/procedures/{name}", self._wrap(self.procedure_get)),
+            r.add_post(PREFIX + "/procedures/{name}", self._wrap(self.procedure_put)),
+            r.add_delete(PREFIX + "/procedures/{name}", self._wrap(self.procedure_delete)),
+        ]
+        for alias, pipeline in TWO_SEGMENT_ALIASES.items():  # the old API's short run URLs
+            routes.append(r.add_post(f"{PREFIX}/pipelines/run/{{org}}/{alias}", self._wrap(self._alias(pipeline))))
+        if self.settings.cors_origins:
+            allow_cors(app, routes, self.settings.cors_origins)
+
+    def _alias(self, pipeline: str) -> Handler:
+        provider, domain, name = pipeline.split("/")
+
+        async def run_alias(request: web.Request) -> web.Response:
+            request.match_info.update({"provider": provider, "domain": domain, "pipeline": name})
+            return await self.run(request)
+
+        return run_alias
 
     # -- common ------------------------------------------------------------------------------------------
     def _wrap(self, handler: Handler) -> Handler:
@@ -310,6 +325,24 @@ MAX_JSON_DEPTH = 32  # a valid body nests 2 deep; the limit keeps the parser far
 # The closing quote is optional so an unterminated string is eaten once: linear time on any input.
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+# Two-segment run URLs of the old API, kept as aliases of their four-segment pipelines.
+TWO_SEGMENT_ALIASES = {"openai/usage_cost": "openai/cost/usage_cost", "gcp/billing": "gcp/cost/billing"}
+CORS_ALLOWED_HEADERS = ("Content-Type", "Authorization", "X-API-Key", "X-CA-Root-Key", "X-Request-ID", "traceparent")
+CORS_EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "Location")
+
+
+def allow_cors(app: web.Application, routes: list[web.AbstractRoute], origins: list[str]) -> None:
+    """CORS on the door's routes for exactly these origins (aiohttp-cors answers the preflights). No
+    credentials mode: the door authenticates with headers, never cookies."""
+    import aiohttp_cors
+
+    options = aiohttp_cors.ResourceOptions(allow_credentials=False, allow_headers=CORS_ALLOWED_HEADERS,
+                                           expose_headers=CORS_EXPOSED_HEADERS, max_age=600)
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in routes:
+        cors.add(route)
 
 
 def _json_depth(text: str) -> int:

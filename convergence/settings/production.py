@@ -33,6 +33,8 @@ def production_problems(settings: Settings) -> list[str]:
                         f"(it has {len(root_key)})")
     if settings.disable_auth:
         problems.append("DISABLE_AUTH must be false in production")
+    if "*" in settings.cors_origins:
+        problems.append('CORS_ORIGINS must list the allowed origins in production, not "*"')
     if not settings.rate_limit_enabled:
         problems.append("RATE_LIMIT_ENABLED must be true in production")
     if not settings.kms_key_name:
