@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from convergence.paths import bundled_configs_dir, local_state_dir
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 _RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
 
 
@@ -115,6 +116,9 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = Field(default=30.0, ge=0, le=600)
     push_verify_token: bool = True
     push_audience: str | None = None
+    # Browser origins allowed to call the HTTP door (CORS), as JSON: '["https://app.example.com"]'.
+    # Empty (the default): no cross-origin call is allowed. "*" is refused in production.
+    cors_origins: list[str] = Field(default_factory=list)
     push_service_account_email: str | None = None
     # Where the OIDC signing certs ({kid: PEM}) come from; a setting so tests serve their own.
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
@@ -177,6 +181,14 @@ class Settings(BaseSettings):
 
     @field_validator("gcp_project_id")
     @classmethod
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path (or \"*\")")
+        return value
+
     def _project_id(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z][a-z0-9\-]{4,28}[a-z0-9]", value):
             raise ValueError(f"{value!r} is not a valid GCP project id")
