@@ -114,11 +114,11 @@ class Settings(BaseSettings):
     # HTTP door: a verified org API key is trusted this long without asking BigQuery again (0: every
     # request). A revoked key keeps working at most this long on an instance that verified it.
     api_key_cache_seconds: float = Field(default=30.0, ge=0, le=600)
-    push_verify_token: bool = True
-    push_audience: str | None = None
     # Browser origins allowed to call the HTTP door (CORS), as JSON: '["https://app.example.com"]'.
     # Empty (the default): no cross-origin call is allowed. "*" is refused in production.
     cors_origins: list[str] = Field(default_factory=list)
+    push_verify_token: bool = True
+    push_audience: str | None = None
     push_service_account_email: str | None = None
     # Where the OIDC signing certs ({kid: PEM}) come from; a setting so tests serve their own.
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
@@ -179,8 +179,6 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a valid Pub/Sub resource name")
         return value
 
-    @field_validator("gcp_project_id")
-    @classmethod
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
@@ -189,6 +187,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path (or \"*\")")
         return value
 
+    @field_validator("gcp_project_id")
+    @classmethod
     def _project_id(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z][a-z0-9\-]{4,28}[a-z0-9]", value):
             raise ValueError(f"{value!r} is not a valid GCP project id")
