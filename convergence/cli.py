@@ -3,6 +3,7 @@ procedures, dlq, runs, dev). Each command is a thin shell over a library call.""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def cannot_start_problems(error: BaseException) -> list[str] | None:
     """The problems behind an error that means the command could not start; None for any other error.
 
     The one place that decides what ends in "cannot start" and exit 2, for every command."""
+    import pydantic_settings
     import requests
     from google.api_core import exceptions as api_exceptions
     from google.auth import exceptions as auth_exceptions
@@ -75,6 +77,10 @@ def cannot_start_problems(error: BaseException) -> list[str] | None:
     if isinstance(error, SettingsError):
         lines = str(error).splitlines()
         return [line[4:] for line in lines if line.startswith("  - ")] or lines[:1] or ["invalid settings"]
+    if isinstance(error, pydantic_settings.SettingsError):  # a list or mapping setting that is not JSON
+        field = re.search(r'field "([^"]+)"', str(error))
+        name = field.group(1).upper() if field else "a setting"
+        return [f'{name}: not valid JSON (a list is written ["a", "b"])']
     if isinstance(error, StartupError):
         return error.problems
     if isinstance(error, auth_exceptions.GoogleAuthError | api_exceptions.Unauthenticated):

@@ -67,6 +67,11 @@ def test_invalid_settings_end_any_command_with_exit_2(tmp_path):
     assert_cannot_start(result, "MAX_DELIVERY_ATTEMPTS", "GCP_PROJECT_ID")
 
 
+def test_a_list_setting_that_is_not_json(tmp_path):
+    result = run_cli(tmp_path, "dlq", "list", OUTBOUND_ALLOWED_HOSTS="[10.0.0.0/8", **SECRETS)
+    assert_cannot_start(result, "OUTBOUND_ALLOWED_HOSTS: not valid JSON")
+
+
 def test_production_without_google_credentials(tmp_path):
     result = run_cli(tmp_path, "consume", GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "missing.json"),
                      **GOOD_PRODUCTION)
