@@ -45,6 +45,7 @@ from typing import Any
 from convergence.extractors.credentials import resolve_credential
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
+from convergence.processors._dates import run_dates
 from convergence.processors.gcp._auth import ServiceAccountKey, credentials_for
 from convergence.processors.generic._common import (
     bool_option,
@@ -53,7 +54,6 @@ from convergence.processors.generic._common import (
     invalid,
     project_id,
     resolve_file,
-    run_dates,
     section,
     write_mode,
 )
@@ -92,9 +92,7 @@ class BigQueryEtl:
         config = resolve_placeholders({**step.config, "source": source_raw}, context.lookup(), context.outputs)
         source = section(config, "source")
         dates_spec = section(config, "dates")
-        dates = run_dates(dates_spec, context.parameters, default=str(dates_spec.get("default", "yesterday")),
-                          lookback_days=int_option(dates_spec, "lookback_days", 1, 1, 93) or 1,
-                          max_days=int_option(dates_spec, "max_range_days", 93, 1, 3660) or 93)
+        dates = run_dates(dates_spec, context.parameters)
 
         # Source side: the customer's service account and project.
         credentials = None

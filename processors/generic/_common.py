@@ -1,5 +1,6 @@
 """Helpers shared by the generic, GCP and SaaS processors: config checks, identifiers, files under the
-project, run dates, and the call into the warehouse Writer. Every bad value is a PermanentStepError."""
+project, and the call into the warehouse Writer (run dates: processors._dates). Every bad value is a
+PermanentStepError."""
 
 from __future__ import annotations
 
@@ -8,18 +9,16 @@ import inspect
 import json
 import re
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from convergence.pipeline.errors import ErrorCode, invalid
-from convergence.processors._dates import DateRange, utc_today
+from convergence.pipeline.errors import invalid
+from convergence.processors._dates import DateRange  # noqa: F401 - generic._sink imports it from here
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 # GCP project ids: 6-30 chars, lower-case letters, digits, hyphens; optionally domain-scoped (example.com:p).
 _PROJECT = re.compile(r"^(?:[a-z0-9.\-]{1,63}:)?[a-z][a-z0-9\-]{4,28}[a-z0-9]$")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 WRITE_MODES = ("append", "overwrite", "range_replace", "merge")
 _MODE_ALIASES = {"truncate": "overwrite", "replace": "overwrite", "write_truncate": "overwrite",
                  "write_append": "append", "range-replace": "range_replace", "upsert": "merge"}
@@ -116,70 +115,6 @@ def _schema(path: Path, mtime: float) -> tuple[dict[str, Any], ...]:
 
 def schema_fields(path: Path) -> tuple[dict[str, Any], ...]:
     return _schema(path, path.stat().st_mtime)
-
-
-# -- run dates ---------------------------------------------------------------------------------------
-
-
-def month_bounds(day: date) -> tuple[date, date]:
-    first = day.replace(day=1)
-    last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
-    return first, last
-
-
-def parse_date(name: str, value: Any, today: date | None = None) -> date:
-    """An ISO date, or one of the names today / yesterday / month_start / month_end (UTC)."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    text = str(value).strip()
-    today = today or utc_today()
-    named = {"today": today, "yesterday": today - timedelta(days=1), "month_start": month_bounds(today)[0],
-             "month_end": month_bounds(today)[1]}
-    if text in named:
-        return named[text]
-    if not _ISO_DATE.match(text):
-        raise invalid(f"{name} {value!r} is not an ISO date (YYYY-MM-DD)", ErrorCode.INVALID_PARAMETERS)
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise invalid(f"{name} {value!r} is not a valid calendar date", ErrorCode.INVALID_PARAMETERS) from None
-
-
-def _given(value: Any) -> bool:
-    return value is not None and value != ""
-
-
-def run_dates(config: Mapping[str, Any], parameters: Mapping[str, Any], *, default: str = "yesterday",
-              lookback_days: int = 1, max_days: int = 366, today: date | None = None) -> DateRange:
-    """The run's date range. The step config's `start_date`/`end_date` win, then the run parameters
-    `start_date`/`end_date`, or `date` for one day. Without any: `default` is `yesterday` (the range is
-    the `lookback_days` days ending yesterday) or `current_month` (first to last day of this month)."""
-    today = today or utc_today()
-    raw_start = config.get("start_date") if _given(config.get("start_date")) else parameters.get("start_date")
-    raw_end = config.get("end_date") if _given(config.get("end_date")) else parameters.get("end_date")
-    one_day = config.get("date") if _given(config.get("date")) else parameters.get("date")
-    if not _given(raw_start) and not _given(raw_end) and _given(one_day):
-        raw_start = raw_end = one_day
-    if _given(raw_start) or _given(raw_end):
-        start = parse_date("start_date", raw_start, today) if _given(raw_start) else None
-        end = parse_date("end_date", raw_end, today) if _given(raw_end) else None
-        start = start or end
-        end = end or start
-    elif default == "current_month":
-        start, end = month_bounds(today)
-    else:
-        end = today - timedelta(days=1)
-        start = end - timedelta(days=max(1, lookback_days) - 1)
-    assert start is not None and end is not None
-    if start > end:
-        raise invalid(f"start_date {start} is after end_date {end}", ErrorCode.INVALID_PARAMETERS)
-    result = DateRange(start, end)
-    if result.days > max_days:
-        raise invalid(f"date range {start}..{end} is {result.days} days; at most {max_days} allowed "
-                      "(max_range_days): split the run", ErrorCode.INVALID_PARAMETERS)
-    return result
 
 
 # -- warehouse -----------------------------------------------------------------------------------------

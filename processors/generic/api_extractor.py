@@ -55,13 +55,13 @@ from convergence.extractors.request import PageRequest
 from convergence.httpclient import RetryPolicy
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
+from convergence.processors._dates import run_dates
 from convergence.processors.generic._common import (
     bool_option,
     float_option,
     int_option,
     invalid,
     resolve_file,
-    run_dates,
     section,
     write_mode,
 )
@@ -90,7 +90,7 @@ def build_sink(services: Any, context: RunContext, step: StepConfig, destination
     mode = write_mode(destination.get("write_mode"), "append")
     date_range = None
     if mode == "range_replace":
-        date_range = run_dates(config, context.parameters, lookback_days=1)
+        date_range = run_dates(config, context.parameters)
     key_columns = destination.get("key_columns") or []
     key_fields = destination.get("key_fields") or []
     if not isinstance(key_columns, list) or not isinstance(key_fields, list):

@@ -31,13 +31,12 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
+from convergence.processors._dates import run_dates
 from convergence.processors.generic._bq import ensure_table, run_query, sql_names, table_exists
 from convergence.processors.generic._common import (
     identifier,
-    int_option,
     invalid,
     resolve_file,
-    run_dates,
     schema_fields,
     section,
     write_mode,
@@ -105,9 +104,7 @@ class LocalBqTransformer:
         if raw_sql is not None:
             config["query"] = raw_sql
         dates_spec = section(config, "dates")
-        dates = run_dates(dates_spec, context.parameters, default=str(dates_spec.get("default", "yesterday")),
-                          lookback_days=int_option(dates_spec, "lookback_days", 1, 1, 366) or 1,
-                          max_days=int_option(dates_spec, "max_range_days", 366, 1, 3660) or 366)
+        dates = run_dates(dates_spec, context.parameters)
         destination = section(config, "destination")
         table = identifier(destination.get("table"), "destination table")
         mode = write_mode(destination.get("write_mode"), "append")

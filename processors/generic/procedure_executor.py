@@ -27,14 +27,13 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
+from convergence.processors._dates import run_dates
 from convergence.processors.generic._bq import ensure_table, sql_names
 from convergence.processors.generic._common import (
     bool_option,
     identifier,
-    int_option,
     invalid,
     resolve_file,
-    run_dates,
     section,
 )
 from convergence.processors.sql.procedures import ProcedureCatalog, ProcedureNotFound
@@ -52,9 +51,7 @@ class ProcedureExecutor:
         services = context.services
         names = {**sql_names(context), **context.lookup()}
         dates_spec = resolve_placeholders(dict(step.config.get("dates") or {}), names, context.outputs)
-        dates = run_dates(dates_spec, context.parameters, default=str(dates_spec.get("default", "yesterday")),
-                          lookback_days=int_option(dates_spec, "lookback_days", 1, 1, 366) or 1,
-                          max_days=int_option(dates_spec, "max_range_days", 366, 1, 3660) or 366)
+        dates = run_dates(dates_spec, context.parameters)
         names.update({"start_date": dates.start.isoformat(), "end_date": dates.end.isoformat()})
         config = resolve_placeholders({k: v for k, v in step.config.items() if k != "dates"}, names,
                                       context.outputs)
