@@ -3,8 +3,21 @@ output "serve_url" {
   value       = google_cloud_run_v2_service.serve.uri
 }
 
-output "runtime_service_account" {
-  value = google_service_account.runtime.email
+output "serve_service_account" {
+  value = google_service_account.serve.email
+}
+
+output "worker_service_account" {
+  value = google_service_account.worker.email
+}
+
+output "worker_pool" {
+  description = "The `consume` worker pool, scaled by convergence-autoscaler on the worker subscription's backlog."
+  value       = google_cloud_run_v2_worker_pool.worker.id
+}
+
+output "dashboard" {
+  value = google_monitoring_dashboard.convergence.id
 }
 
 output "push_service_account" {

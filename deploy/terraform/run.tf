@@ -1,8 +1,10 @@
 # One image, two roles (the repository's Dockerfile): `serve` (push endpoint, HTTP door, probes) as a request-
-# driven Cloud Run service, and `consume` (streaming-pull workers, dead-letter drain, scheduler ticks) as an
-# always-on Cloud Run service with CPU always allocated and no public ingress. Cloud Run worker pools fit
-# `consume` too once available in the provider used; the container is the same.
-
+# driven Cloud Run service, and `consume` (streaming-pull workers, dead-letter drain, scheduler ticks) as a
+# Cloud Run worker pool: no endpoint, CPU always allocated, instances set by the autoscaler (autoscaling.tf).
+#
+# Both carry Google's Managed Service for Prometheus sidecar (Cloud Run docs, "Write Prometheus metrics by using
+# the Prometheus sidecar"). Its default RunMonitoring config scrapes 0.0.0.0:8080/metrics every 30 s: `serve`
+# serves /metrics on its HTTP port 8080, `consume` on METRICS_PORT, set to 8080 below, so no config secret.
 locals {
   common_env = merge({
     ENVIRONMENT                    = var.environment
@@ -41,7 +43,7 @@ resource "google_cloud_run_v2_service" "serve" {
   labels   = local.labels
 
   template {
-    service_account = google_service_account.runtime.email
+    service_account = google_service_account.serve.email
     # A push request lasts at most the push subscription's ack deadline.
     timeout = "${var.push_ack_deadline_seconds}s"
 
@@ -51,6 +53,7 @@ resource "google_cloud_run_v2_service" "serve" {
     }
 
     containers {
+      name  = "serve"
       image = var.image
       args  = ["serve"]
 
@@ -99,37 +102,60 @@ resource "google_cloud_run_v2_service" "serve" {
         period_seconds = 30
       }
     }
+
+    # Request-based billing throttles CPU between requests, so some 30 s scrapes of an idle instance fail; the
+    # sidecar's start-up and shut-down scrapes still run (same doc page). Counters lose nothing: they are
+    # cumulative and the next scrape carries them.
+    containers {
+      name       = "collector"
+      image      = var.prometheus_sidecar_image
+      depends_on = ["serve"]
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "512Mi"
+        }
+      }
+
+      liveness_probe {
+        http_get {
+          path = "/liveness"
+          port = 13133
+        }
+        timeout_seconds = 30
+        period_seconds  = 30
+      }
+    }
   }
 
-  depends_on = [google_secret_manager_secret_iam_member.runtime_root_key]
+  depends_on = [google_secret_manager_secret_iam_member.roles_root_key]
 }
 
-resource "google_cloud_run_v2_service" "worker" {
+resource "google_cloud_run_v2_worker_pool" "worker" {
   name     = "convergence-worker"
   location = var.region
-  # Nothing calls the worker: its port only serves /health and /metrics inside the project.
-  ingress = "INGRESS_TRAFFIC_INTERNAL_ONLY"
-  labels  = local.labels
+  labels   = local.labels
+
+  # MANUAL: the instance count is whatever the autoscaler last set (autoscaling.tf); this is only the count at
+  # creation. Worker pools have no backlog-based scaling of their own (the provider's `scaling` block offers
+  # MANUAL, or AUTOMATIC between min and max with no metric to choose), hence the external autoscaler.
+  scaling {
+    scaling_mode          = "MANUAL"
+    manual_instance_count = var.worker_min_instances
+  }
 
   template {
-    service_account = google_service_account.runtime.email
-
-    scaling {
-      min_instance_count = var.worker_min_instances
-      max_instance_count = var.worker_max_instances
-    }
+    service_account = google_service_account.worker.email
 
     containers {
+      name  = "consume"
       image = var.image
       args  = ["consume"]
 
-      ports {
-        container_port = 8080
-      }
-
       dynamic "env" {
         for_each = merge(local.common_env, {
-          METRICS_PORT     = "8080" # /health for the probes, /metrics for scraping
+          METRICS_PORT     = "8080" # /health for the probes, /metrics for the sidecar
           CONSUMER_WORKERS = tostring(var.consumer_workers)
         })
         content {
@@ -148,9 +174,8 @@ resource "google_cloud_run_v2_service" "worker" {
         }
       }
 
+      # Worker pools always allocate CPU (no requests to throttle between), which streaming pull and leases need.
       resources {
-        # Streaming pull and leases run between requests: CPU must stay allocated.
-        cpu_idle = false
         limits = {
           cpu    = "2"
           memory = "2Gi"
@@ -160,13 +185,41 @@ resource "google_cloud_run_v2_service" "worker" {
       startup_probe {
         http_get {
           path = "/health"
+          port = 8080
         }
         initial_delay_seconds = 2
         period_seconds        = 3
         failure_threshold     = 20
       }
     }
+
+    containers {
+      name       = "collector"
+      image      = var.prometheus_sidecar_image
+      depends_on = ["consume"]
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "512Mi"
+        }
+      }
+
+      liveness_probe {
+        http_get {
+          path = "/liveness"
+          port = 13133
+        }
+        timeout_seconds = 30
+        period_seconds  = 30
+      }
+    }
   }
 
-  depends_on = [google_secret_manager_secret_iam_member.runtime_root_key]
+  lifecycle {
+    # The autoscaler owns the instance count; an apply must not reset it.
+    ignore_changes = [scaling[0].manual_instance_count]
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.roles_root_key]
 }

@@ -182,14 +182,19 @@ variable "serve_max_instances" {
 }
 
 variable "worker_min_instances" {
-  description = "`consume` workers always running (streaming pull needs a live process)."
+  description = "`consume` instances always running, whatever the backlog: at least 1, since the same process fans scheduler ticks out and drains the dead letters."
   type        = number
   default     = 1
+  validation {
+    condition     = var.worker_min_instances >= 1
+    error_message = "worker_min_instances must be at least 1: ticks and dead letters are handled by `consume` only."
+  }
 }
 
 variable "worker_max_instances" {
-  type    = number
-  default = 10
+  description = "Most `consume` instances the autoscaler may run."
+  type        = number
+  default     = 10
 }
 
 variable "consumer_workers" {
@@ -202,4 +207,54 @@ variable "extra_env" {
   description = "More environment variables for both roles (provider base URLs, SMTP, Slack...)."
   type        = map(string)
   default     = {}
+}
+
+# ---- monitoring and scaling ----------------------------------------------------------------------------------
+
+variable "prometheus_sidecar_image" {
+  description = "Google's Managed Service for Prometheus sidecar for Cloud Run (pin a released tag)."
+  type        = string
+  default     = "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0"
+}
+
+variable "autoscaler_image" {
+  description = "Cloud Run External Metrics Autoscaling (CREMA), Google's prebuilt image (pin a release tag)."
+  type        = string
+  default     = "us-central1-docker.pkg.dev/cloud-run-oss-images/crema-v1/autoscaler:1.2"
+}
+
+variable "autoscaler_base_image" {
+  description = "Runtime base image the CREMA image is built for (it is built FROM scratch, for automatic base image updates)."
+  type        = string
+  default     = "us-central1-docker.pkg.dev/serverless-runtimes/google-24/runtimes/java25"
+}
+
+variable "autoscaler_polling_seconds" {
+  description = "How often the autoscaler reads the backlog and sets the worker pool's instance count."
+  type        = number
+  default     = 30
+}
+
+variable "alert_notification_channels" {
+  description = "Notification channel ids (projects/P/notificationChannels/N) for every alert policy; empty: incidents are opened, nobody is notified."
+  type        = list(string)
+  default     = []
+}
+
+variable "max_lease_seconds" {
+  description = "The consumer's max_lease_duration (consumer/flow.py: 2 x the longest pipeline timeout + 300 s; 7200 s under configs/). An unacked run request older than this is no longer leased by anyone."
+  type        = number
+  default     = 14700
+}
+
+variable "failed_run_ratio" {
+  description = "Alert when this share of finished runs (FAILED or TIMEOUT) is exceeded over 15 minutes."
+  type        = number
+  default     = 0.2
+}
+
+variable "failed_run_min_count" {
+  description = "...and at least this many runs failed in those 15 minutes (one failure of one run is not a rate)."
+  type        = number
+  default     = 3
 }

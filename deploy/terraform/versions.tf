@@ -3,8 +3,10 @@ terraform {
 
   required_providers {
     google = {
-      source  = "hashicorp/google"
-      version = ">= 6.0, < 8.0"
+      source = "hashicorp/google"
+      # google_cloud_run_v2_worker_pool is in the provider since 6.37.0; its containers' depends_on (the sidecar
+      # starts after the worker) since 7.10.0 (the provider's changelog).
+      version = ">= 7.10.0, < 8.0"
     }
   }
 }
