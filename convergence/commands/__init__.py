@@ -12,10 +12,11 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.dlq import dlq
     from convergence.commands.focus import focus
     from convergence.commands.infra import infra
+    from convergence.commands.pipelines import pipelines
     from convergence.commands.procedures import procedures
     from convergence.commands.publish import publish
     from convergence.commands.runs import runs
     from convergence.commands.schedule import schedule
     from convergence.commands.serve import serve
 
-    return [bootstrap, consume, dev, dlq, focus, infra, procedures, publish, runs, schedule, serve]
+    return [bootstrap, consume, dev, dlq, focus, infra, pipelines, procedures, publish, runs, schedule, serve]

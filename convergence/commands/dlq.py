@@ -20,6 +20,8 @@ from typing import Any
 
 import click
 
+from convergence.commands.output import output_options
+
 DEFAULT_LIMIT = 1000
 _RELATIVE = re.compile(r"^(\d{1,6})([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -141,7 +143,7 @@ def dlq() -> None:
 @_org_option
 @_since_option
 @_limit_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@output_options  # json: one object per line
 def list_(org_slug: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Runs currently dead-lettered (newest first)."""
     from convergence.cli import load_settings_or_exit

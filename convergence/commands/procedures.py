@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from convergence.commands.output import output_options
+
 
 def _catalog(dataset: str | None) -> Any:
     from convergence.cli import load_settings_or_exit
@@ -38,7 +40,7 @@ def _echo(value: Any, as_json: bool) -> None:
 
 
 _dataset_option = click.option("--dataset", default=None, help="Dataset of the routines (default: the central one).")
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+_json_option = output_options
 
 
 @click.group()

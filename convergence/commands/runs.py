@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from convergence.commands.output import output_options
+
 STATUSES = ("RUNNING", "SUCCESS", "FAILED", "TIMEOUT", "REJECTED")
 _SINCE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.I)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -166,7 +168,7 @@ def runs() -> None:
 @click.option("--status", type=click.Choice(STATUSES, case_sensitive=False), help="Only runs in this state.")
 @click.option("--since", callback=_since_option, help="Runs recorded since: 30m, 12h, 1d, 2w or an ISO date/time.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="At most N runs.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+@output_options  # json: one object per line
 def list_runs(org: str | None, status: str | None, since: datetime | None, limit: int, as_json: bool) -> None:
     """Runs in their latest state, newest first."""
     records = _runlog().list_runs(org_slug=org, status=status.upper() if status else None, since=since, limit=limit)
@@ -184,7 +186,7 @@ def list_runs(org: str | None, status: str | None, since: datetime | None, limit
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--org", callback=_org_option, help="Refuse the run unless it belongs to this org.")
-@click.option("--json", "as_json", is_flag=True, help="The run and its steps as JSON.")
+@output_options
 def show_run(run_id: str, org: str | None, as_json: bool) -> None:
     """One run's latest state and every step of every attempt."""
     runlog = _runlog()

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
+from convergence.commands.output import output_options
+
 
 def parse_time(value: str | None) -> datetime:
     """ISO time (UTC unless it says otherwise), or now; whole minutes, like a tick's publish time."""
@@ -43,7 +45,7 @@ def schedule() -> None:
 @_at_option
 @_window_option
 @click.option("--dry-run", is_flag=True, help="Count what would be published (still reads BigQuery).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@output_options
 def tick(at: str | None, window_minutes: int | None, dry_run: bool, as_json: bool) -> None:
     """Publish one run request per (eligible org, due pipeline) for the tick at TIME."""
     from convergence.cli import load_settings_or_exit

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 SNAKE_ID = r"^[a-z][a-z0-9_]{0,62}$"
 PS_TYPE = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
@@ -20,7 +20,10 @@ class StepConfig(_Strict):
     step_id: str = Field(pattern=SNAKE_ID)
     ps_type: str = Field(pattern=PS_TYPE)
     description: str = ""
-    depends_on: list[str] = Field(default_factory=list)
+    # One step id or a list of them (the YAML takes both; the exported JSON Schema says so).
+    depends_on: Annotated[list[str], WithJsonSchema({"anyOf": [
+        {"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]})] = Field(
+        default_factory=list)
     timeout_minutes: float = Field(default=10, gt=0, le=24 * 60)
     config: dict[str, Any] = Field(default_factory=dict)
 
