@@ -200,7 +200,12 @@ def test_invalid_input_exits_2_and_publishes_nothing(cli, args):
 def test_json_parameters_file(platform, cli, tmp_path):
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"seconds": 0, "echo": "from-json"}))
-    result = cli("acme_pub", "testing/consumer/ok", "--json", str(params), "--wait", "--timeout", "60")
+    result = cli("acme_pub", "testing/consumer/ok", "--params-file", str(params), "--wait", "--timeout", "60")
     assert result.exit_code == 0, result.output
     [run_id] = published_ids(result.output)
     assert platform.run_record(run_id, status="SUCCESS").parameters == {"seconds": 0, "echo": "from-json"}
+    # The old name still works, and says it is old.
+    old = cli("acme_pub", "testing/consumer/ok", "--json", str(params))
+    assert old.exit_code == 0 and "now --params-file" in old.output, old.output
+    both = cli("acme_pub", "testing/consumer/ok", "--json", str(params), "--params-file", str(params))
+    assert both.exit_code == 2 and "old name of --params-file" in both.output

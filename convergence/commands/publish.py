@@ -75,8 +75,10 @@ def publish() -> None:
 @click.argument("org")
 @click.argument("pipeline")
 @click.option("--param", "params", multiple=True, metavar="K=V", help="A run parameter (repeatable).")
-@click.option("--json", "json_file", default=None, metavar="FILE",
+@click.option("--params-file", "json_file", default=None, metavar="FILE",
               help="A JSON object of parameters ('-' for stdin); --param wins on the same key.")
+@click.option("--json", "old_json_file", default=None, metavar="FILE", hidden=True,
+              help="Old name of --params-file.")
 @click.option("--wait", is_flag=True, help="Follow the run(s) and exit non-zero unless all succeed.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=1800.0, show_default=True,
               help="Seconds --wait waits before giving up (exit 3).")
@@ -86,8 +88,9 @@ def publish() -> None:
               help="Backfill: parameter(s) set to each day (default: start_date and end_date; e.g. date).")
 @click.option("--run-id", default=None, help="Use this run_id (single run only): the same run_id runs once.")
 @click.option("--skip-config-check", is_flag=True, help="Do not check that the pipeline exists under configs/.")
-def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None, wait: bool, timeout: float,
-        from_: Any, to: Any, date_params: tuple[str, ...], run_id: str | None, skip_config_check: bool) -> None:
+def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None, old_json_file: str | None,
+        wait: bool, timeout: float, from_: Any, to: Any, date_params: tuple[str, ...], run_id: str | None,
+        skip_config_check: bool) -> None:
     """Run PIPELINE (provider/domain/name; domain may be empty: anthropic//usage_cost) for ORG."""
     from convergence.cli import load_settings_or_exit
     from convergence.observability.tracing import new_trace_id
@@ -95,6 +98,11 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
     from convergence.publisher.requests import PublishError, RequestPublisher
     from convergence.schemas import MessageRejected, RunRequest, Trigger
 
+    if old_json_file is not None:
+        if json_file is not None:
+            raise click.UsageError("--json is the old name of --params-file: give one of them")
+        click.echo("convergence: --json FILE is now --params-file FILE (--json will go)", err=True)
+        json_file = old_json_file
     parameters: dict[str, Any] = load_json_parameters(json_file) if json_file else {}
     parameters.update(dict(parse_param(p) for p in params))
     days = backfill_days(from_.date() if from_ else None, to.date() if to else None)
