@@ -133,5 +133,13 @@ async def test_check_pipeline_and_cli_record_one_row_per_rule_with_a_planted_fai
 
         unrecorded = CliRunner().invoke(focus, ["check", other, "--no-record"])
         assert unrecorded.exit_code == 0 and "Recorded" not in unrecorded.output
+
+        # An org without a FOCUS table: one FAIL row saying so.
+        empty = new_org(bq, settings, "focus_dq")
+        missing = CliRunner().invoke(focus, ["check", empty, "--json"])
+        assert missing.exit_code == 1, (missing.output, missing.exception)
+        run_id = json.loads(missing.output[missing.output.index("{\n"):])["recorded"]["run_id"]
+        assert {(name, r["status"]) for name, r in dq_rows(bq, settings, empty, run_id).items()} == {
+            ("focus.table", "FAIL")}
     finally:
         reset_settings()
