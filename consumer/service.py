@@ -1,10 +1,19 @@
 """`convergence consume`: the worker process. Assembles one pool per subscription (run requests, dead
-letters, scheduler ticks) on one event loop, and closes everything in order on the way out."""
+letters, scheduler ticks) on one event loop, and closes everything in order on the way out.
+
+Supervision: a pool whose stream ends other than by shutdown (subscription deleted, permission denied,
+...) cannot recover by itself. The other pools are then drained like on SIGTERM and `run()` returns 1,
+so the process exits non-zero and the platform restarts it.
+
+Shutdown: Cloud Run sends SIGKILL 10 s after SIGTERM (Cloud Run docs, "Container runtime contract").
+The pools get `shutdown_grace_seconds` (default 6) for running runs; the rest of the 10 s is for the
+run-log rows, events and counters still in memory."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +23,7 @@ from convergence.consumer.dead_letters import DeadLetterHandler
 from convergence.consumer.flow import FlowPlan
 from convergence.consumer.handler import RunHandler
 from convergence.consumer.pool import SubscriberPool
-from convergence.consumer.slots import RunSlots
+from convergence.consumer.slots import RunSlots, hand_off_count
 from convergence.consumer.ticks import tick_pool
 from convergence.infra.clients import subscriber_client
 from convergence.observability import metrics
@@ -73,12 +82,13 @@ class ConsumerService:
         """Hand a request back to the requests topic (same run_id): used when an org is over its cap here,
         and by push delivery for runs longer than a push request may last."""
         publisher = self.services.requests
-        deferrals = int(attributes.get("deferrals", "0") or 0) + 1
+        deferrals = hand_off_count(attributes) + 1  # untrusted attribute: a bad value counts as 0
         future = publisher.publish_raw(data, {**attributes, "deferrals": str(deferrals)})
         await asyncio.wrap_future(future)
 
-    async def run(self, *, handle_signals: bool = True) -> None:
-        """Until SIGTERM/SIGINT (or stop()). Signal handlers need the main thread; tests pass False."""
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Until SIGTERM/SIGINT (or stop()), or until a pool loses its stream. Returns the exit code: 0, or
+        1 when a stream was lost. Signal handlers need the main thread; tests pass False."""
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,20 +96,71 @@ class ConsumerService:
         log.info("consumer starting", workers=self.settings.consumer_workers,
                  per_org=self.settings.per_org_concurrency, max_messages=self.plan.max_messages,
                  max_lease_duration=self.plan.max_lease_duration)
-        if self.settings.metrics_port is not None:  # /metrics and /health for Prometheus and probes
-            self.metrics_server = await metrics.start_metrics_server(self.settings.metrics_port,
-                                                                     self.settings.http_host)
+        if self.settings.metrics_port is not None:  # /metrics, /health and /ready for Prometheus and probes
+            self.metrics_server = await start_probe_server(self, self.settings.metrics_port,
+                                                           self.settings.http_host)
             log.info("metrics listening", port=self.metrics_server.port)
         try:
-            await asyncio.gather(*(pool.run() for pool in self.pools))
+            await self._supervise()
         finally:
+            started = time.monotonic()
             if self.metrics_server is not None:
                 await self.metrics_server.close()
             await self.handler.aclose()
             await asyncio.to_thread(self.services.close)
             await self.services.aclose()
-            log.info("consumer stopped")
+            log.info("consumer stopped", flush_seconds=round(time.monotonic() - started, 2))
+        lost = [pool.subscription_path for pool in self.pools if pool.lost]
+        if lost:
+            log.error("exiting with code 1: a streaming pull was lost", subscriptions=lost)
+            return 1
+        return 0
+
+    async def _supervise(self) -> None:
+        """Run every pool; the first one that ends by itself (lost stream) drains the others."""
+        tasks = [asyncio.create_task(pool.run(), name=f"pool {pool.subscription_path}") for pool in self.pools]
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending and any(pool.lost for pool in self.pools):
+                    self.stop()  # drained, not cancelled
+            for task in tasks:
+                task.result()  # a pool's own error, if any
+        finally:
+            for task in tasks:
+                task.cancel()
 
     def stop(self) -> None:
         for pool in self.pools:
             pool.stop()
+
+    def health(self, *, ready: bool = False) -> dict[str, Any]:
+        """Liveness (no stream lost, Pub/Sub answering) or, with `ready`, readiness (also still pulling)."""
+        pools = [pool.health() for pool in self.pools]
+        good = all(p["ready"] if ready else p["ok"] for p in pools)
+        return {"status": "ok" if good else "unavailable", "pools": pools}
+
+
+async def start_probe_server(service: ConsumerService, port: int, host: str) -> metrics.MetricsServer:
+    """/metrics, plus /health (liveness: no stream lost, Pub/Sub answering) and /ready (also pulling, not
+    shutting down). Both answer 503 with each pool's stream state when not."""
+    from aiohttp import web
+
+    def probe(ready: bool) -> Any:
+        async def handler(_: web.Request) -> web.Response:
+            body = service.health(ready=ready)
+            return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+        return handler
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics.metrics_handler)
+    app.router.add_get("/health", probe(False))
+    app.router.add_get("/ready", probe(True))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 - the bound port when port=0
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return metrics.MetricsServer(runner, host, bound)

@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     consumer_workers: int = Field(default=8, ge=1, le=256)
     per_org_concurrency: int = Field(default=2, ge=1, le=256)
     max_lease_extension_seconds: int = Field(default=90, ge=10, le=600)
-    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    # Running runs' share of the 10 s Cloud Run allows between SIGTERM and SIGKILL (Cloud Run docs, "Container
+    # runtime contract"); the rest flushes run-log rows and events.
+    shutdown_grace_seconds: float = Field(default=6.0, ge=0)
     metrics_port: int | None = None
     # Hot path batching (consumer/admission.py, convergence/runtime/batching.py): concurrent runs share BigQuery calls.
     # An org's gate standing (status, subscription, plan, runs today) is reused this long; a suspension
