@@ -36,11 +36,13 @@ def validate(path: Path | None) -> None:
     configs carry (Google's SQL front end, against the configs' table schemas)."""
     from convergence.pipeline import ProcessorRegistry
     from convergence.pipeline.sqlcheck import SqlNames, check_sql
-    from convergence.pipeline.validation import validate_tree
+    from convergence.pipeline.validation import deprecation_notes, validate_tree
 
     settings = load_settings_or_exit()
     root = path or settings.configs_dir
     count, problems = validate_tree(root, ProcessorRegistry(settings.processor_packages))
+    for deprecated in deprecation_notes(root):
+        click.echo(f"deprecated: {deprecated}", err=True)
     sql = check_sql(root, SqlNames.from_settings(settings))
     problems = [*problems, *sql.problems]
     for problem in problems:

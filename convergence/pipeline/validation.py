@@ -86,3 +86,20 @@ def validate_tree(configs_dir: Path, registry: ProcessorRegistry | None = None) 
         except yaml.YAMLError as error:
             problems.append(ConfigProblem(f"invalid YAML: {error}", file=str(path)))
     return count, problems
+
+
+def deprecation_notes(configs_dir: Path) -> list[ConfigProblem]:
+    """Step config keys that still work but have a newer spelling (the retry/rate-limit shape)."""
+    from convergence.extractors.retry import deprecated_keys
+
+    loader = PipelineLoader(configs_dir)
+    notes: list[ConfigProblem] = []
+    for path in pipeline_files(loader.configs_dir):
+        display = str(Path("configs") / path.relative_to(loader.configs_dir))
+        try:
+            config = loader.load_file(path)
+        except ConfigError:
+            continue  # reported by validate_tree
+        for index, step in enumerate(config.steps):
+            notes += [ConfigProblem(text, f"steps.{index}.config", display) for text in deprecated_keys(step.config)]
+    return notes

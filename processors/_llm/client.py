@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from convergence.httpclient import RetryPolicy
+from convergence.extractors.retry import http_limits
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
+from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.processors.integrations.kms_decrypt import decrypt_credential
 
 MAX_PAGES = 100_000
@@ -26,28 +26,10 @@ async def provider_secret(config: Mapping[str, Any], context: RunContext, provid
     return secret
 
 
-def retry_policy(config: Mapping[str, Any]) -> RetryPolicy | None:
-    retry = config.get("retry")
-    if not retry:
-        return None
-    if not isinstance(retry, Mapping):
-        raise invalid("retry in the step config must be a mapping (attempts, initial_seconds, max_seconds)",
-                      ErrorCode.INVALID_PARAMETERS)
-    try:
-        return RetryPolicy(
-            attempts=int(retry.get("attempts", 5)),
-            initial_seconds=float(retry.get("initial_seconds", 0.5)),
-            max_seconds=float(retry.get("max_seconds", 30.0)),
-            max_retry_after_seconds=float(retry.get("max_retry_after_seconds", 60.0)),
-        )
-    except (TypeError, ValueError):
-        raise invalid("retry values in the step config must be numbers", ErrorCode.INVALID_PARAMETERS) from None
-
-
 def http_client(context: RunContext, provider: str, config: Mapping[str, Any]) -> Any:
-    rate = config.get("rate_limit_per_second")
-    return context.services.http(provider, rate_per_second=float(rate) if rate else None,
-                                 policy=retry_policy(config))
+    """The provider's retrying client, its rate and retries from `retry`/`rate_limit` (extractors.retry)."""
+    limits = http_limits(config, code=ErrorCode.INVALID_PARAMETERS)
+    return context.services.http(provider, rate_per_second=limits.rate_per_second, policy=limits.policy)
 
 
 class MalformedPage(PermanentStepError):

@@ -25,12 +25,13 @@ from typing import Any
 from convergence.extractors.credentials import resolve_credential
 from convergence.extractors.paginators import CursorPaginator
 from convergence.extractors.request import PageRequest
+from convergence.extractors.retry import http_limits
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
 from convergence.processors.gcp._auth import GoogleServiceAccountAuth, ServiceAccountKey
-from convergence.processors.generic._common import bool_option, float_option, int_option, invalid, section
+from convergence.processors.generic._common import bool_option, int_option, invalid, section
 from convergence.processors.generic._extract import extract_to_table
-from convergence.processors.generic.api_extractor import build_sink, retry_policy
+from convergence.processors.generic.api_extractor import DEFAULT_RETRY, build_sink
 
 _SERVICE = re.compile(r"^[a-z][a-z0-9\-]{1,62}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_\-./:~%@]*$")
@@ -74,11 +75,9 @@ class GcpApiExtractor:
         auth = GoogleServiceAccountAuth(key, tuple(sorted(scopes)), settings)
         destination = section(config, "destination")
         batch_size = int_option(destination, "batch_size", settings.write_batch_size, 1, 50_000) or 1000
-        rate = section(config, "rate_limit")
         sink = build_sink(services, context, step, destination, url, config)
-        http = services.http(f"gcp:{service}",
-                             rate_per_second=float_option(rate, "requests_per_second", None, 0.001, 10_000),
-                             policy=retry_policy(rate))
+        limits = http_limits(config, default=DEFAULT_RETRY)
+        http = services.http(f"gcp:{service}", rate_per_second=limits.rate_per_second, policy=limits.policy)
         result = await extract_to_table(
             http=http, request=PageRequest("GET", url, params, {"Accept": "application/json"}), auth=auth,
             paginator=paginator, data_path=config.get("data_path"), sink=sink, batch_size=batch_size,

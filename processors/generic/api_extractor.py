@@ -36,11 +36,9 @@ Config (placeholders such as `{start_date}` are resolved from the run first):
       field_map: {user_id: "id", plan: "attributes.plan"}   # typed: column <- record path
       partition_field: extracted_at               # used when the table is created (ELT default)
       cluster_fields: [step_id]
-    rate_limit:
-      requests_per_second: 10
-      retry_on_429: true                          # false: no retries at all
-      max_retries: 5
-      max_retry_after_seconds: 60
+    rate_limit: {requests_per_second: 10}
+    retry: {attempts: 6, initial_seconds: 0.5, max_seconds: 30, max_retry_after_seconds: 60}
+                                                  # see convergence/extractors/retry.py (old spellings too)
 """
 
 from __future__ import annotations
@@ -52,13 +50,13 @@ from convergence.extractors.auth import build_auth
 from convergence.extractors.credentials import resolve_credential
 from convergence.extractors.paginators import build_paginator
 from convergence.extractors.request import PageRequest
+from convergence.extractors.retry import http_limits
 from convergence.httpclient import RetryPolicy
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
 from convergence.processors._dates import run_dates
 from convergence.processors.generic._common import (
     bool_option,
-    float_option,
     int_option,
     invalid,
     resolve_file,
@@ -71,14 +69,8 @@ from convergence.processors.generic._sink import TableSink
 METHODS = ("GET", "POST")
 
 
-def retry_policy(rate: dict[str, Any]) -> RetryPolicy:
-    retries = int_option(rate, "max_retries", 5, 0, 20) or 0
-    if not bool_option(rate, "retry_on_429", True):
-        retries = 0
-    return RetryPolicy(attempts=retries + 1,
-                       initial_seconds=float_option(rate, "initial_backoff_seconds", 0.5, 0.0, 60.0) or 0.0,
-                       max_seconds=float_option(rate, "max_backoff_seconds", 30.0, 0.0, 600.0) or 0.0,
-                       max_retry_after_seconds=float_option(rate, "max_retry_after_seconds", 60.0, 0.0, 600.0) or 0.0)
+# Without retry config a generic extractor retries 5 times (the old rate_limit.max_retries default).
+DEFAULT_RETRY = RetryPolicy(attempts=6)
 
 
 def build_sink(services: Any, context: RunContext, step: StepConfig, destination: dict[str, Any],
@@ -121,7 +113,6 @@ class ApiExtractor:
         params = section(config, "params")
         headers = {str(k): str(v) for k, v in section(config, "headers").items()}
         auth_spec = section(config, "auth")
-        rate = section(config, "rate_limit")
         destination = section(config, "destination")
         batch_size = int_option(destination, "batch_size", services.settings.write_batch_size, 1, 50_000) or 1000
         max_pages = int_option(config, "max_pages", 100_000, 1, 10_000_000) or 100_000
@@ -135,8 +126,8 @@ class ApiExtractor:
         source_url = url.split("?", 1)[0]
         sink = build_sink(services, context, step, destination, source_url, config)
         provider = str(auth_spec.get("provider") or urlsplit(url).hostname)
-        http = services.http(provider, rate_per_second=float_option(rate, "requests_per_second", None, 0.001, 10_000),
-                             policy=retry_policy(rate))
+        limits = http_limits(config, default=DEFAULT_RETRY)
+        http = services.http(provider, rate_per_second=limits.rate_per_second, policy=limits.policy)
         request = PageRequest(method, url, params, headers, config.get("body"))
         result = await extract_to_table(http=http, request=request, auth=auth, paginator=paginator,
                                         data_path=config.get("data_path"), sink=sink, batch_size=batch_size,
