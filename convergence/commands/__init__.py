@@ -8,6 +8,7 @@ import click
 def all_commands() -> list[click.Command]:
     from convergence.commands.bootstrap import bootstrap
     from convergence.commands.consume import consume
+    from convergence.commands.costs import costs
     from convergence.commands.dev import dev
     from convergence.commands.dlq import dlq
     from convergence.commands.focus import focus
@@ -19,4 +20,4 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.schedule import schedule
     from convergence.commands.serve import serve
 
-    return [bootstrap, consume, dev, dlq, focus, infra, pipelines, procedures, publish, runs, schedule, serve]
+    return [bootstrap, consume, costs, dev, dlq, focus, infra, pipelines, procedures, publish, runs, schedule, serve]

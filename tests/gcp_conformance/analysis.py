@@ -44,10 +44,14 @@ def analyze(record_dir: Path, analyzer: GoogleSql | None = None) -> tuple[int, l
         key = json.dumps([record["sql"], record["parameters"], record["default_dataset"]], sort_keys=True)
         statements.setdefault(key, (Statement(record["sql"], record["parameters"], record["default_dataset"]),
                                     record["test"]))
+    # A statement the emulator also answered 404 for reads a table that does not exist, which is what the
+    # test wanted to see (an org with no such table yet): the analyzer's "Table not found" agrees with it.
+    not_found = {record["sql"] for record in records if record["kind"] == "statement_not_found"}
     analyzer = analyzer or GoogleSql.shared()
     findings = []
     for statement, test in statements.values():
         refusal = analyzer.check(statement, tables)
-        if refusal is not None:
-            findings.append(Finding(statement.sql, refusal.message, test))
+        if refusal is None or (statement.sql in not_found and "Table not found" in refusal.message):
+            continue
+        findings.append(Finding(statement.sql, refusal.message, test))
     return len(statements), findings

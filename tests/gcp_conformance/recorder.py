@@ -89,8 +89,46 @@ def record_table(resource: Mapping[str, Any]) -> None:
         _write({"kind": "table", **payload})
 
 
+def _query_of(method: str, path: str, data: Any) -> Mapping[str, Any] | None:
+    if method != "POST" or not isinstance(data, Mapping):
+        return None
+    if path.endswith("/queries"):
+        return data
+    if path.endswith("/jobs"):
+        return (data.get("configuration") or {}).get("query")
+    return None
+
+
+_job_sql: dict[str, str] = {}  # job id -> its SQL, to name the statement when a later poll of the job fails
+
+
+def _not_found(method: str, path: str, data: Any, response: Any) -> str | None:
+    """The SQL of a query that BigQuery (the emulator) answered NotFound for, if this call says so."""
+    if not isinstance(response, Mapping):
+        return None
+    failed = response.get("_error") == "NotFound" or (
+        ((response.get("status") or {}).get("errorResult") or {}).get("reason") == "notFound")
+    if not failed:
+        return None
+    query = _query_of(method, path, data)
+    if query and query.get("query"):
+        return str(query["query"])
+    job_id = path.rstrip("/").rsplit("/", 1)[-1]
+    return _job_sql.get(job_id)
+
+
 def observe(method: str, path: str, data: Mapping[str, Any] | None, response: Any, after: bool) -> None:
     """Records one call: before it is sent from the request, after it from the response."""
+    if not after:
+        query = _query_of(method, path, data)
+        job_id = ((data or {}).get("jobReference") or {}).get("jobId") if isinstance(data, Mapping) else None
+        if query and query.get("query") and job_id:
+            with _lock:
+                if len(_job_sql) >= 10_000:  # only recent jobs are polled
+                    del _job_sql[next(iter(_job_sql))]
+                _job_sql[job_id] = str(query["query"])
+    elif (sql := _not_found(method, path, data, response)) is not None:
+        _write({"kind": "statement_not_found", "sql": sql})  # a missing table, and BigQuery says so too
     if not after and isinstance(data, Mapping):
         if path.endswith("/queries") and method == "POST":  # jobs.query
             record_statement(data.get("query", ""), _parameters(data.get("queryParameters")),
