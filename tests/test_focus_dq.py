@@ -74,12 +74,12 @@ async def test_check_pipeline_and_cli_record_one_row_per_rule_with_a_planted_fai
         await map_llm(services, slug, sources=("openai",))
     counting.writes.clear()
 
-    # The pipeline on a conforming table: every rule PASS, one load job for all of them.
+    # The pipeline on a conforming table: every rule PASS, one streaming insert for all of them.
     params = {"start_date": D1, "end_date": D2}
     result, _, context = await run_pipeline("focus/check/conformance", org, services, params)
     assert result.status is RunStatus.SUCCESS, result.error
     assert result.step("check_focus").result["dq_results"] == RULE_COUNT
-    assert [(t, w.method, w.load_jobs) for t, w in counting.writes] == [(DQ_TABLE, "load", 1)]
+    assert [(t, w.method, w.load_jobs) for t, w in counting.writes] == [(DQ_TABLE, "streaming", 0)]
     clean = dq_rows(bq, settings, org, context.run_id)
     assert set(clean) == {"focus.presence", *(f"focus.{r.rule_id}" for r in RULES)}
     for row in clean.values():
