@@ -35,6 +35,12 @@ _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "c
 class Auth(ABC):
     type: ClassVar[str]
 
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], secret: str) -> Auth:
+        """The auth for a step's `auth:` block (its `type` chose this class) and the resolved credential.
+        Auth that needs more than a secret (a service-account key) is built by its processor instead."""
+        raise NotImplementedError(f"{cls.__name__} is not configured from an auth: block")
+
     async def prepare(self) -> None:
         """Called before every request; token-based auth refreshes an expiring token here."""
         return None
@@ -50,6 +56,10 @@ class Auth(ABC):
 class NoAuth(Auth):
     type = "none"
 
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], secret: str) -> NoAuth:
+        return cls()
+
     def apply(self, request: PageRequest) -> None:
         return None
 
@@ -61,6 +71,10 @@ class BearerAuth(Auth):
         if not token or any(c in token for c in "\r\n"):
             raise PermanentStepError("bearer token is empty or malformed", code=ErrorCode.CREDENTIAL_INVALID)
         self.token = token
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], secret: str) -> BearerAuth:
+        return cls(secret)
 
     def apply(self, request: PageRequest) -> None:
         request.headers["Authorization"] = f"Bearer {self.token}"
@@ -81,6 +95,10 @@ class HeaderAuth(Auth):
         self.header_name = header_name
         self.prefix = prefix
 
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], secret: str) -> HeaderAuth:
+        return cls(secret, str(spec.get("header_name") or "X-API-Key"), str(spec.get("prefix") or ""))
+
     def apply(self, request: PageRequest) -> None:
         request.headers[self.header_name] = f"{self.prefix}{self.key}"
 
@@ -99,6 +117,10 @@ class QueryAuth(Auth):
         self.key = key
         self.param_name = param_name
 
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], secret: str) -> QueryAuth:
+        return cls(secret, str(spec.get("param_name") or "api_key"))
+
     def apply(self, request: PageRequest) -> None:
         request.params[self.param_name] = self.key
 
@@ -115,6 +137,12 @@ class BasicAuth(Auth):
         self.username = username
         self.password = password
         self._value = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], secret: str) -> BasicAuth:
+        """The secret is `{"username": .., "password": ..}`, `user:password`, or the password alone when
+        the config names the username."""
+        return _basic_from_secret(secret, spec.get("username"))
 
     def apply(self, request: PageRequest) -> None:
         request.headers["Authorization"] = f"Basic {self._value}"
@@ -142,24 +170,18 @@ def _basic_from_secret(secret: str, username: str | None) -> BasicAuth:
     return BasicAuth(user, password)
 
 
-AUTH_TYPES = ("bearer", "header", "query", "basic", "none")
+# `auth.type` -> class; each class reads its own keys in `from_config`.
+AUTHS: dict[str, type[Auth]] = {cls.type: cls for cls in (BearerAuth, HeaderAuth, QueryAuth, BasicAuth, NoAuth)}
+AUTH_TYPES = tuple(AUTHS)
 
 
 def build_auth(spec: Mapping[str, Any] | None, secret: str | None) -> Auth:
     """The Auth for a step's `auth:` block and its resolved credential."""
     spec = dict(spec or {})
     kind = str(spec.get("type") or "none").lower()
-    if kind not in AUTH_TYPES:
+    if kind not in AUTHS:
         raise invalid(f"auth.type {kind!r} is not one of {', '.join(AUTH_TYPES)}")
-    if kind == "none":
-        return NoAuth()
-    if not secret:
+    if kind != "none" and not secret:
         raise PermanentStepError(f"auth type {kind} needs a credential and none was found",
                                  code=ErrorCode.CREDENTIAL_NOT_FOUND)
-    if kind == "bearer":
-        return BearerAuth(secret)
-    if kind == "header":
-        return HeaderAuth(secret, str(spec.get("header_name") or "X-API-Key"), str(spec.get("prefix") or ""))
-    if kind == "query":
-        return QueryAuth(secret, str(spec.get("param_name") or "api_key"))
-    return _basic_from_secret(secret, spec.get("username"))
+    return AUTHS[kind].from_config(spec, secret or "")

@@ -65,6 +65,11 @@ class Paginator(ABC):
     def __init__(self, has_more_path: str | None = None):
         self.has_more_path = has_more_path
 
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any]) -> Paginator:
+        """The paginator for a step's `pagination:` block (its `type` chose this class)."""
+        return cls(has_more_path=spec.get("has_more_path"))
+
     def start(self, request: PageRequest) -> None:
         """Set the first page's parameters."""
         return None
@@ -92,14 +97,27 @@ class CursorPaginator(Paginator):
     type = "cursor"
 
     def __init__(self, param: str = "cursor", response_path: str = "next_cursor", limit_param: str | None = None,
-                 limit: int | None = None, has_more_path: str | None = None, stop_on_empty_page: bool = False):
+                 limit: int | None = None, has_more_path: str | None = None, stop_on_empty_page: bool = False,
+                 require_cursor: bool = False):
         super().__init__(has_more_path)
         self.param = param
         self.response_path = response_path
         self.limit_param = limit_param
         self.limit = limit
         self.stop_on_empty_page = stop_on_empty_page
+        # With has_more_path: a page that says there is more but gives no cursor is a bad response.
+        self.require_cursor = require_cursor
         self._seen: set[str] = set()
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any]) -> CursorPaginator:
+        return cls(
+            param=_param_name(spec, "param", "cursor"), response_path=str(spec.get("response_path") or "next_cursor"),
+            limit_param=_param_name(spec, "limit_param", "limit" if spec.get("limit") else None),
+            limit=_positive_int(spec, "limit", None), has_more_path=spec.get("has_more_path"),
+            stop_on_empty_page=bool(spec.get("stop_on_empty_page", False)),
+            require_cursor=bool(spec.get("require_cursor", False)),
+        )
 
     def start(self, request: PageRequest) -> None:
         if self.limit_param and self.limit:
@@ -107,7 +125,12 @@ class CursorPaginator(Paginator):
 
     def advance(self, request, body, headers, row_count) -> bool:
         cursor = get_path(body, self.response_path)
-        if cursor is None or cursor == "" or self._no_more(body):
+        if self._no_more(body):
+            return False
+        if cursor is None or cursor == "":
+            if self.require_cursor and self.has_more_path is not None:
+                raise PermanentStepError(f"the page says {self.has_more_path} but gives no {self.response_path} "
+                                         "cursor", code=ErrorCode.PROVIDER_BAD_RESPONSE)
             return False
         if self.stop_on_empty_page and row_count == 0:
             return False
@@ -131,6 +154,18 @@ class OffsetPaginator(Paginator):
         self.limit_param = limit_param
         self.offset = start_offset
         self.total_path = total_path
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any]) -> OffsetPaginator:
+        limit = _positive_int(spec, "limit", None)
+        if limit is None:
+            raise invalid("pagination type offset needs `limit` (the page size)")
+        return cls(
+            limit=limit, offset_param=_param_name(spec, "offset_param", spec.get("param", "offset")),
+            limit_param=_param_name(spec, "limit_param", "limit"),
+            start_offset=_positive_int(spec, "start", 0, low=0) or 0, total_path=spec.get("total_path"),
+            has_more_path=spec.get("has_more_path"),
+        )
 
     def start(self, request: PageRequest) -> None:
         request.params[self.offset_param] = self.offset
@@ -163,6 +198,16 @@ class PageNumberPaginator(Paginator):
         self.limit_param = limit_param
         self.limit = limit
         self.total_pages_path = total_pages_path
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any]) -> PageNumberPaginator:
+        return cls(
+            page_param=_param_name(spec, "page_param", spec.get("param", "page")),
+            start_page=_positive_int(spec, "start_page", 1, low=0) or 0,
+            limit_param=_param_name(spec, "limit_param", "per_page" if spec.get("limit") else None),
+            limit=_positive_int(spec, "limit", None), total_pages_path=spec.get("total_pages_path"),
+            has_more_path=spec.get("has_more_path"),
+        )
 
     def start(self, request: PageRequest) -> None:
         request.params[self.page_param] = self.page
@@ -216,6 +261,12 @@ class LinkPaginator(Paginator):
         self._origin: tuple[str, str, int | None] | None = None
         self._seen: set[str] = set()
 
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any]) -> LinkPaginator:
+        return cls(next_url_path=spec.get("next_url_path") or spec.get("response_path"),
+                   rel=str(spec.get("rel") or "next"), allow_other_hosts=bool(spec.get("allow_other_hosts", False)),
+                   has_more_path=spec.get("has_more_path"))
+
     def start(self, request: PageRequest) -> None:
         self._origin = request.origin
 
@@ -242,43 +293,18 @@ class LinkPaginator(Paginator):
         return True
 
 
-PAGINATION_TYPES = ("none", "cursor", "offset", "page", "link")
+# `pagination.type` -> class; each class reads its own keys in `from_config`.
+PAGINATORS: dict[str, type[Paginator]] = {
+    cls.type: cls
+    for cls in (SinglePagePaginator, CursorPaginator, OffsetPaginator, PageNumberPaginator, LinkPaginator)
+}
+PAGINATION_TYPES = tuple(PAGINATORS)
 
 
 def build_paginator(spec: Mapping[str, Any] | None) -> Paginator:
     """The paginator for a step's `pagination:` block (absent: a single page)."""
     spec = dict(spec or {})
     kind = str(spec.get("type") or "none").lower()
-    has_more = spec.get("has_more_path")
-    if kind == "none":
-        return SinglePagePaginator()
-    if kind == "cursor":
-        return CursorPaginator(
-            param=_param_name(spec, "param", "cursor"), response_path=str(spec.get("response_path") or "next_cursor"),
-            limit_param=_param_name(spec, "limit_param", "limit" if spec.get("limit") else None),
-            limit=_positive_int(spec, "limit", None), has_more_path=has_more,
-            stop_on_empty_page=bool(spec.get("stop_on_empty_page", False)),
-        )
-    if kind == "offset":
-        limit = _positive_int(spec, "limit", None)
-        if limit is None:
-            raise invalid("pagination type offset needs `limit` (the page size)")
-        return OffsetPaginator(
-            limit=limit, offset_param=_param_name(spec, "offset_param", spec.get("param", "offset")),
-            limit_param=_param_name(spec, "limit_param", "limit"),
-            start_offset=_positive_int(spec, "start", 0, low=0) or 0, total_path=spec.get("total_path"),
-            has_more_path=has_more,
-        )
-    if kind == "page":
-        return PageNumberPaginator(
-            page_param=_param_name(spec, "page_param", spec.get("param", "page")),
-            start_page=_positive_int(spec, "start_page", 1, low=0) or 0,
-            limit_param=_param_name(spec, "limit_param", "per_page" if spec.get("limit") else None),
-            limit=_positive_int(spec, "limit", None), total_pages_path=spec.get("total_pages_path"),
-            has_more_path=has_more,
-        )
-    if kind == "link":
-        return LinkPaginator(next_url_path=spec.get("next_url_path") or spec.get("response_path"),
-                             rel=str(spec.get("rel") or "next"),
-                             allow_other_hosts=bool(spec.get("allow_other_hosts", False)), has_more_path=has_more)
-    raise invalid(f"pagination.type {kind!r} is not one of {', '.join(PAGINATION_TYPES)}")
+    if kind not in PAGINATORS:
+        raise invalid(f"pagination.type {kind!r} is not one of {', '.join(PAGINATION_TYPES)}")
+    return PAGINATORS[kind].from_config(spec)

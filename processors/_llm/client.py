@@ -1,11 +1,16 @@
-"""Talking to a provider's admin API: the credential, a retrying HTTP client, cursor pagination."""
+"""Talking to a provider's admin API: the credential, a retrying HTTP client, the report pages (on the
+extractors toolkit: iter_pages with a CursorPaginator)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from convergence.extractors.auth import NoAuth
+from convergence.extractors.paginators import CursorPaginator
+from convergence.extractors.request import PageRequest
 from convergence.extractors.retry import http_limits
+from convergence.extractors.source import Page, PageFetchError, iter_pages
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.processors.integrations.kms_decrypt import decrypt_credential
@@ -36,23 +41,31 @@ class MalformedPage(PermanentStepError):
     code = ErrorCode.PROVIDER_BAD_RESPONSE
 
 
-async def pages(http: Any, url: str, params: Sequence[tuple[str, str]], headers: Mapping[str, str],
-                provider: str) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    """Yield (page number, body) following `has_more` / `next_page` until the last page."""
-    cursor: str | None = None
-    seen: set[str] = set()
-    for number in range(1, MAX_PAGES + 1):
-        query = list(params) + ([("page", cursor)] if cursor else [])
-        body, _ = await http.request_json("GET", url, params=query, headers=headers)
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise MalformedPage(f"{provider}: page {number} from {url} has no 'data' list")
-        yield number, body
-        if not body.get("has_more"):
-            return
-        cursor = body.get("next_page")
-        if not isinstance(cursor, str) or not cursor:
-            raise MalformedPage(f"{provider}: page {number} says has_more but gives no next_page cursor")
-        if cursor in seen:
-            raise MalformedPage(f"{provider}: page {number} repeats an earlier next_page cursor (pagination loop)")
-        seen.add(cursor)
-    raise MalformedPage(f"{provider}: more than {MAX_PAGES} pages from {url}; refusing to continue")
+def report_pages(http: Any, url: str, params: Sequence[tuple[str, str]], headers: Mapping[str, str],
+                 provider: str) -> AsyncIterator[Page]:
+    """The pages of one admin-API report: extractors.iter_pages with a cursor paginator that follows
+    `has_more` / `next_page` (a page that says has_more without a cursor, or repeats one, is malformed)."""
+    query: dict[str, Any] = {}
+    for key, value in params:  # repeated keys (group_by[]) stay repeated, in order
+        query.setdefault(key, []).append(value)
+    request = PageRequest("GET", url, {k: v[0] if len(v) == 1 else v for k, v in query.items()}, dict(headers))
+    paginator = CursorPaginator(param="page", response_path="next_page", has_more_path="has_more",
+                                require_cursor=True)
+    return _checked(iter_pages(http, request, NoAuth(), paginator, data_path="data", max_pages=MAX_PAGES), url,
+                    provider)
+
+
+async def _checked(pages: AsyncIterator[Page], url: str, provider: str) -> AsyncIterator[Page]:
+    """Each page must carry a `data` list; a failed page raises the HTTP client's or paginator's error."""
+    try:
+        async for page in pages:
+            if not isinstance(page.body, dict) or not isinstance(page.body.get("data"), list):
+                raise MalformedPage(f"{provider}: page {page.number} from {url} has no 'data' list")
+            yield page
+    except PageFetchError as failure:
+        cause = failure.cause
+        if cause.code == ErrorCode.TOO_MANY_PAGES:
+            raise MalformedPage(f"{provider}: more than {MAX_PAGES} pages from {url}; refusing to continue") from None
+        raise cause from None  # the HTTP client's or the paginator's own error, its class and code
+    finally:
+        await pages.aclose()  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ valid pages commits the rows of those earlier pages, and the error says how many
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import StepError
 from convergence.pipeline.models import StepConfig
 from convergence.processors._llm.bq import identifier
-from convergence.processors._llm.client import MalformedPage, http_client, pages, provider_secret
+from convergence.processors._llm.client import MalformedPage, http_client, provider_secret, report_pages
 from convergence.processors._llm.params import DateRange, date_range
 from convergence.processors._llm.sink import StreamingWrite
 from convergence.processors._llm.values import BadValue
@@ -95,16 +96,18 @@ class Extraction:
         base = str(self.base_url(context, config)).rstrip("/")
         try:
             for request in self.requests(base, secret, config, dates):
-                async for number, body in pages(http, request.url, request.params, request.headers, self.provider):
-                    try:
-                        rows = list(self.page_rows(body, request, dates, context, stats))
-                    except (BadValue, KeyError, TypeError, AttributeError) as error:
-                        detail = f"{type(error).__name__}: {error}" if not isinstance(error, BadValue) else str(error)
-                        raise MalformedPage(
-                            f"{self.provider}: malformed {request.kind} page {number}: {detail}") from None
-                    stats.pages += 1
-                    await sink.add_page(rows)
-                    stats.rows += len(rows)
+                pages = report_pages(http, request.url, request.params, request.headers, self.provider)
+                async with aclosing(pages):
+                    async for page in pages:
+                        try:
+                            rows = list(self.page_rows(page.body, request, dates, context, stats))
+                        except (BadValue, KeyError, TypeError, AttributeError) as error:
+                            detail = str(error) if isinstance(error, BadValue) else f"{type(error).__name__}: {error}"
+                            raise MalformedPage(
+                                f"{self.provider}: malformed {request.kind} page {page.number}: {detail}") from None
+                        stats.pages += 1
+                        await sink.add_page(rows)
+                        stats.rows += len(rows)
         except StepError as error:
             if not sink.handed or error.retryable:
                 await sink.abort()  # nothing usable, or a retry will redo it all: the table stays as it was
