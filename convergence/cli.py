@@ -35,7 +35,7 @@ def validate(path: Path | None) -> None:
     """Check every pipeline under configs/: models, DAG, processors, referenced files, and every SQL the
     configs carry (Google's SQL front end, against the configs' table schemas)."""
     from convergence.pipeline import ProcessorRegistry
-    from convergence.pipeline.sqlcheck import SqlNames, check_sql
+    from convergence.warehouse.config_sql import SqlNames, check_sql
     from convergence.pipeline.validation import deprecation_notes, validate_tree
 
     settings = load_settings_or_exit()

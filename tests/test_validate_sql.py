@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from convergence.cli import _add_command_groups, cli
-from convergence.pipeline.sqlcheck import SqlNames, check_sql
+from convergence.warehouse.config_sql import SqlNames, check_sql
 from convergence.warehouse.googlesql import GoogleSql
 
 REPO = Path(__file__).resolve().parents[1]
