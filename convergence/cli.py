@@ -35,8 +35,8 @@ def validate(path: Path | None) -> None:
     """Check every pipeline under configs/: models, DAG, processors, referenced files, and every SQL the
     configs carry (Google's SQL front end, against the configs' table schemas)."""
     from convergence.pipeline import ProcessorRegistry
-    from convergence.warehouse.config_sql import SqlNames, check_sql
     from convergence.pipeline.validation import deprecation_notes, validate_tree
+    from convergence.warehouse.config_sql import SqlNames, check_sql
 
     settings = load_settings_or_exit()
     root = path or settings.configs_dir
