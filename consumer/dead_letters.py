@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from convergence.consumer.handler import UNKNOWN_ORG, Notifier, _looks_like_run_id, _looks_like_slug
+from convergence.consumer.handler import UNKNOWN_ORG, Notifier, _looks_like_run_id
 from convergence.consumer.outcome import Outcome, OutcomeKind
 from convergence.observability import metrics
 from convergence.observability.logging import run_context
@@ -42,8 +42,7 @@ class DeadLetterHandler:
             request = None
             run_id = attributes.get("run_id", "")
             run_id = run_id if _looks_like_run_id(run_id) else f"msg_{message_id}"
-            org = attributes.get("org_slug", "")
-            org = org if _looks_like_slug(org) else UNKNOWN_ORG
+            org = UNKNOWN_ORG  # an org named by an attribute alone is not trusted (as for rejections)
             pipeline, trace_id = None, None
         message = (f"gave up after {count} delivery attempts" if count else "gave up after repeated failures")
         with run_context(run_id=run_id, org_slug=org, trace_id=trace_id):

@@ -222,3 +222,18 @@ def test_a_run_published_twice_announces_its_success_twice_with_one_id(platform,
     assert len(finals) == 2, [e["event_type"] for e in mine]
     assert finals[0]["event_id"] == finals[1]["event_id"] and finals[0] == finals[1]
     assert sum(e["event_type"] == "pipeline_started" for e in mine) == 1  # ran once
+
+
+def test_an_unreadable_dead_letter_is_filed_under_the_unknown_org(services, follow):
+    from convergence.consumer.dead_letters import DELIVERY_COUNT, DeadLetterHandler
+
+    org = unique("dl")
+    onboard_org(services.bigquery, services.settings, services.cipher, org, "SCALE")
+    run_id = f"run_{uuid.uuid4().hex}"
+    outcome = asyncio.run(DeadLetterHandler(services).handle(
+        b"{not json", {"org_slug": org, "run_id": run_id, DELIVERY_COUNT: "5"}, "m-dead-1", 1))
+    assert (outcome.code, outcome.org_slug) == ("DEAD_LETTERED", UNKNOWN_ORG)
+    assert services.runlog.latest_run(run_id, UNKNOWN_ORG).error_code == "DEAD_LETTERED"
+    assert services.runlog.latest_run(run_id, org) is None
+    [event] = [e for e in follow(1) if e.run_id == run_id]
+    assert event.org_slug == UNKNOWN_ORG
