@@ -77,7 +77,7 @@ def seeded(local_stack):
         client = make_client(settings)
         assert bootstrap(client, settings).ok
         runlog = RunLog(client, settings)
-        ids = {name: unique(f"run_{name}") for name in ("ok", "failed", "rejected", "other")}
+        ids = {name: unique(f"run_{name}") for name in ("ok", "failed", "rejected", "other", "dead")}
         down = ErrorInfo(code="PROVIDER_5XX", message="upstream 503\nretry later", retryable=False)
         _seed(runlog, ids["ok"], ACME, "testing/consumer/ok", _result(ids["ok"], ACME, RunStatus.SUCCESS, [
             _step("first", StepStatus.SUCCESS, 1200, 3), _step("second", StepStatus.SUCCESS, 40, 4)]), "trace-ok")
@@ -91,6 +91,10 @@ def seeded(local_stack):
                                trigger="adhoc", attempt=1, trace_id="trace-rejected")
         _seed(runlog, ids["other"], OTHER, "secret/other/pipeline", _result(ids["other"], OTHER, RunStatus.SUCCESS, [
             _step("only", StepStatus.SUCCESS, 10, 99)]), "trace-other")
+        dead = ErrorInfo(code="DEAD_LETTERED", message="Pub/Sub gave up after 5 deliveries", retryable=False)
+        _seed(runlog, ids["dead"], OTHER, "testing/consumer/permanent", _result(
+            ids["dead"], OTHER, RunStatus.FAILED, [_step("only", StepStatus.FAILED, 10, 0, dead)], error=dead),
+            "trace-dead")
         assert runlog.flush()
 
         # The CLI reads its settings from the environment, like `convergence runs` in a shell.
@@ -150,6 +154,10 @@ def test_list_filters(seeded):
     assert "No runs found for org acme_cli." in invoke("list", "--org", ACME, "--since", "2999-01-01")
     limited = invoke("list", "--org", ACME, "--limit", "1")
     assert len(_table(limited)) == 2 and "limit reached" in limited
+    by_pipeline = _table(invoke("list", "--pipeline", "testing/consumer/permanent", "--since", "1d"))
+    assert {row[0] for row in by_pipeline[1:]} == {seeded["failed"], seeded["dead"]}
+    dead = _table(invoke("list", "--status", "dead_lettered", "--since", "1d"))
+    assert [row[0] for row in dead[1:]] == [seeded["dead"]] and dead[1][2] == "FAILED"
     lines = [json.loads(line) for line in invoke("list", "--org", ACME, "--json").splitlines()]
     assert {line["run_id"] for line in lines} == {seeded["ok"], seeded["failed"], seeded["rejected"]}
     assert {line["trace_id"] for line in lines} == {"trace-ok", "trace-failed", "trace-rejected"}

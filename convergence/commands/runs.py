@@ -17,7 +17,8 @@ import click
 
 from convergence.commands.output import output_options
 
-STATUSES = ("RUNNING", "SUCCESS", "FAILED", "TIMEOUT", "REJECTED")
+# DEAD_LETTERED is not a run status: the dead-letter drain records FAILED with that reason code.
+STATUSES = ("RUNNING", "SUCCESS", "FAILED", "TIMEOUT", "REJECTED", "DEAD_LETTERED")
 _SINCE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.I)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 ERROR_WIDTH = 70
@@ -166,12 +167,19 @@ def runs() -> None:
 @runs.command("list")
 @click.option("--org", callback=_org_option, help="Only this org's runs.")
 @click.option("--status", type=click.Choice(STATUSES, case_sensitive=False), help="Only runs in this state.")
+@click.option("--pipeline", default=None, help="Only runs of this pipeline (provider/domain/name).")
 @click.option("--since", callback=_since_option, help="Runs recorded since: 30m, 12h, 1d, 2w or an ISO date/time.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="At most N runs.")
 @output_options  # json: one object per line
-def list_runs(org: str | None, status: str | None, since: datetime | None, limit: int, as_json: bool) -> None:
+def list_runs(org: str | None, status: str | None, pipeline: str | None, since: datetime | None, limit: int,
+              as_json: bool) -> None:
     """Runs in their latest state, newest first."""
-    records = _runlog().list_runs(org_slug=org, status=status.upper() if status else None, since=since, limit=limit)
+    status = status.upper() if status else None
+    error_code = None
+    if status == "DEAD_LETTERED":  # recorded as FAILED with that reason by the dead-letter drain
+        status, error_code = "FAILED", "DEAD_LETTERED"
+    records = _runlog().list_runs(org_slug=org, status=status, since=since, limit=limit, pipeline=pipeline,
+                                  error_code=error_code)
     if as_json:
         for record in records:
             click.echo(json.dumps(_jsonable(record), default=str))

@@ -317,18 +317,25 @@ class RunLog:
         return bool(rows)
 
     def list_runs(self, org_slug: str | None = None, status: str | None = None, since: datetime | None = None,
-                  limit: int = 100) -> list[RunRecord]:
-        """Runs in their latest state, newest first."""
+                  limit: int = 100, pipeline: str | None = None, error_code: str | None = None) -> list[RunRecord]:
+        """Runs in their latest state, newest first; `error_code` filters on the latest state's code (a
+        dead-lettered run is FAILED with DEAD_LETTERED)."""
         if not 1 <= int(limit) <= 10_000:
             raise ValueError("limit must be between 1 and 10000")
         where, params = self._where(org_slug=org_slug)
         if since is not None:
             where += " AND `event_time` >= @since"
             params["since"] = since if since.tzinfo else since.replace(tzinfo=UTC)
+        if pipeline is not None:
+            where += " AND `pipeline` = @pipeline"
+            params["pipeline"] = str(pipeline)
         outer = ""
         if status is not None:
             outer = " AND `status` = @status"
             params["status"] = RunStatus(status).value
+        if error_code is not None:
+            outer += " AND `error_code` = @error_code"
+            params["error_code"] = str(error_code)
         rows = self._queries.rows(
             f"SELECT {_RUN_COLUMNS} FROM (SELECT {_RUN_COLUMNS}, ROW_NUMBER() OVER ("  # noqa: S608
             f"PARTITION BY `org_slug`, `run_id` ORDER BY {_LATEST_FIRST}) AS `_rn` FROM `{self.runs_table}` "
