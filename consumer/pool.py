@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,8 @@ log = structlog.get_logger(__name__)
 # A run is handed off (republished) at most this many times; after that its message waits here for a slot,
 # its lease extended by the client, instead of going round the topic again.
 MAX_HAND_OFFS = 3
+# After the runs are done, how long the client may take to stop its leaser and sender (an RPC under way).
+STREAM_CLOSE_SECONDS = 2.0
 # How often the pool checks that Pub/Sub answers (a quiet subscription delivers nothing for hours).
 PROBE_SECONDS = 15.0
 # Errors meaning Pub/Sub did not answer; any other answer (even PermissionDenied) means it is reachable.
@@ -215,13 +218,16 @@ class SubscriberPool:
                             grace_seconds=self.grace_seconds)
         await self._finish_tasks()
         self._runs_done.set()
-        if self._stream is not None:
-            await asyncio.to_thread(self._wait_for_stream)
+        closed = self._stream is None or await asyncio.to_thread(self._wait_for_stream)
         held = self.deliveries(DeliveryState.HELD)
         if held:  # the stream shut down without our hook (or it gave up waiting): best effort
             log.warning("nacking held messages after the stream closed", count=len(held))
             self._nack_held()
-        self._subscriber.close()
+        if closed:
+            self._subscriber.close()
+        else:  # its threads may still send: closing the channel under them would only add tracebacks
+            log.warning("streaming pull did not shut down in time; leaving it to the exit",
+                        subscription=self._metric, seconds=STREAM_CLOSE_SECONDS)
         self.state = PoolState.CLOSED
         log.info("subscriber stopped", subscription=self._metric, **vars(self.stats))
 
@@ -230,9 +236,14 @@ class SubscriberPool:
             self._cancelling = True
             self._stream.cancel()
 
-    def _wait_for_stream(self) -> None:
-        with contextlib.suppress(Exception):  # a lost stream's error is reported by _stream_closed
-            self._stream.result()
+    def _wait_for_stream(self) -> bool:
+        try:
+            self._stream.result(timeout=STREAM_CLOSE_SECONDS)
+        except TimeoutError:
+            return False
+        except Exception:  # noqa: BLE001, S110 - a lost stream's error is reported by _stream_closed
+            pass
+        return True
 
     async def _finish_tasks(self) -> None:
         tasks = [d.task for d in self._deliveries if d.task is not None and not d.task.done()]
@@ -293,7 +304,7 @@ class SubscriberPool:
         """One reachability check of Pub/Sub (a subscription read). NotFound: the subscription is gone,
         which ends the pool like a lost stream."""
         try:
-            await asyncio.to_thread(self._subscriber.get_subscription,
+            await _in_daemon_thread(self._subscriber.get_subscription,
                                     request={"subscription": self.subscription_path}, timeout=10)
         except _UNREACHABLE as error:
             if self.reachable is not False:
@@ -311,6 +322,11 @@ class SubscriberPool:
             return True
         except api_exceptions.GoogleAPICallError:
             pass  # answered (e.g. no permission to read the subscription): reachable
+        except Exception as error:  # noqa: BLE001 - anything else (closed channel, ...): not known to answer
+            if self.reachable is not False:
+                log.error("Pub/Sub unreachable", subscription=self.subscription_path, error=_describe(error))
+            self.reachable = False
+            return False
         self._mark_reached()
         return True
 
@@ -405,6 +421,30 @@ class SubscriberPool:
         else:
             delivery.message.nack()
             self.stats.nacked += 1
+
+
+def _in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    """fn(*args, **kwargs) on a daemon thread: unlike asyncio.to_thread, a call still under way at exit
+    (a probe of an unreachable Pub/Sub) does not hold the process past Cloud Run's SIGKILL."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(set_outcome: Callable[[Any], None], value: Any) -> None:
+        if not future.done():
+            set_outcome(value)
+
+    def call() -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome = (future.set_exception, error)
+        else:
+            outcome = (future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(deliver, *outcome)
+
+    threading.Thread(target=call, name="pubsub-probe", daemon=True).start()
+    return future
 
 
 def _describe(error: BaseException) -> str:

@@ -56,6 +56,8 @@ class FakeStream:
         self.lost: list[Settlement] = []  # sent after the sender stopped: dropped
         self.closed = threading.Event()
         self.pulling_stopped = threading.Event()
+        self.sender_busy = threading.Event()
+        self.sender_busy.set()
         self._lock = threading.Lock()
         self._events_lock = threading.Lock()
         self._settled: dict[str, threading.Event] = {}
@@ -116,6 +118,7 @@ class FakeStream:
         self.pulling_stopped.set()
         for message in self.scheduler.shutdown(await_msg_callbacks=False):
             message.nack()
+        self.sender_busy.wait()  # a test may hold the sender in an RPC
         with self._lock:
             self.sender_running = False
             self.subscriber.journal.append("sender stopped")

@@ -113,6 +113,24 @@ async def test_a_run_longer_than_the_grace_is_cancelled_and_nacked():
     assert (stats.acked, stats.nacked) == (0, 1)
 
 
+async def test_a_stream_slow_to_shut_down_does_not_hold_the_exit_and_its_channel_stays_open(monkeypatch):
+    from convergence.consumer import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "STREAM_CLOSE_SECONDS", 0.05)
+    pool, subscriber, _ = make_pool(GatedHandler())
+    task = await start(pool, subscriber)
+    stream = subscriber.stream
+    stream.sender_busy.clear()  # the sender is stuck in an RPC
+    try:
+        with structlog.testing.capture_logs() as logs:
+            pool.stop()
+            await task
+        assert "streaming pull did not shut down in time; leaving it to the exit" in [line["event"] for line in logs]
+        assert subscriber.journal == ["pulling stopped"] and not subscriber.closed
+    finally:
+        stream.sender_busy.set()
+
+
 async def test_a_message_arriving_while_draining_is_nacked_after_pulling_stopped_not_before():
     handler = GatedHandler()
     pool, subscriber, _ = make_pool(handler)
