@@ -21,7 +21,7 @@ from convergence.pipeline.context import RunContext
 from convergence.processors._llm.extract import Extraction, ReportRequest, Stats, require_dict, require_list
 from convergence.processors._llm.params import DateRange, int_setting, string_list
 from convergence.processors._llm.values import BadValue, model_base, now_iso, numeric_text, to_decimal, usd_text
-from convergence.processors.anthropic.usage import admin_headers, bucket_day, rfc3339_window
+from convergence.processors.anthropic._api import admin_headers, bucket_day, rfc3339_window
 
 HUNDRED = Decimal(100)
 

@@ -24,32 +24,12 @@ from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, invalid
 from convergence.processors._llm.extract import Extraction, ReportRequest, Stats, require_dict, require_list
 from convergence.processors._llm.params import DateRange, choice, int_setting, plain_list, string_list
-from convergence.processors._llm.values import BadValue, model_base, now_iso, parse_rfc3339, to_int
+from convergence.processors._llm.values import BadValue, model_base, now_iso, to_int
+from convergence.processors.anthropic._api import admin_headers, bucket_day, rfc3339_window
 
-USER_AGENT = "convergence/0.1 (usage-cost pipelines)"
-API_VERSION = "2023-06-01"
 MAX_LIMIT = {"1d": 31, "1h": 168, "1m": 1440}
 GROUPS = ("api_key_id", "workspace_id", "model", "service_tier", "context_window", "inference_geo")
 DEFAULT_GROUP_BY = ["workspace_id", "model", "service_tier", "context_window"]
-
-
-def rfc3339_window(dates: DateRange) -> list[tuple[str, str]]:
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    return [("starting_at", dates.start_datetime().strftime(fmt)), ("ending_at", dates.end_datetime().strftime(fmt))]
-
-
-def admin_headers(secret: str, config: Mapping[str, Any]) -> dict[str, str]:
-    headers = {"x-api-key": secret, "anthropic-version": str(config.get("anthropic_version") or API_VERSION),
-               "User-Agent": USER_AGENT}
-    if config.get("anthropic_beta"):
-        headers["anthropic-beta"] = str(config["anthropic_beta"])
-    return headers
-
-
-def bucket_day(bucket: dict[str, Any], index: int) -> tuple[str, str, str]:
-    start = parse_rfc3339(bucket.get("starting_at"), f"data[{index}].starting_at")
-    end = parse_rfc3339(bucket.get("ending_at"), f"data[{index}].ending_at")
-    return start.date().isoformat(), start.isoformat(), end.isoformat()
 
 
 class AnthropicUsage(Extraction):

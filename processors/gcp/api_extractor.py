@@ -30,8 +30,7 @@ from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
 from convergence.processors.gcp._auth import GoogleServiceAccountAuth, ServiceAccountKey
 from convergence.processors.generic._common import bool_option, int_option, invalid, section
-from convergence.processors.generic._extract import extract_to_table
-from convergence.processors.generic.api_extractor import DEFAULT_RETRY, build_sink
+from convergence.processors.generic._extract import DEFAULT_RETRY, build_sink, extract_to_table
 
 _SERVICE = re.compile(r"^[a-z][a-z0-9\-]{1,62}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_\-./:~%@]*$")

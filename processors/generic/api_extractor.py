@@ -51,53 +51,17 @@ from convergence.extractors.credentials import resolve_credential
 from convergence.extractors.paginators import build_paginator
 from convergence.extractors.request import PageRequest
 from convergence.extractors.retry import http_limits
-from convergence.httpclient import RetryPolicy
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
-from convergence.processors._dates import run_dates
 from convergence.processors.generic._common import (
     bool_option,
     int_option,
     invalid,
-    resolve_file,
     section,
-    write_mode,
 )
-from convergence.processors.generic._extract import extract_to_table
-from convergence.processors.generic._sink import TableSink
+from convergence.processors.generic._extract import DEFAULT_RETRY, build_sink, extract_to_table
 
 METHODS = ("GET", "POST")
-
-
-# Without retry config a generic extractor retries 5 times (the old rate_limit.max_retries default).
-DEFAULT_RETRY = RetryPolicy(attempts=6)
-
-
-def build_sink(services: Any, context: RunContext, step: StepConfig, destination: dict[str, Any],
-               source_url: str, config: dict[str, Any]) -> TableSink:
-    table = destination.get("table")
-    if not table:
-        raise invalid("destination.table is required")
-    schema_file = destination.get("schema_file")
-    mode = write_mode(destination.get("write_mode"), "append")
-    date_range = None
-    if mode == "range_replace":
-        date_range = run_dates(config, context.parameters)
-    key_columns = destination.get("key_columns") or []
-    key_fields = destination.get("key_fields") or []
-    if not isinstance(key_columns, list) or not isinstance(key_fields, list):
-        raise invalid("destination.key_columns and destination.key_fields must be lists")
-    field_map = destination.get("field_map") or {}
-    if not isinstance(field_map, dict):
-        raise invalid("destination.field_map must be a mapping of column -> record path")
-    return TableSink(
-        services, context, step.step_id, table=str(table),
-        schema_file=resolve_file(services, schema_file, "destination.schema_file") if schema_file else None,
-        mode=mode, key_columns=key_columns, date_column=destination.get("date_column"), date_range=date_range,
-        field_map=field_map, key_fields=key_fields, source_url=source_url,
-        partition_field=destination.get("partition_field"), cluster_fields=destination.get("cluster_fields") or (),
-        batch_size=int_option(destination, "batch_size", services.settings.write_batch_size, 1, 50_000),
-    )
 
 
 class ApiExtractor:

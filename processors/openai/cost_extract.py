@@ -29,7 +29,7 @@ from convergence.processors._llm.values import (
     to_decimal,
     usd_text,
 )
-from convergence.processors.openai.usage import array_params, bearer_headers, time_params
+from convergence.processors.openai._api import array_params, bearer_headers, time_params
 
 OTHER = "other"
 _LINE_ITEM = re.compile(r"^(?P<model>[^\s,]+)(?: (?P<modality>[a-z_]+))?, (?P<kind>input|cached input|output)$")

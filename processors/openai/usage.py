@@ -26,26 +26,12 @@ from convergence.pipeline.context import RunContext
 from convergence.processors._llm.extract import Extraction, ReportRequest, Stats, require_dict, require_list
 from convergence.processors._llm.params import DateRange, choice, int_setting, plain_list, string_list
 from convergence.processors._llm.values import BadValue, epoch_to_iso, model_base, now_iso, to_int
+from convergence.processors.openai._api import array_params, bearer_headers, time_params
 
-USER_AGENT = "convergence/0.1 (usage-cost pipelines)"
 MAX_LIMIT = {"1d": 31, "1h": 168, "1m": 1440}
 COMPLETIONS_GROUPS = ("project_id", "user_id", "api_key_id", "model", "batch", "service_tier")
 EMBEDDINGS_GROUPS = ("project_id", "user_id", "api_key_id", "model")
 DEFAULT_GROUP_BY = ["project_id", "model", "batch", "service_tier"]
-
-
-def array_params(name: str, values: list[str], array_format: str) -> list[tuple[str, str]]:
-    key = f"{name}[]" if array_format == "brackets" else name
-    return [(key, v) for v in values]
-
-
-def time_params(dates: DateRange) -> list[tuple[str, str]]:
-    return [("start_time", str(int(dates.start_datetime().timestamp()))),
-            ("end_time", str(int(dates.end_datetime().timestamp())))]
-
-
-def bearer_headers(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}", "User-Agent": USER_AGENT}
 
 
 class OpenAIUsage(Extraction):
