@@ -244,7 +244,7 @@ def main() -> None:
     rate = {name: m["rows"] / m["seconds"] for name, m in (("fetch", fetch), ("load", load), ("full", full))}
     serial = 1 / (1 / rate["fetch"] + 1 / rate["load"])  # what fetch-then-load with no overlap would give
     print(f"rows {args.rows:,} over {full['pages']:,} pages of {args.page_size}, batches of {args.batch_size} "
-          f"({full['batches']} writes; at most {full['max_rows_in_memory']:,} rows in memory)")
+          f"({full['batches']} batches into one write per step; at most {full['max_rows_in_memory']:,} rows in memory)")
     print(f"  source ceiling (fetch only): {rate['fetch']:>10,.0f} rows/s  ({fetch['seconds']:.1f} s, "
           f"peak RSS {fetch['peak_rss_mb']} MB)")
     print(f"  sink ceiling (load only):    {rate['load']:>10,.0f} rows/s  ({load['seconds']:.1f} s, "

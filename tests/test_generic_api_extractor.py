@@ -9,8 +9,10 @@ loopback and metadata addresses in production; credential resolution follows the
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -252,6 +254,36 @@ async def test_rows_stream_through_one_batch_at_a_time_into_one_load(env, monkey
     assert len(consumed) == 6
     assert all(pages <= 5 * (i + 2) for i, pages in enumerate(consumed[:5])), consumed
     assert consumed[0] < len(server.hits) == 30  # the first batch was spooled long before the source ended
+
+
+async def test_an_open_step_write_leaves_the_loops_default_threads_free(env):
+    """A step's write waits in its thread for the whole step: in a thread of its own, so the loop's default
+    pool (DNS lookups, the run log, every other to_thread call) stays free. With that pool at one thread, a
+    to_thread call still runs while a write is open between two batches."""
+    from convergence.pipeline import RunContext
+    from convergence.processors.generic._sink import TableSink
+
+    _, services = await env(RestStandIn(total=1))
+    loop = asyncio.get_running_loop()
+    previous = loop._default_executor  # noqa: SLF001 - put back afterwards
+    one = ThreadPoolExecutor(max_workers=1, thread_name_prefix="default-one")
+    loop.set_default_executor(one)
+    org = new_org()
+    context = RunContext(org_slug=org, run_id="run_open_write", pipeline_id="p", services=services)
+    sink = TableSink(services, context, "extract_records", table="vendor_records_raw", schema_file=None,
+                     mode="append", batch_size=100)
+    try:
+        async with sink.open_write() as write:
+            await write.send(sink.shape([{"id": i} for i in range(100)], 1))  # open, waiting for more rows
+            # A guard, not a measurement: sharing the default pool, this call would wait for the step's end.
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: "ran"), timeout=60) == "ran"
+            await write.send(sink.shape([{"id": i} for i in range(100, 150)], 2))
+            await write.finish()
+    finally:
+        loop._default_executor = previous  # noqa: SLF001
+        one.shutdown(wait=False)
+    assert write.rows_written == 150 and write.result.load_jobs == 1
+    assert sorted(raw_ids(services, org)) == list(range(150))
 
 
 async def test_ssrf_guard_refuses_loopback_and_metadata_in_production(env):

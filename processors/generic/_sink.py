@@ -22,10 +22,13 @@ Write modes (destination.write_mode):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from pathlib import Path
@@ -252,6 +255,7 @@ class StepWrite:
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         self._handed: asyncio.Future[None] | None = None  # the batch the Writer took last: resolved when done
         self._task: asyncio.Future[Any] | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self._ending = False
         self.result: Any = None
 
@@ -262,9 +266,13 @@ class StepWrite:
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         sink = self.sink
-        rows = self._rows(loop)
-        self._task = asyncio.ensure_future(asyncio.to_thread(
-            sink.writer.write, sink.dataset, sink.table, rows, **sink.writer_options(sink.mode)))
+        write = functools.partial(sink.writer.write, sink.dataset, sink.table, self._rows(loop),
+                                  **sink.writer_options(sink.mode))
+        # Its own thread, not the loop's default pool: the write waits in it for the whole step, and a few
+        # concurrent steps would otherwise hold every thread that other `to_thread` calls need.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="step-write")
+        self._task = loop.run_in_executor(self._thread, contextvars.copy_context().run, write)
+        self._task.add_done_callback(lambda _: self._thread.shutdown(wait=False))
 
     def _rows(self, loop: asyncio.AbstractEventLoop) -> Any:
         while True:  # in the Writer's thread
