@@ -62,7 +62,7 @@ class AdmissionControl:
         # Runs this process admitted whose rows the run log has not shown yet: org -> run_id -> UTC day.
         self._unlogged: dict[str, dict[str, date]] = {}
         self._counts_lock = threading.Lock()
-        self._batcher: MicroBatcher[tuple[str, str], Admission] = MicroBatcher(
+        self._batcher: MicroBatcher[tuple[str, str, str | None], Admission] = MicroBatcher(
             self._admit_batch, max_delay=batch_delay, max_size=500, max_in_flight=2, name="admission")
         self.calls: Counter[str] = Counter()  # BigQuery calls by kind (tests, benchmark)
 
@@ -71,8 +71,10 @@ class AdmissionControl:
         s = services.settings
         return cls(services, cache_seconds=s.gate_cache_seconds, batch_delay=s.batch_delay_ms / 1000)
 
-    async def admit(self, run_id: str, org_slug: str) -> Admission:
-        return await self._batcher.submit((org_slug, run_id))
+    async def admit(self, run_id: str, org_slug: str, pipeline: str | None = None) -> Admission:
+        """With `pipeline`, a pipeline the org disabled is refused (PIPELINE_DISABLED, from the same cached
+        standing)."""
+        return await self._batcher.submit((org_slug, run_id, pipeline))
 
     def count_run(self, org_slug: str, run_id: str | None = None) -> None:
         """One more run against the org's daily quota, counted here until the run log shows its rows.
@@ -95,9 +97,9 @@ class AdmissionControl:
         await self._batcher.drain()
 
     # -- internals ---------------------------------------------------------------------------------------
-    async def _admit_batch(self, items: list[tuple[str, str]]) -> list[Admission]:
+    async def _admit_batch(self, items: list[tuple[str, str, str | None]]) -> list[Admission]:
         now = self.clock()
-        stale = {org for org, _ in items if (c := self._standings.get(org)) is None or c.expires <= now}
+        stale = {org for org, _, _ in items if (c := self._standings.get(org)) is None or c.expires <= now}
         stale = {org for org in stale if _valid_slug(org)}
         # The two lookups are independent: run them side by side (latency is the slower one, not the sum).
         lookups = [asyncio.to_thread(self._succeeded, items)]
@@ -113,24 +115,24 @@ class AdmissionControl:
         gate = self.services.gate
         out = []
         admitted: Counter[str] = Counter()  # requests of one batch take quota slots one after another
-        for org, run_id in items:
+        for org, run_id, pipeline in items:
             if (org, run_id) in succeeded:
                 out.append(Admission(True, None))
                 continue
             cached = self._standings.get(org)
             if cached is None:  # not a valid slug: the gate says why
-                out.append(Admission(False, gate.check(org)))
+                out.append(Admission(False, gate.check(org, pipeline)))
                 continue
-            decision = gate.decide(org, cached.standing, self.unlogged(org) + admitted[org])
+            decision = gate.decide(org, cached.standing, self.unlogged(org) + admitted[org], pipeline=pipeline)
             admitted[org] += decision.allowed
             out.append(Admission(False, decision))
         if len(self._standings) > 100_000:  # thousands of orgs is normal; unbounded is not
             self._standings = {o: c for o, c in self._standings.items() if c.expires > now}
         return out
 
-    def _succeeded(self, items: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    def _succeeded(self, items: list[tuple[str, str, str | None]]) -> set[tuple[str, str]]:
         self.calls["succeeded_among"] += 1
-        return self.services.runlog.succeeded_among(items)
+        return self.services.runlog.succeeded_among([(org, run_id) for org, run_id, _ in items])
 
     def _read_standings(self, orgs: set[str]) -> tuple[dict[str, OrgStanding], datetime]:
         """Standings, and this process's unlogged runs that the same snapshot shows logged are dropped.

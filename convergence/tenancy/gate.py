@@ -19,6 +19,7 @@ from google.cloud import bigquery
 from convergence.pipeline.results import RunStatus
 from convergence.settings import Settings
 from convergence.tenancy.central import Central, utcnow
+from convergence.tenancy.pipeline_configs import disabled_pipelines, gate_branch
 from convergence.tenancy.plans import Plans, load_plans
 from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
 from convergence.warehouse.runlog import RUNS_TABLE
@@ -33,6 +34,7 @@ SUBSCRIPTION_CANCELLED = "SUBSCRIPTION_CANCELLED"
 SUBSCRIPTION_INACTIVE = "SUBSCRIPTION_INACTIVE"
 PLAN_UNKNOWN = "PLAN_UNKNOWN"
 QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+PIPELINE_DISABLED = "PIPELINE_DISABLED"
 
 _STATUS_REFUSALS = {"SUSPENDED": SUBSCRIPTION_SUSPENDED, "CANCELLED": SUBSCRIPTION_CANCELLED}
 
@@ -46,6 +48,7 @@ class OrgStanding:
     subscription_status: str | None
     runs_today: int  # distinct runs in today's run log
     logged: frozenset[str] = frozenset()  # of the run_ids asked about (`standings(mine=, since=)`), those logged
+    disabled: frozenset[str] = frozenset()  # pipelines the org disabled (org_pipeline_configs)
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,12 @@ class OrgGate:
     def today(self) -> date:
         return self.clock().date()
 
-    def check(self, org_slug: str) -> GateDecision:
+    def check(self, org_slug: str, pipeline: str | None = None) -> GateDecision:
         try:
             org_slug = validate_org_slug(org_slug)
         except InvalidIdentifier as error:
             return GateDecision(False, INVALID_ORG_SLUG, str(error))
-        return self.decide(org_slug, self.standings([org_slug])[org_slug])
+        return self.decide(org_slug, self.standings([org_slug])[org_slug], pipeline=pipeline)
 
     def standings(self, org_slugs: Iterable[str], mine: Iterable[tuple[str, str]] = (),
                   since: datetime | None = None) -> dict[str, OrgStanding]:
@@ -113,14 +116,18 @@ class OrgGate:
             "COUNT(DISTINCT `run_id`)" + runs_today + " GROUP BY `org_slug` UNION ALL "
             "SELECT DISTINCT 'logged', `org_slug`, `run_id`, CAST(NULL AS STRING), CAST(NULL AS TIMESTAMP), "
             "CAST(NULL AS INT64)" + runs_today +
-            " AND (`run_id` IN UNNEST(@mine) OR `start_time` >= @since)",
+            " AND (`run_id` IN UNNEST(@mine) OR `start_time` >= @since) UNION ALL " + gate_branch(c),
             {"orgs": orgs, "day_start": day_start, "day_end": day_end, "rejected": RunStatus.REJECTED.value,
              "mine": wanted, "since": since or day_end})
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         runs: dict[str, int] = {}
         logged: dict[str, set[str]] = {}
+        configs: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             org, kind = row["org_slug"], row["kind"]
+            if kind == "pipeline":
+                configs.setdefault(org, []).append(row)
+                continue
             if kind == "runs":
                 runs[org] = int(row["runs"] or 0)
                 continue
@@ -135,16 +142,20 @@ class OrgGate:
             profile = latest.get((org, "profile")) or {}
             subscription = latest.get((org, "subscription")) or {}
             out[org] = OrgStanding(profile.get("status"), subscription.get("plan"), subscription.get("status"),
-                                   runs.get(org, 0), frozenset(logged.get(org, ())))
+                                   runs.get(org, 0), frozenset(logged.get(org, ())),
+                                   disabled_pipelines(configs.get(org, ())))
         return out
 
-    def decide(self, org: str, standing: OrgStanding, runs_not_yet_counted: int = 0) -> GateDecision:
-        """The decision for one org; `runs_not_yet_counted`: runs recorded since `standing` was read."""
+    def decide(self, org: str, standing: OrgStanding, runs_not_yet_counted: int = 0,
+               pipeline: str | None = None) -> GateDecision:
+        """The decision for one org; `runs_not_yet_counted`: runs recorded since `standing` was read;
+        `pipeline`: refused with PIPELINE_DISABLED when the org disabled it."""
         return self._decide(org, standing.org_status, standing.plan, standing.subscription_status,
-                            standing.runs_today + runs_not_yet_counted)
+                            standing.runs_today + runs_not_yet_counted,
+                            pipeline if pipeline in standing.disabled else None)
 
     def _decide(self, org: str, org_status: str | None, plan_name: str | None, status: str | None,
-                runs: int) -> GateDecision:
+                runs: int, disabled: str | None = None) -> GateDecision:
         if org_status is None:
             return GateDecision(False, ORG_NOT_FOUND, f"org {org} is not onboarded", org)
         if org_status.upper() != "ACTIVE":
@@ -161,6 +172,9 @@ class OrgGate:
         if plan is None:
             return GateDecision(False, PLAN_UNKNOWN, f"org {org} is on unknown plan {plan_name!r}", org, plan_name,
                                 status)
+        if disabled is not None:
+            return GateDecision(False, PIPELINE_DISABLED, f"pipeline {disabled} is disabled for org {org} "
+                                f"(convergence orgs pipelines enable {org} {disabled})", org, plan.name, status)
         if runs >= plan.daily_pipeline_runs:
             return GateDecision(False, QUOTA_EXCEEDED,
                                 f"org {org} has used its daily quota: {runs} of {plan.daily_pipeline_runs} pipeline "
