@@ -27,8 +27,9 @@ Config (placeholders such as `{start_date}` are resolved from the run first):
     destination:
       table: vendor_users_raw
       schema_file: configs/vendor/schemas/users.json   # typed table; without it the raw-JSON ELT table
-      batch_size: 1000                            # rows per write (memory: at most two batches)
-      overlap_writes: true                        # write a batch while the next pages are fetched
+      batch_size: 1000                            # rows per batch spooled (memory: at most two batches);
+                                                  # the whole step is one write: one load job (_sink.py)
+      overlap_writes: true                        # spool a batch while the next pages are fetched
       write_mode: append | overwrite | range_replace | merge
       key_columns: [id]                           # merge (ELT default: row_key)
       key_fields: [id]                            # ELT: row_key = hash of these record fields
