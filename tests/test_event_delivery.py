@@ -237,3 +237,8 @@ def test_an_unreadable_dead_letter_is_filed_under_the_unknown_org(services, foll
     assert services.runlog.latest_run(run_id, org) is None
     [event] = [e for e in follow(1) if e.run_id == run_id]
     assert event.org_slug == UNKNOWN_ORG
+
+
+def test_the_unknown_org_slug_is_reserved(services):
+    with pytest.raises(ValueError, match="reserved"):
+        onboard_org(services.bigquery, services.settings, services.cipher, UNKNOWN_ORG, "SCALE")
