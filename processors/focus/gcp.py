@@ -12,8 +12,18 @@
   usage amounts (consumed: usage.amount/unit; pricing: amount_in_pricing_units/pricing_unit) and labels
   (Tags: {"key": "value"} JSON text).
 
+BillingAccountName: the export carries only the account id, so each distinct id of the run's rows is
+looked up once per run with Cloud Billing `GET /v1/billingAccounts/{id}` (its `displayName`), with the
+org's GCP service-account credential (GCP_SA, as the GCP pipelines resolve it; scope
+cloud-billing.readonly; the account must grant the service account billing.accounts.get, e.g. Billing
+Account Viewer). An account the API does not name (403, 404, network, no credential, or
+`names_from_provider: false`) gets its configured `billing_account_names` name, else the id. A lookup
+failure never fails the mapping: the step result says where the names came from
+(`billing_account_names_from`, and `billing_account_lookup_failures` per account).
+
 Config (all optional): start_date/end_date (usage_date), max_range_days, billing_account_id (used when
-the row has none), billing_account_names {id: name} (else the id: the export has no account name),
+the row has none), names_from_provider (default true), credential {provider: GCP_SA, secret_key},
+retry, rate_limit, billing_account_names {id: name} (accounts the API does not name; else the id),
 sub_account_names {project id: name} (for rows without project.name; else the id), invoice_timezone
 (default America/Los_Angeles), source {table, schema_file}, destination {table, schema_file}.
 """
@@ -25,10 +35,36 @@ from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import structlog
+
+from convergence.extractors.credentials import resolve_credential
+from convergence.extractors.retry import http_limits
 from convergence.pipeline.context import RunContext
-from convergence.processors._llm.params import invalid
+from convergence.pipeline.errors import ErrorCode, StepError
+from convergence.processors._llm.bq import Warehouse
+from convergence.processors._llm.calc import TableSpec
+from convergence.processors._llm.params import date_range, invalid
 from convergence.processors.focus._base import Branch, FocusSource, named, names_config, numeric, sql_text
 from convergence.processors.focus.conformance import SUBCATEGORIES, default_subcategory
+from convergence.processors.gcp._auth import GoogleServiceAccountAuth, ServiceAccountKey
+
+log = structlog.get_logger(__name__)
+
+# Cloud Billing API, "Method: billingAccounts.get": GET /v1/{name=billingAccounts/*} answers a BillingAccount
+# ("REST Resource: billingAccounts": name, open, displayName, masterBillingAccount, parent, currencyCode);
+# cloud-billing.readonly is one of its scopes.
+BILLING_SCOPE = "https://www.googleapis.com/auth/cloud-billing.readonly"
+# Export ids look like 012345-567890-ABCDEF; anything else (a row without one gets the org slug) is not
+# looked up, and never reaches a URL path.
+ACCOUNT_ID = re.compile(r"^[0-9A-Z]{6}-[0-9A-Z]{6}-[0-9A-Z]{6}$")
+# Cloud Billing "Quotas and limits": each project can make 300 API calls per minute to the Cloud Billing API
+# (the quota of the customer's service-account project), so 5 a second by default.
+DEFAULT_REQUESTS_PER_SECOND = 5.0
+# At most this many accounts looked up per run (a reseller export may carry many subaccounts); the rest
+# keep their configured name or id.
+MAX_ACCOUNT_LOOKUPS = 100
+_ACCOUNT_IDS = """SELECT DISTINCT IFNULL(billing_account_id, @billing_account_id) AS account_id FROM {source}
+WHERE org_slug = @org_slug AND usage_date BETWEEN @start_date AND @end_date"""
 
 # Cloud Billing service.description -> (FOCUS ServiceCategory, ServiceSubcategory), from FOCUS 1.2's allowed
 # values (processors/focus/conformance.py SUBCATEGORIES). Unmapped services: Other / Other (Other). The step
@@ -160,6 +196,43 @@ class GcpFocus(FocusSource):
     source = "gcp"
     inputs = {"source": ("gcp_billing_daily_raw", "configs/gcp/cost/schemas/billing_cost.json")}
 
+    async def prepare(self, config: Mapping[str, Any], context: RunContext) -> tuple[Mapping[str, Any], dict[str, Any]]:
+        """billing_account_names with the Cloud Billing API's names over the configured ones."""
+        use_api = config.get("names_from_provider", True)
+        if not isinstance(use_api, bool):
+            raise invalid("names_from_provider must be true or false")
+        if not use_api:
+            return config, {"billing_account_names_from": "configuration"}
+        accounts = await self._account_ids(config, context)
+        if not accounts:
+            return config, {"billing_account_names_from": "configuration (no billing account id to look up)"}
+        try:
+            auth = await _billing_auth(config, context)
+        except StepError as error:
+            log.warning("billing account names not read from Cloud Billing; configuration used", code=error.code)
+            return config, {"billing_account_names_from": f"configuration ({error.code})"}
+        listed, failures = await _looked_up(auth, accounts, config, context)
+        noted: dict[str, Any] = {"billing_account_names_from":
+                                 f"Cloud Billing API ({len(listed)} of {len(accounts)} named)"}
+        if failures:
+            log.warning("billing account names not read for some accounts; configuration or id used",
+                        accounts=len(failures))
+            noted["billing_account_lookup_failures"] = "; ".join(f"{k}: {v}" for k, v in sorted(failures.items()))
+        configured = names_config(config, "billing_account_names")
+        return {**config, "billing_account_names": {**configured, **listed}}, noted
+
+    async def _account_ids(self, config: Mapping[str, Any], context: RunContext) -> list[str]:
+        """The distinct billing account ids of the org's rows in the run's dates (one query, no table made)."""
+        dates = date_range(config, context.parameters)
+        warehouse = Warehouse(context.services, context.org_slug)
+        source = TableSpec(config.get("source"), *self.inputs["source"])
+        if not await warehouse.table_exists(source.table):
+            return []
+        rows, _ = await warehouse.query(_ACCOUNT_IDS.format(source=warehouse.ref(source.table)), {
+            "org_slug": context.org_slug, "start_date": dates.start, "end_date": dates.end,
+            "billing_account_id": self.extra_params(config, context)["billing_account_id"]})
+        return sorted(str(r["account_id"]) for r in rows if r["account_id"] and ACCOUNT_ID.match(str(r["account_id"])))
+
     def _names(self, config: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
         """BillingAccountName and SubAccountName expressions and their parameters."""
         account, account_params = named("IFNULL(billing_account_id, @billing_account_id)",
@@ -238,6 +311,57 @@ class GcpFocus(FocusSource):
         }
         return [Branch(charges, "FROM gcp"),
                 Branch(credits, "FROM gcp WHERE credits_total IS NOT NULL AND credits_total <> 0")]
+
+
+async def _billing_auth(config: Mapping[str, Any], context: RunContext) -> GoogleServiceAccountAuth:
+    """The org's service account (the step's `credential`, default provider GCP_SA) with a token now."""
+    spec = config.get("credential") or {}
+    if not isinstance(spec, Mapping):
+        raise invalid("credential must be a mapping {provider, secret_key}")
+    credential = await resolve_credential(context, str(spec.get("provider") or "GCP_SA"), spec.get("secret_key"))
+    if credential is None:  # unreachable with a default provider; kept for the type checker
+        raise invalid("credential.provider or credential.secret_key is required")
+    auth = GoogleServiceAccountAuth(ServiceAccountKey.parse(credential.value), (BILLING_SCOPE,),
+                                    context.services.settings)
+    await auth.prepare()
+    return auth
+
+
+async def _looked_up(auth: GoogleServiceAccountAuth, accounts: list[str], config: Mapping[str, Any],
+                     context: RunContext) -> tuple[dict[str, str], dict[str, str]]:
+    """({id: displayName}, {id: why not}): one billingAccounts.get per account. A 403/404 concerns that
+    account only; a refused token or an unreachable API ends the lookups (the rest would fail alike)."""
+    settings = context.services.settings
+    limits = http_limits(config, code=ErrorCode.CONFIG_INVALID)
+    rate = limits.rate_per_second or DEFAULT_REQUESTS_PER_SECOND
+    http = context.services.http("gcp:cloudbilling", rate_per_second=rate, policy=limits.policy)
+    base = settings.gcp_api_url_template.replace("{service}", "cloudbilling").rstrip("/")
+    names: dict[str, str] = {}
+    failures: dict[str, str] = {}
+    stopped: str | None = None
+    for index, account in enumerate(accounts):
+        if stopped or index >= MAX_ACCOUNT_LOOKUPS:
+            failures[account] = f"not looked up ({stopped or f'more than {MAX_ACCOUNT_LOOKUPS} accounts'})"
+            continue
+        try:
+            await auth.prepare()  # a token about to expire is refreshed
+            context.secrets["gcp_cloudbilling_token"] = auth.credentials.token  # masked in results and events
+            body, _ = await http.request_json("GET", f"{base}/v1/billingAccounts/{account}", headers={
+                "Authorization": f"Bearer {auth.credentials.token}", "Accept": "application/json"})
+        except StepError as error:
+            status = error.details.get("status")
+            failures[account] = f"HTTP {status} ({error.code})" if status else str(error.code)
+            if error.retryable or status in (None, 401):
+                stopped = failures[account]
+            continue
+        name = body.get("displayName") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or body.get("name") != f"billingAccounts/{account}":
+            failures[account] = f"{ErrorCode.PROVIDER_BAD_RESPONSE} (not this account's resource)"
+        elif not isinstance(name, str) or not name.strip():
+            failures[account] = "no displayName"
+        else:
+            names[account] = name.strip()[:200]
+    return names, failures
 
 
 def get_engine() -> GcpFocus:

@@ -6,6 +6,10 @@
   token URI or Google's, `exp`); the answer is `{"access_token", "expires_in", "token_type": "Bearer"}`.
 - `GET /v1/billingAccounts` (cloudbilling): `pageSize`, `pageToken` -> `{"billingAccounts": [...],
   "nextPageToken": "..."}` (empty on the last page, as Google does).
+- `GET /v1/billingAccounts/{id}` (cloudbilling billingAccounts.get): one BillingAccount (`name`, `open`,
+  `displayName`, `masterBillingAccount`, `parent`, `currencyCode`); 403 PERMISSION_DENIED when the caller's
+  service account is not a viewer of the account (`account_viewers`), 404 NOT_FOUND for an unknown id,
+  400 INVALID_ARGUMENT for a malformed one. Each call is recorded in `account_gets`.
 - `GET /compute/v1/projects/{project}/aggregated/instances` (compute): `maxResults`, `pageToken` ->
   `{"items": {"zones/<zone>": {"instances": [...]} | {"warning": ...}}, "nextPageToken"}`.
 
@@ -16,6 +20,7 @@ with `make_service_account_key()` (a fresh RSA key; its `token_uri` points at th
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -68,6 +73,24 @@ def instance(project: str, zone: str, index: int) -> dict[str, Any]:
             "creationTimestamp": "2025-01-01T00:00:00.000-08:00"}
 
 
+# Billing account ids as Google writes them: three groups of six upper-case hex digits.
+ACCOUNT_ID = re.compile(r"^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$")
+
+
+def account_resource(account_id: str, display_name: str, *, open_: bool = True, master: str = "",
+                     parent: str = "organizations/123456789", currency: str = "USD") -> dict[str, Any]:
+    """A BillingAccount as billingAccounts.get answers it (JSON field names of the REST resource)."""
+    return {"name": f"billingAccounts/{account_id}", "open": open_, "displayName": display_name,
+            "masterBillingAccount": master, "parent": parent, "currencyCode": currency}
+
+
+@dataclass
+class AccountGet:
+    account_id: str
+    client_email: str | None  # the service account whose token called; None for an unknown token
+    status: int
+
+
 @dataclass
 class Issued:
     client_email: str
@@ -81,6 +104,10 @@ class GcpStandIn(LoopbackServer):
     zones: dict[str, int] = field(default_factory=lambda: {"us-central1-a": 5, "europe-west1-b": 0,
                                                             "asia-east1-a": 3})
     token_lifetime: int = 3600
+    # billingAccounts.get: account id -> resource (account_resource()); the listed accounts are gettable too.
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # account id -> the service accounts (client_email) that may view it; an account not here: any caller.
+    account_viewers: dict[str, set[str]] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 0
 
@@ -90,6 +117,7 @@ class GcpStandIn(LoopbackServer):
         self.tokens: dict[str, Issued] = {}
         self.token_requests = 0
         self.api_calls: list[tuple[str, dict[str, str]]] = []
+        self.account_gets: list[AccountGet] = []
 
     @property
     def token_uri(self) -> str:
@@ -114,6 +142,7 @@ class GcpStandIn(LoopbackServer):
         application.add_routes([
             web.post("/token", self._token),
             web.get("/v1/billingAccounts", self._billing_accounts),
+            web.get("/v1/billingAccounts/{account_id}", self._billing_account),
             web.get("/compute/v1/projects/{project}/aggregated/instances", self._instances),
         ])
         return application
@@ -162,6 +191,33 @@ class GcpStandIn(LoopbackServer):
         start, end, next_token = self._window(request, "pageSize", 50, self.billing_accounts)
         return web.json_response({"billingAccounts": [billing_account(i) for i in range(start, end)],
                                   "nextPageToken": next_token})
+
+    def _account(self, account_id: str) -> dict[str, Any] | None:
+        if account_id in self.accounts:
+            return self.accounts[account_id]
+        for index in range(self.billing_accounts):
+            listed = billing_account(index)
+            if listed["name"] == f"billingAccounts/{account_id}":
+                return listed
+        return None
+
+    async def _billing_account(self, request: web.Request) -> web.Response:
+        account_id = request.match_info["account_id"]
+        issued = self.tokens.get(request.headers.get("Authorization", "").removeprefix("Bearer "))
+        response = self._authorize(request, SCOPE_BILLING) or self._get_account(account_id, issued)
+        self.account_gets.append(AccountGet(account_id, issued.client_email if issued else None, response.status))
+        return response
+
+    def _get_account(self, account_id: str, issued: Issued | None) -> web.Response:
+        if not ACCOUNT_ID.match(account_id):
+            return _api_error(400, "INVALID_ARGUMENT", f"Invalid billing account name: billingAccounts/{account_id}")
+        viewers = self.account_viewers.get(account_id)
+        if viewers is not None and (issued is None or issued.client_email not in viewers):
+            return _api_error(403, "PERMISSION_DENIED", "The caller does not have permission")
+        found = self._account(account_id)
+        if found is None:
+            return _api_error(404, "NOT_FOUND", "Requested entity was not found.")
+        return web.json_response(found)
 
     async def _instances(self, request: web.Request) -> web.Response:
         denied = self._authorize(request, SCOPE_COMPUTE)
