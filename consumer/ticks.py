@@ -111,10 +111,12 @@ def tick_fanout(settings: Any, services: Any, loader: Any) -> Any:
     from convergence.publisher.fanout import TickFanOut
     from convergence.publisher.ledger import ExecutionLedger
     from convergence.tenancy.eligibility import EligibleOrgs
+    from convergence.tenancy.pipeline_configs import OrgConfigReader
 
     return TickFanOut(loader, services.requests, EligibleOrgs(services.bigquery, settings),
                       ExecutionLedger(services.bigquery, settings),
-                      interval=timedelta(minutes=settings.tick_window_minutes))
+                      interval=timedelta(minutes=settings.tick_window_minutes),
+                      org_configs=OrgConfigReader(services.bigquery, settings))
 
 
 class LazyFanOut:

@@ -55,6 +55,7 @@ def tick(at: str | None, window_minutes: int | None, dry_run: bool, as_json: boo
     from convergence.publisher.requests import PublishError
     from convergence.runtime import Services
     from convergence.tenancy.eligibility import EligibleOrgs
+    from convergence.tenancy.pipeline_configs import OrgConfigReader
 
     moment = parse_time(at)
     settings = load_settings_or_exit()
@@ -62,7 +63,7 @@ def tick(at: str | None, window_minutes: int | None, dry_run: bool, as_json: boo
     window = timedelta(minutes=window_minutes or settings.tick_window_minutes)
     fanout = TickFanOut(PipelineLoader(settings.configs_dir), services.requests,
                         EligibleOrgs(services.bigquery, settings), ExecutionLedger(services.bigquery, settings),
-                        interval=window)
+                        interval=window, org_configs=OrgConfigReader(services.bigquery, settings))
     try:
         report = fanout.fan_out(moment, dry_run=dry_run)
     except PublishError as error:
