@@ -94,3 +94,40 @@ async def test_malformed_report_pages_are_permanent_bad_responses(bodies, fragme
         await collect(Pages(*bodies))
     assert caught.value.code == "PROVIDER_BAD_RESPONSE" and not caught.value.retryable
     assert fragment in str(caught.value)
+
+
+class Store:
+    """A credential store: org -> provider -> secret, counting lookups."""
+
+    def __init__(self, secrets):
+        self.secrets = secrets
+        self.calls = 0
+
+    def get(self, org, provider):
+        self.calls += 1
+        return self.secrets[(org, provider)]
+
+
+async def test_one_resolver_for_the_llm_steps_and_the_extractors():
+    from types import SimpleNamespace
+
+    from convergence.extractors.credentials import resolve_credential
+    from convergence.pipeline.context import RunContext
+    from convergence.processors._llm.client import provider_secret
+
+    store = Store({("acme", "OPENAI"): "sk-stored"})
+    context = RunContext("acme", "r1", "p", services=SimpleNamespace(credentials=store))
+    # The LLM steps: the slot a kms_decrypt step filled comes first, the store is not asked.
+    context.secrets["openai_admin"] = "sk-slot"
+    assert await provider_secret({"secret_name": "openai_admin"}, context, "OPENAI") == "sk-slot"
+    assert store.calls == 0
+    # Without it: the store, and the value is kept in the context (so it is masked).
+    assert await provider_secret({}, context, "OPENAI") == "sk-stored"
+    assert store.calls == 1 and context.secrets["openai"] == "sk-stored"
+    # The extractors' order: context secrets by provider, then the store, then the named secret.
+    found = await resolve_credential(context, "OPENAI", "openai_admin")
+    assert (found.value, found.source) == ("sk-stored", "context_secrets")
+    with pytest.raises(StepError) as caught:
+        await resolve_credential(context, "ANTHROPIC")
+    assert caught.value.code == "CREDENTIAL_NOT_FOUND"
+    assert "org_integration_credentials (ANTHROPIC)" in str(caught.value)

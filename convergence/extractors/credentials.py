@@ -6,6 +6,9 @@
 
 A credential read from the store is also put into `context.secrets`, so the executor masks it in every
 later result, error and event. The value never appears in a result or a log line.
+
+The one resolver for every ps_type: the API extractors, notifications and the LLM steps call
+`resolve_credential`; `integrations.kms_decrypt` and the store step of that order call `stored_credential`.
 """
 
 from __future__ import annotations
@@ -30,15 +33,20 @@ class ResolvedCredential:
     source: str  # "context_secrets" | "org_integration_credentials" | "named_secret"
 
 
-async def resolve_credential(context: RunContext, provider: str | None = None,
-                             secret_key: str | None = None) -> ResolvedCredential | None:
-    """The credential for `provider`/`secret_key`, or None when neither is configured."""
+async def resolve_credential(context: RunContext, provider: str | None = None, secret_key: str | None = None,
+                             *, named_first: bool = False) -> ResolvedCredential | None:
+    """The credential for `provider`/`secret_key`, or None when neither is configured.
+
+    `named_first`: `context.secrets[secret_key]` is looked at before anything else (the LLM steps name
+    the slot their `integrations.kms_decrypt` step filled)."""
     if provider is not None and not _PROVIDER.match(str(provider)):
         raise PermanentStepError(f"auth.provider {provider!r} must be an upper-case provider name such as "
                                  "VENDOR_API", code=ErrorCode.CONFIG_INVALID)
     if not provider and not secret_key:
         return None
     secrets = context.secrets
+    if named_first and secret_key and secrets.get(secret_key):
+        return ResolvedCredential(secrets[secret_key], "named_secret")
     if provider:
         for name in (provider, provider.lower()):
             if secrets.get(name):
@@ -58,21 +66,36 @@ async def resolve_credential(context: RunContext, provider: str | None = None,
                              code=ErrorCode.CREDENTIAL_NOT_FOUND)
 
 
-async def _from_store(context: RunContext, provider: str) -> str | None:
+async def stored_credential(context: RunContext, provider: str) -> str:
+    """The org's credential for `provider` from the credential store, decrypted (KMS). Errors carry codes
+    (CREDENTIAL_NOT_FOUND, CREDENTIAL_DECRYPT_FAILED) and never any key material."""
     store = getattr(context.services, "credentials", None) if context.services is not None else None
     if store is None:
-        return None
+        raise PermanentStepError("no credential store is configured", code=ErrorCode.CREDENTIAL_NOT_FOUND)
     try:
         if inspect.iscoroutinefunction(store.get):
-            return await store.get(context.org_slug, provider)
-        return await asyncio.to_thread(store.get, context.org_slug, provider)
+            secret = await store.get(context.org_slug, provider)
+        else:
+            secret = await asyncio.to_thread(store.get, context.org_slug, provider)
+    except StepError:
+        raise
     except LookupError:
-        return None
+        raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
+                                 code=ErrorCode.CREDENTIAL_NOT_FOUND) from None
+    except Exception as error:  # noqa: BLE001 - never let a decrypt error carry key material out
+        log.warning("credential decryption failed", provider=provider, error_type=type(error).__name__)
+        raise PermanentStepError(f"could not decrypt the {provider} credential of org {context.org_slug} "
+                                 f"({type(error).__name__})", code=ErrorCode.CREDENTIAL_DECRYPT_FAILED) from None
+    if not secret:
+        raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
+                                 code=ErrorCode.CREDENTIAL_NOT_FOUND)
+    return secret
+
+
+async def _from_store(context: RunContext, provider: str) -> str | None:
+    try:
+        return await stored_credential(context, provider)
     except StepError as error:
         if error.code == ErrorCode.CREDENTIAL_NOT_FOUND:
             return None
         raise
-    except Exception as error:  # noqa: BLE001 - a decrypt error must not carry key material out
-        log.warning("credential lookup failed", provider=provider, error_type=type(error).__name__)
-        raise PermanentStepError(f"could not read the {provider} credential of org {context.org_slug} "
-                                 f"({type(error).__name__})", code=ErrorCode.CREDENTIAL_DECRYPT_FAILED) from None

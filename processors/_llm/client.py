@@ -7,28 +7,26 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from convergence.extractors.auth import NoAuth
+from convergence.extractors.credentials import resolve_credential
 from convergence.extractors.paginators import CursorPaginator
 from convergence.extractors.request import PageRequest
 from convergence.extractors.retry import http_limits
 from convergence.extractors.source import Page, PageFetchError, iter_pages
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError
-from convergence.processors.integrations.kms_decrypt import decrypt_credential
 
 MAX_PAGES = 100_000
 
 
 async def provider_secret(config: Mapping[str, Any], context: RunContext, provider: str) -> str:
-    """The org's credential for `provider`: `context.secrets[secret_name]` (put there by an
-    integrations.kms_decrypt step), else decrypted now from the credential store. Either way it is kept
-    in `context.secrets`, so the executor masks it in every result, error and event."""
+    """The org's credential for `provider` (extractors.credentials): `context.secrets[secret_name]` (put
+    there by an integrations.kms_decrypt step) first, else the credential store. Either way it is kept in
+    `context.secrets`, so the executor masks it in every result, error and event."""
     name = str(config.get("secret_name") or provider.lower())
-    secret = context.secrets.get(name)
-    if secret:
-        return secret
-    secret = await decrypt_credential(context, provider)
-    context.secrets[name] = secret
-    return secret
+    credential = await resolve_credential(context, provider, name, named_first=True)
+    assert credential is not None  # a provider is given: found, or CREDENTIAL_NOT_FOUND was raised
+    context.secrets.setdefault(name, credential.value)
+    return credential.value
 
 
 def http_client(context: RunContext, provider: str, config: Mapping[str, Any]) -> Any:

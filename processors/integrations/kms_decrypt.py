@@ -13,46 +13,19 @@ Config:
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import re
 from typing import Any
 
 import structlog
 
+from convergence.extractors.credentials import stored_credential
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import ErrorCode, PermanentStepError, StepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.pipeline.models import StepConfig
 
 log = structlog.get_logger(__name__)
 _PROVIDER = re.compile(r"^[A-Z][A-Z0-9_]{1,49}$")
 _SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-
-
-async def decrypt_credential(context: RunContext, provider: str) -> str:
-    """The org's credential for `provider`, decrypted by the credential store (KMS). Errors carry codes and
-    never any key material."""
-    store = getattr(context.services, "credentials", None)
-    if store is None:
-        raise PermanentStepError("no credential store is configured", code=ErrorCode.CREDENTIAL_NOT_FOUND)
-    try:
-        if inspect.iscoroutinefunction(store.get):
-            secret = await store.get(context.org_slug, provider)
-        else:
-            secret = await asyncio.to_thread(store.get, context.org_slug, provider)
-    except StepError:
-        raise
-    except LookupError:
-        raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
-                                 code=ErrorCode.CREDENTIAL_NOT_FOUND) from None
-    except Exception as error:  # noqa: BLE001 - never let a decrypt error carry key material out
-        log.warning("credential decryption failed", provider=provider, error_type=type(error).__name__)
-        raise PermanentStepError(f"could not decrypt the {provider} credential of org {context.org_slug} "
-                                 f"({type(error).__name__})", code=ErrorCode.CREDENTIAL_DECRYPT_FAILED) from None
-    if not secret:
-        raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
-                                 code=ErrorCode.CREDENTIAL_NOT_FOUND)
-    return secret
 
 
 class KmsDecrypt:
@@ -65,7 +38,7 @@ class KmsDecrypt:
         name = str(config.get("secret_name") or provider.lower())
         if not _SECRET_NAME.match(name):
             raise PermanentStepError(f"secret_name {name!r} must be snake_case", code=ErrorCode.INVALID_PARAMETERS)
-        context.secrets[name] = await decrypt_credential(context, provider)
+        context.secrets[name] = await stored_credential(context, provider)
         log.info("credential decrypted into the run context", provider=provider, slot=name)
         return {"status": "SUCCESS", "rows_processed": 0, "provider": provider, "secret_name": name}
 
