@@ -13,6 +13,7 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.dlq import dlq
     from convergence.commands.focus import focus
     from convergence.commands.infra import infra
+    from convergence.commands.notify import notify
     from convergence.commands.pipelines import pipelines
     from convergence.commands.procedures import procedures
     from convergence.commands.publish import publish
@@ -20,4 +21,5 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.schedule import schedule
     from convergence.commands.serve import serve
 
-    return [bootstrap, consume, costs, dev, dlq, focus, infra, pipelines, procedures, publish, runs, schedule, serve]
+    return [bootstrap, consume, costs, dev, dlq, focus, infra, notify, pipelines, procedures, publish, runs, schedule,
+            serve]

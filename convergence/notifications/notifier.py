@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +17,13 @@ from convergence.notifications.slack import SlackSender
 from convergence.pipeline import ProcessorRegistry, RunContext, RunObserver
 from convergence.pipeline.models import PipelineConfig, StepConfig
 from convergence.pipeline.results import PipelineResult
+from convergence.schemas.errors import UNKNOWN_ORG
 
 log = structlog.get_logger(__name__)
 
 TRIGGERS = ("immediate", "on_failure", "on_success", "on_completion", "always")
 _FAILED = ("FAILED", "TIMEOUT")
+DEAD_LETTERED = "DEAD_LETTERED"  # the code of a dead-lettered run's outcome
 
 
 def step_trigger(step: StepConfig) -> str:
@@ -119,20 +124,87 @@ class Notifier:
 
 
 class FailureNotifier:
-    """The consumer's failure hook: `await FailureNotifier(settings)(outcome)` for a run that failed for good.
+    """The consumer's failure hook: `await FailureNotifier(settings)(outcome)` for a run that failed for good
+    (failed, timed out, dead-lettered).
 
-    Never raises. Pass `details={"pipeline": ..., "pipeline_id": ..., "trigger": ..., "attempt": ...}` in
-    the Outcome for richer notices."""
+    The platform's recipients get their notice as configured; with `contacts` (tenancy.contacts.OrgContacts)
+    the org hears too: its admin email and its SLACK_WEBHOOK credential, unless it opted out. A run is
+    notified once per process within `once_seconds`: a redelivery that fails again (or its dead letter)
+    tells nobody twice. Never raises. Pass `details={"pipeline": ..., "pipeline_id": ..., "trigger": ...,
+    "attempt": ...}` in the Outcome for richer notices."""
 
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Any, contacts: Any = None, *, once_seconds: float = 6 * 3600,
+                 clock: Any = time.monotonic):
         self.notifier = Notifier(settings)
+        self.contacts = contacts
+        self.once_seconds = once_seconds
+        self.clock = clock
+        self._told: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.last: list[Delivery] = []
 
     async def __call__(self, outcome: Any) -> None:
         try:
-            self.last = await self.notifier.failure_notice(RunSummary.from_outcome(outcome))
+            summary = RunSummary.from_outcome(outcome)
+            if not self._first_notice(summary) or await self._told_elsewhere(summary):
+                log.info("failure already notified", run_id=summary.run_id, code=summary.error_code)
+                self.last = []
+                return
+            self.last = await self.notifier.failure_notice(summary)
+            self.last += await self.org_notice(summary)
+            sent = sorted({d.channel for d in self.last if d.sent})
+            if sent and self.contacts is not None and self._known_org(summary):
+                await asyncio.to_thread(self.contacts.record_notice, summary.org_slug, summary.run_id,
+                                        summary.error_code, sent)
         except Exception:  # noqa: BLE001 - never let a notice change the ack decision
             log.exception("failure notice failed", run_id=getattr(outcome, "run_id", None))
+
+    async def org_notice(self, summary: RunSummary) -> list[Delivery]:
+        """The org's own notice: email to its admin, a post to its Slack webhook (each if it has one)."""
+        if self.contacts is None or not self.notifier.settings.notifications_enabled or not self._known_org(summary):
+            return []
+        try:
+            contact = await self.contacts.get(summary.org_slug)
+        except Exception as error:  # noqa: BLE001 - the platform's notice is out; the org's is best effort
+            log.warning("org contacts not read; the org is not told", org_slug=summary.org_slug,
+                        run_id=summary.run_id, error=type(error).__name__)
+            return [Delivery("org", False, f"org contacts not read ({type(error).__name__})")]
+        if not contact.reachable:
+            why = "opted out" if contact.exists and not contact.enabled else "no admin email or Slack webhook"
+            log.info("org not told of its failed run", org_slug=summary.org_slug, run_id=summary.run_id, why=why)
+            return []
+        deliveries = []
+        if contact.admin_email and self.notifier.email.configured:
+            deliveries.append(await self.notifier.send_email(summary, recipients=[contact.admin_email]))
+        if contact.slack_webhook is not None:
+            # The platform's channel option is not passed on to the org's webhook.
+            deliveries.append(await self.notifier.send_slack(
+                summary, webhook_url=contact.slack_webhook.get_secret_value(), options={"channel": None}))
+        return [Delivery(f"org_{d.channel}", d.sent, d.detail) for d in deliveries]
+
+    @staticmethod
+    def _known_org(summary: RunSummary) -> bool:
+        return summary.org_slug not in ("unknown", UNKNOWN_ORG)
+
+    async def _told_elsewhere(self, summary: RunSummary) -> bool:
+        """A dead letter redelivered to another process: the audit trail says whether its notice went out.
+        Failures and timeouts are acked, so their redeliveries are rare and not worth a query."""
+        if summary.error_code != DEAD_LETTERED or self.contacts is None or not self._known_org(summary):
+            return False
+        try:
+            return await self.contacts.already_told(summary.org_slug, summary.run_id)
+        except Exception as error:  # noqa: BLE001 - told twice beats not told
+            log.warning("notice trail not read", run_id=summary.run_id, error=type(error).__name__)
+            return False
+
+    def _first_notice(self, summary: RunSummary) -> bool:
+        now = self.clock()
+        while self._told and (next(iter(self._told.values())) <= now or len(self._told) > 100_000):
+            self._told.popitem(last=False)
+        key = (summary.org_slug, summary.run_id)
+        if summary.run_id == "unknown" or key not in self._told:
+            self._told[key] = now + self.once_seconds
+            return True
+        return False
 
 
 class NotificationObserver(RunObserver):

@@ -92,10 +92,12 @@ class Services:
 
     @cached_property
     def notifier(self) -> Any:
-        """Failure hook: email/Slack when configured (convergence/notifications/), else an error log line."""
+        """Failure hook: email/Slack to the platform's recipients when configured (convergence/notifications/),
+        else an error log line; and to the org's admin email and Slack webhook unless it opted out."""
         from convergence.notifications.notifier import FailureNotifier
+        from convergence.tenancy.contacts import OrgContacts
 
-        return FailureNotifier(self.settings)
+        return FailureNotifier(self.settings, OrgContacts(self))
 
     @cached_property
     def error_classifiers(self) -> list[Any]:

@@ -21,6 +21,7 @@ class SlackStandIn(LoopbackServer):
         super().__init__(host, port)
         self.hooks: set[str] = set()
         self.messages: list[dict[str, Any]] = []
+        self.received: list[tuple[str, dict[str, Any]]] = []  # (webhook path, payload)
         self.requests = 0
         self._failures: list[tuple[int, str | None]] = []
 
@@ -29,6 +30,11 @@ class SlackStandIn(LoopbackServer):
         path = f"/services/T{secrets.token_hex(4).upper()}/B{secrets.token_hex(4).upper()}/{secrets.token_urlsafe(18)}"
         self.hooks.add(path)
         return f"{self.base_url}{path}"
+
+    def posted_to(self, webhook_url: str) -> list[dict[str, Any]]:
+        """The payloads one webhook received."""
+        path = webhook_url.removeprefix(self.base_url)
+        return [payload for hook, payload in self.received if hook == path]
 
     def fail_next(self, status: int = 500, times: int = 1, retry_after: float | None = None) -> None:
         self._failures += [(status, None if retry_after is None else f"{retry_after:g}")] * times
@@ -54,4 +60,5 @@ class SlackStandIn(LoopbackServer):
         if not isinstance(payload, dict) or not (payload.get("text") or payload.get("blocks")):
             return web.Response(status=400, text="no_text")
         self.messages.append(payload)
+        self.received.append((request.path, payload))
         return web.Response(status=200, text="ok")
