@@ -62,7 +62,7 @@ class Publisher(Protocol):
 
 
 EligibleOrgs = Callable[[str | None], Iterable[str]]
-OrgConfigs = Callable[[Sequence[str]], OrgPipelineConfigs]  # pipelines -> every org's configs for them
+OrgConfigs = Callable[[Sequence[str], Sequence[str]], OrgPipelineConfigs]  # (pipelines, orgs) -> their configs
 
 
 @dataclass(frozen=True)
@@ -204,14 +204,19 @@ class TickFanOut:
     def eligible_and_configs(self, catalog: Mapping[str, PipelineConfig], due: list[DueRun], tick_at: datetime,
                              report: FanOutReport) -> tuple[dict[str | None, list[str]], OrgPipelineConfigs,
                                                             list[OrgDueRun]]:
-        """The org configs (one query) side by side with the eligibility queries of the YAML's due
-        pipelines; then eligibility for any integration only orgs' own schedules need."""
+        """The eligibility queries of the YAML's due pipelines, side by side; the org configs (one query)
+        for the orgs eligible without an integration (every integration's orgs are among them), once those
+        are known; then eligibility for any integration only orgs' own schedules need."""
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="eligibility") as pool:
-            reading = pool.submit(self.org_configs, sorted(catalog)) if self.org_configs else None
+            integrations = list(dict.fromkeys(run.integration for run in due))
+            if self.org_configs is not None and None not in integrations:
+                integrations.insert(0, None)
             asked = {integration: pool.submit(lambda i: _valid_orgs(self.eligible_orgs(i)), integration)
-                     for integration in dict.fromkeys(run.integration for run in due)}
-            configs = reading.result() if reading is not None else OrgPipelineConfigs()
+                     for integration in integrations}
+            configs = OrgPipelineConfigs()
+            if self.org_configs is not None:
+                configs = self.org_configs(sorted(catalog), asked[None].result())
             own = self._own_schedule_runs(configs, catalog, tick_at)
             for integration in dict.fromkeys(run.integration for run in own):
                 if integration not in asked:

@@ -92,9 +92,9 @@ EXPECTED = expected([
 def test_one_tick_different_runs_per_org(tmp_path):
     reads = []
 
-    def org_configs(pipelines):
-        reads.append(sorted(pipelines))
-        return pc.from_rows(ORG_ROWS)
+    def org_configs(pipelines, orgs):
+        reads.append((sorted(pipelines), sorted(orgs)))
+        return pc.from_rows([r for r in ORG_ROWS if r["org_slug"] in orgs])
 
     publisher = FakePublisher()
     fanout = TickFanOut(PipelineLoader(write_configs(tmp_path)), publisher, lambda i: ELIGIBLE[i], FakeLedger(),
@@ -102,7 +102,8 @@ def test_one_tick_different_runs_per_org(tmp_path):
     report = fanout.fan_out(TICK)
     got = sorted((r.org_slug, r.pipeline, r.run_id) for r in publisher.published)
     assert got == EXPECTED
-    assert len(reads) == 1 and "sched/adhoc/only" in reads[0]  # one read for every org and pipeline
+    assert len(reads) == 1  # one read for every org and pipeline, for the orgs that may run
+    assert "sched/adhoc/only" in reads[0][0] and reads[0][1] == ["org_x", "org_y", "org_z"]
     assert (report.disabled, report.rescheduled, report.own_schedule, report.own_parameters) == (1, 1, 3, 1)
     usage = next(r for r in publisher.published if r.pipeline == "sched/daily/usage")
     # the org's parameter over the YAML's, the YAML's {yesterday} read in the org's zone and slot
@@ -114,7 +115,7 @@ def test_a_config_that_makes_no_valid_request_skips_that_run_only(tmp_path):
     rows = [row("config", "org_x", "sched//monthly", parameters={"month": "{no_such_name}"})]
     publisher = FakePublisher()
     fanout = TickFanOut(PipelineLoader(write_configs(tmp_path)), publisher, lambda i: ELIGIBLE[i], FakeLedger(),
-                        org_configs=lambda _: pc.from_rows(rows))
+                        org_configs=lambda _pipelines, _orgs: pc.from_rows(rows))
     report = fanout.fan_out(TICK)
     assert report.invalid == 1
     assert ("org_x", "sched//monthly") not in {(r.org_slug, r.pipeline) for r in publisher.published}
@@ -133,7 +134,8 @@ def platform(local_stack, tmp_path_factory):
     write_configs(root, platform.settings.configs_dir)
     credentials = platform.services.credentials
     for org, status, providers in (("org_x_cfg", "ACTIVE", ["OPENAI", "ANTHROPIC"]),
-                                   ("org_y_cfg", "TRIAL", ["OPENAI"]), ("org_z_cfg", "ACTIVE", [])):
+                                   ("org_y_cfg", "TRIAL", ["OPENAI"]), ("org_z_cfg", "ACTIVE", []),
+                                   ("org_s_cfg", "SUSPENDED", [])):
         platform.onboard(org, status=status)
         for provider in providers:
             credentials.put(org, provider, f"secret-{org}-{provider}", validation_status="VALID")
@@ -172,6 +174,7 @@ def test_cli_round_trip_then_the_tick_and_the_gate_read_it(platform, cli, pull_m
         "parameters": {"start_date": "{month_start}"},
         "default_parameters": {"start_date": "{yesterday}", "end_date": "{yesterday}"}}]
     ok(cli("set", "org_z_cfg", "sched/daily/later", "--schedule", "*/30 * * * *"))
+    ok(cli("set", "org_s_cfg", "sched/daily/later", "--schedule", "*/30 * * * *"))  # suspended: never runs
     listed = json.loads(ok(cli("list", "org_x_cfg", "--json")))["pipelines"]
     by_name = {p["pipeline"]: p for p in listed}
     assert by_name["sched/daily/usage"]["enabled"] is False and by_name["sched//monthly"]["enabled"] is True
@@ -192,7 +195,7 @@ def test_cli_round_trip_then_the_tick_and_the_gate_read_it(platform, cli, pull_m
         ("org_y", "sched/daily/usage", PARIS_0540), ("org_y", "sched//monthly", at(4, 45)),
         ("org_z", "sched//monthly", at(4, 45)), ("org_z", "sched/daily/later", at(4, 30)),
         ("org_z", "sched/daily/later", at(5, 0))])
-    assert reader.calls == 1 and report.org_configs == 3
+    assert reader.calls == 1 and report.org_configs == 3  # the suspended org's row is not even read
     usage = next(b for b in bodies if b["pipeline"] == "sched/daily/usage")
     assert usage["parameters"] == {"start_date": "2026-03-01", "end_date": "2026-02-28"}
 

@@ -85,8 +85,9 @@ class OrgPipelineConfigs:
 
 def select_sql(central: Any, *, one_org: bool) -> str:
     """Both tables in one statement, every NULL typed (Google's analyzer refuses untyped NULL columns in
-    UNION ALL). Filtered by `@pipelines`, and by `@org` for one org's rows."""
-    where = " WHERE `pipeline` IN UNNEST(@pipelines)" + (" AND `org_slug` = @org" if one_org else "")
+    UNION ALL). Filtered by `@pipelines` and by the orgs: `@org` (one) or `@orgs` (a tick's eligible orgs)."""
+    where = " WHERE `pipeline` IN UNNEST(@pipelines) AND " + ("`org_slug` = @org" if one_org else
+                                                               "`org_slug` IN UNNEST(@orgs)")
     return (
         "SELECT 'config' AS kind, `org_slug`, `pipeline`, `is_active`, `parameters`, "  # noqa: S608 - validated names
         "CAST(NULL AS STRING) AS cron_expression, CAST(NULL AS STRING) AS zone, "
@@ -142,18 +143,22 @@ def from_rows(rows: Iterable[Mapping[str, Any]]) -> OrgPipelineConfigs:
     return OrgPipelineConfigs({key: OrgPipelineConfig(**entry) for key, entry in merged.items()})
 
 
-def read(central: Any, pipelines: Sequence[str], org: str | None = None) -> OrgPipelineConfigs:
-    """Every org's (or one org's) config rows for these pipelines: one query."""
-    if not pipelines:
+def read(central: Any, pipelines: Sequence[str], org: str | None = None,
+         orgs: Sequence[str] = ()) -> OrgPipelineConfigs:
+    """One org's (`org`), or these orgs' (`orgs`), config rows for these pipelines: one query."""
+    if not pipelines or (org is None and not orgs):
         return OrgPipelineConfigs()
     params: dict[str, Any] = {"pipelines": sorted(pipelines)}
     if org is not None:
         params["org"] = org
+    else:
+        params["orgs"] = sorted(orgs)
     return from_rows(central.queries.rows(select_sql(central, one_org=org is not None), params))
 
 
 class OrgConfigReader:
-    """Callable for the fan-out: pipelines -> every org's configs for them. Counts its queries (`calls`)."""
+    """Callable for the fan-out: (pipelines, orgs) -> those orgs' configs for them, in one query whatever the
+    number of orgs (each row applies to its own org only). Counts its queries (`calls`)."""
 
     def __init__(self, client: Any, settings: Any):
         from convergence.tenancy.central import Central
@@ -161,9 +166,9 @@ class OrgConfigReader:
         self.central = Central(client, settings)
         self.calls = 0
 
-    def __call__(self, pipelines: Sequence[str]) -> OrgPipelineConfigs:
+    def __call__(self, pipelines: Sequence[str], orgs: Sequence[str]) -> OrgPipelineConfigs:
         self.calls += 1
-        configs = read(self.central, pipelines)
+        configs = read(self.central, pipelines, orgs=orgs)
         log.info("org pipeline configs read", rows=len(configs))
         return configs
 
