@@ -82,11 +82,14 @@ async def test_failed_run_tells_its_org_and_the_platform_and_no_other_org(world,
     request = _request(acme, "testing/consumer/permanent")
     try:
         outcome = await handler.handle(request.to_json(), request.attributes(), "m1", 1)
+        told = list(services.notifier.last)
+        # Its ack was lost: Pub/Sub delivers it again, it fails again, nobody is told twice.
+        again = await handler.handle(request.to_json(), request.attributes(), "m1", 2)
     finally:
         await handler.aclose()
+    assert again.kind is OutcomeKind.FAILED and services.notifier.last == []
     assert outcome.kind is OutcomeKind.FAILED and outcome.code == "PROVIDER_AUTH_FAILED"
-    assert {d.channel: d.sent for d in services.notifier.last} == {
-        "email": True, "slack": True, "org_email": True, "org_slack": True}, services.notifier.last
+    assert {d.channel: d.sent for d in told} == {"email": True, "slack": True, "org_email": True, "org_slack": True}
 
     org_mail = _sent_to(mailbox, _admin(acme), request.run_id)
     assert len(org_mail) == 1 and org_mail[0]["To"] == _admin(acme)  # platform recipients not shown
@@ -122,6 +125,13 @@ async def test_dead_letter_tells_once_even_when_redelivered_to_another_process(w
     assert len(_sent_to(mailbox, _admin(acme), request.run_id)) == 1
     assert len(_sent_to(mailbox, PLATFORM_ADMIN, request.run_id)) == 1
     assert len(slack.posted_to(acme_hook)) == 1 and len(slack.posted_to(platform_hook)) == 1
+
+    # `convergence dlq replay` runs it again (same run_id): if that dead-letters too, the org hears again.
+    services.runlog.run_started(run_id=request.run_id, org_slug=acme, pipeline=request.pipeline, attempt=1)
+    assert services.runlog.flush()
+    await first.handle(request.to_json(), attributes, "d2", None)
+    assert {d.channel for d in services.notifier.last if d.sent} == {"email", "slack", "org_email", "org_slack"}
+    assert len(_sent_to(mailbox, _admin(acme), request.run_id)) == 2 and len(slack.posted_to(acme_hook)) == 2
 
 
 async def test_opted_out_org_hears_nothing_and_the_platform_still_does(world, smtp, slack, monkeypatch):  # noqa: F811

@@ -128,12 +128,13 @@ class FailureNotifier:
     (failed, timed out, dead-lettered).
 
     The platform's recipients get their notice as configured; with `contacts` (tenancy.contacts.OrgContacts)
-    the org hears too: its admin email and its SLACK_WEBHOOK credential, unless it opted out. A run is
-    notified once per process within `once_seconds`: a redelivery that fails again (or its dead letter)
-    tells nobody twice. Never raises. Pass `details={"pipeline": ..., "pipeline_id": ..., "trigger": ...,
+    the org hears too: its admin email and its SLACK_WEBHOOK credential, unless it opted out. A failed or
+    timed-out run is told once per process within `once_seconds` (an acked run comes back only when its ack
+    was lost: within minutes); a dead letter once across processes, from the audit trail of notices.
+    Never raises. Pass `details={"pipeline": ..., "pipeline_id": ..., "trigger": ...,
     "attempt": ...}` in the Outcome for richer notices."""
 
-    def __init__(self, settings: Any, contacts: Any = None, *, once_seconds: float = 6 * 3600,
+    def __init__(self, settings: Any, contacts: Any = None, *, once_seconds: float = 3600,
                  clock: Any = time.monotonic):
         self.notifier = Notifier(settings)
         self.contacts = contacts
@@ -185,10 +186,13 @@ class FailureNotifier:
     def _known_org(summary: RunSummary) -> bool:
         return summary.org_slug not in ("unknown", UNKNOWN_ORG)
 
+    def _ledger_decides(self, summary: RunSummary) -> bool:
+        return summary.error_code == DEAD_LETTERED and self.contacts is not None and self._known_org(summary)
+
     async def _told_elsewhere(self, summary: RunSummary) -> bool:
         """A dead letter redelivered to another process: the audit trail says whether its notice went out.
         Failures and timeouts are acked, so their redeliveries are rare and not worth a query."""
-        if summary.error_code != DEAD_LETTERED or self.contacts is None or not self._known_org(summary):
+        if not self._ledger_decides(summary):
             return False
         try:
             return await self.contacts.already_told(summary.org_slug, summary.run_id)
@@ -200,6 +204,8 @@ class FailureNotifier:
         now = self.clock()
         while self._told and (next(iter(self._told.values())) <= now or len(self._told) > 100_000):
             self._told.popitem(last=False)
+        if self._ledger_decides(summary):
+            return True  # a replayed run dead-lettered again is told again: the audit trail knows, not memory
         key = (summary.org_slug, summary.run_id)
         if summary.run_id == "unknown" or key not in self._told:
             self._told[key] = now + self.once_seconds

@@ -21,11 +21,13 @@ import structlog
 from pydantic import SecretStr
 
 from convergence.kms import CipherError
+from convergence.pipeline.results import RunStatus
 from convergence.runtime.batching import MicroBatcher
 from convergence.tenancy.central import Central, utcnow
 from convergence.tenancy.credentials import TABLE as CREDENTIALS_TABLE
 from convergence.tenancy.credentials import credential_aad
 from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
+from convergence.warehouse.runlog import RUNS_TABLE
 
 log = structlog.get_logger(__name__)
 
@@ -167,8 +169,8 @@ class OrgContacts:
         return [known[org] for org in orgs]
 
     async def already_told(self, org_slug: str, run_id: str) -> bool:
-        """Whether a notice of this run went out from any process (its FAILURE_NOTICE_SENT audit row):
-        asked for dead letters only, whose redelivery may reach another consumer."""
+        """Whether a notice of this run went out from any process since its latest attempt started (its
+        FAILURE_NOTICE_SENT audit row): asked for dead letters, whose redelivery may reach another consumer."""
         return await self._told.submit((validate_org_slug(org_slug), str(run_id)))
 
     def record_notice(self, org_slug: str, run_id: str, code: str | None, channels: list[str]) -> None:
@@ -187,15 +189,24 @@ class OrgContacts:
         return [item in told for item in items]
 
     def _read_told(self, items: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The runs with a notice newer than their latest attempt's start: a replay (`convergence dlq
+        replay`, same run_id) runs again, so its own outcome is told again."""
         c = self.central
         self.reads += 1
         rows = c.queries.rows(
-            "SELECT DISTINCT `org_slug`, `resource_id` FROM " + c.ref("org_audit_logs") +  # noqa: S608
-            " WHERE `created_at` >= @since AND `org_slug` IN UNNEST(@orgs) AND `action` = @action "
-            "AND `resource_id` IN UNNEST(@run_ids)",
+            "WITH notices AS (SELECT `org_slug`, `resource_id` AS run_id, MAX(`created_at`) AS told_at FROM " +  # noqa: S608
+            c.ref("org_audit_logs") + " WHERE `created_at` >= @since AND `org_slug` IN UNNEST(@orgs) "
+            "AND `action` = @action AND `resource_id` IN UNNEST(@run_ids) GROUP BY `org_slug`, `resource_id`), "
+            "starts AS (SELECT `org_slug`, `run_id`, MAX(`event_time`) AS started_at FROM " + c.ref(RUNS_TABLE) +
+            " WHERE `event_time` >= @since AND `org_slug` IN UNNEST(@orgs) AND `run_id` IN UNNEST(@run_ids) "
+            "AND `status` = @running GROUP BY `org_slug`, `run_id`) "
+            "SELECT n.`org_slug`, n.`run_id` FROM notices AS n LEFT JOIN starts AS s "
+            "ON s.`org_slug` = n.`org_slug` AND s.`run_id` = n.`run_id` "
+            "WHERE s.`started_at` IS NULL OR n.`told_at` > s.`started_at`",
             {"since": utcnow() - NOTICE_LOOKBACK, "orgs": sorted({org for org, _ in items}),
-             "action": NOTICE_SENT, "run_ids": sorted({run for _, run in items})})
-        return {(row["org_slug"], row["resource_id"]) for row in rows} & set(items)
+             "action": NOTICE_SENT, "run_ids": sorted({run for _, run in items}),
+             "running": RunStatus.RUNNING.value})
+        return {(row["org_slug"], row["run_id"]) for row in rows} & set(items)
 
     def _read(self, orgs: list[str]) -> dict[str, OrgContact]:
         self.reads += 1
