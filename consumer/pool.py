@@ -149,6 +149,7 @@ class SubscriberPool:
         self._runs_done = asyncio.Event()  # drain: every task has finished (settled or held)
         self._cancelling = False  # we cancelled the stream (else its end is a loss)
         self._stream: Any = None
+        self._pull_thread: threading.Thread | None = None
         self._metric = metrics.subscription_label(subscription_path)
         metrics.track_pool(self)
 
@@ -180,6 +181,7 @@ class SubscriberPool:
             # The callback only hands off to the loop: two threads are plenty.
             scheduler=_ClosingScheduler(self, ThreadPoolExecutor(max_workers=2, thread_name_prefix="pull-callback")),
         )
+        self._pull_thread = _pull_thread(self._stream)
         if self.stream_state is StreamState.STARTING:
             self.stream_state = StreamState.OPEN
             self.last_pull = time.monotonic()
@@ -219,6 +221,13 @@ class SubscriberPool:
         await self._finish_tasks()
         self._runs_done.set()
         closed = self._stream is None or await asyncio.to_thread(self._wait_for_stream)
+        if closed and self._pull_thread is not None:
+            # With Pub/Sub unreachable, the client's pulling thread may still be reopening the stream after
+            # the client called it stopped; the channel closed under it would only log tracebacks.
+            await asyncio.to_thread(self._pull_thread.join, STREAM_CLOSE_SECONDS)
+            closed = not self._pull_thread.is_alive()
+        # Unreachable: gRPC may still be retrying a call on the channel (the stream's reopening).
+        closed = closed and self.reachable is not False
         held = self.deliveries(DeliveryState.HELD)
         if held:  # the stream shut down without our hook (or it gave up waiting): best effort
             log.warning("nacking held messages after the stream closed", count=len(held))
@@ -226,7 +235,7 @@ class SubscriberPool:
         if closed:
             self._subscriber.close()
         else:  # its threads may still send: closing the channel under them would only add tracebacks
-            log.warning("streaming pull did not shut down in time; leaving it to the exit",
+            log.warning("streaming pull did not shut down in time or Pub/Sub is unreachable; leaving it to the exit",
                         subscription=self._metric, seconds=STREAM_CLOSE_SECONDS)
         self.state = PoolState.CLOSED
         log.info("subscriber stopped", subscription=self._metric, **vars(self.stats))
@@ -304,8 +313,9 @@ class SubscriberPool:
         """One reachability check of Pub/Sub (a subscription read). NotFound: the subscription is gone,
         which ends the pool like a lost stream."""
         try:
+            # One attempt (the client would retry for a minute): the next probe is the retry.
             await _in_daemon_thread(self._subscriber.get_subscription,
-                                    request={"subscription": self.subscription_path}, timeout=10)
+                                    request={"subscription": self.subscription_path}, retry=None, timeout=10)
         except _UNREACHABLE as error:
             if self.reachable is not False:
                 log.error("Pub/Sub unreachable", subscription=self.subscription_path, error=_describe(error))
@@ -421,6 +431,13 @@ class SubscriberPool:
         else:
             delivery.message.nack()
             self.stats.nacked += 1
+
+
+def _pull_thread(stream: Any) -> threading.Thread | None:
+    """The client's thread reading the stream (google-cloud-pubsub internals, hence every getattr)."""
+    consumer = getattr(getattr(stream, "_manager", None), "_consumer", None)
+    thread = getattr(consumer, "_thread", None)
+    return thread if isinstance(thread, threading.Thread) else None
 
 
 def _in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:

@@ -167,7 +167,8 @@ class FakeSubscriber:
         self.subscribed.set()
         return stream
 
-    def get_subscription(self, request: dict[str, str], timeout: float | None = None) -> dict[str, str]:
+    def get_subscription(self, request: dict[str, str], retry: Any = None,
+                         timeout: float | None = None) -> dict[str, str]:
         if self.probe_error is not None:
             raise self.probe_error
         return {"name": request["subscription"]}

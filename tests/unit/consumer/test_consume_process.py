@@ -4,6 +4,7 @@ and every message not acked comes back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -138,3 +139,104 @@ def test_sigterm_with_runs_longer_than_the_grace_exits_0_within_10_s_and_loses_n
     nacked = {ack for rpc in modacks if rpc["seconds"] == 0 and rpc["ok"] for ack in rpc["ack_ids"]}
     assert len(leased) == 3 and leased <= nacked, rpcs
     assert not [rpc for rpc in rpcs if rpc["rpc"] == "acknowledge"]
+
+
+class CuttableProxy:
+    """A TCP forwarder to the Pub/Sub emulator that the test can cut: Pub/Sub becomes unreachable."""
+
+    def __init__(self, target: str):
+        import socket
+        import threading
+
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list = []
+        self.cut_off = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while not self.cut_off.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_off.is_set():
+                client.close()
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def cut(self):
+        import socket
+
+        self.cut_off.set()
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def get_json(url):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - local test server
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_health_stops_being_ok_when_pubsub_becomes_unreachable(platform, tmp_path):
+    import socket
+
+    from convergence.consumer.pool import PROBE_SECONDS
+
+    proxy = CuttableProxy(platform.settings.pubsub_emulator_host)
+    with socket.socket() as probe_port:
+        probe_port.bind(("127.0.0.1", 0))
+        port = probe_port.getsockname()[1]
+    log_path = tmp_path / "unreachable.log"
+    consumer = ConsumerProcess(platform.settings, log_path, PUBSUB_EMULATOR_HOST=proxy.address,
+                               METRICS_PORT=str(port), HTTP_HOST="127.0.0.1")
+    try:
+        wait_for_line(log_path, lambda line: line.get("message") == "metrics listening")
+        status, body = get_json(f"http://127.0.0.1:{port}/health")
+        assert status == 200 and body["status"] == "ok", body
+        assert {p["stream"] for p in body["pools"]} == {"open"}
+        assert all(p["last_pull_age_seconds"] is not None for p in body["pools"])
+        proxy.cut()
+        wait_for_line(log_path, lambda line: line.get("message") == "Pub/Sub unreachable",
+                      timeout=PROBE_SECONDS + 20)
+        status, body = get_json(f"http://127.0.0.1:{port}/health")
+        assert status == 503 and body["status"] == "unavailable", body
+        assert any(p["reachable"] is False for p in body["pools"])
+        assert get_json(f"http://127.0.0.1:{port}/ready")[0] == 503
+        sent = time.monotonic()
+        consumer.signal(signal.SIGTERM)
+        code = consumer.wait(CLOUD_RUN_SIGTERM_SECONDS + 20)
+        took = time.monotonic() - sent
+        print(f"unreachable: exit {code} {took:.2f} s after SIGTERM")
+        assert code == 0 and took < CLOUD_RUN_SIGTERM_SECONDS, (code, took)
+        no_tracebacks(log_path)
+    finally:
+        consumer.kill()
+        proxy.cut()
