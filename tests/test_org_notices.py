@@ -197,6 +197,10 @@ def test_opt_out_of_an_unknown_org_is_a_clear_error(platform, monkeypatch):
     result = CliRunner().invoke(notify, ["nobody_here", "--off"])
     assert result.exit_code == 1 and "org nobody_here is not onboarded" in result.output
     assert "Traceback" not in result.output
+    nowhere = platform.settings.model_copy(update={"central_dataset": "organizations_never_bootstrapped"})
+    monkeypatch.setattr("convergence.cli.load_settings_or_exit", lambda: nowhere)
+    missing = CliRunner().invoke(notify, ["nobody_here"])
+    assert missing.exit_code == 1 and "BigQuery refused" in missing.output and "convergence bootstrap" in missing.output
     central = Central(platform.services.bigquery, platform.settings)
     with pytest.raises(LookupError, match="not onboarded"):
         set_failure_notices(central, "nobody_here", False)

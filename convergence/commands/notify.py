@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -31,11 +32,6 @@ def notify(org: str, enabled: bool | None, webhook_from: str | None, remove_webh
     """Show or change an org's own failure notices (its admin email and Slack webhook)."""
     from convergence.cli import load_settings_or_exit
     from convergence.httpclient import AddressGuard, BlockedAddress
-    from convergence.kms import make_cipher
-    from convergence.tenancy.central import Central
-    from convergence.tenancy.contacts import SLACK_PROVIDER, OrgNotFound, read_contacts, set_failure_notices
-    from convergence.tenancy.credentials import CredentialStore
-    from convergence.warehouse.client import make_client
     from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
 
     try:
@@ -53,6 +49,24 @@ def notify(org: str, enabled: bool | None, webhook_from: str | None, remove_webh
             guard.check_url(webhook)
         except BlockedAddress as error:
             raise click.BadParameter(f"the webhook URL is refused: {error}", param_hint="--slack-webhook") from None
+    from google.api_core import exceptions
+
+    try:
+        _apply(org, enabled, webhook, remove_webhook, as_json, settings)
+    except exceptions.GoogleAPIError as error:
+        # A central dataset older than the schema files lacks `failure_notices` until bootstrap adds it.
+        raise click.ClickException(f"BigQuery refused: {str(getattr(error, 'message', error))[:300]} "
+                                   "(run `convergence bootstrap` if the central tables are missing or older)") from None
+
+
+def _apply(org: str, enabled: bool | None, webhook: str | None, remove_webhook: bool, as_json: bool,
+           settings: Any) -> None:
+    from convergence.kms import make_cipher
+    from convergence.tenancy.central import Central
+    from convergence.tenancy.contacts import SLACK_PROVIDER, OrgNotFound, read_contacts, set_failure_notices
+    from convergence.tenancy.credentials import CredentialStore
+    from convergence.warehouse.client import make_client
+
     client = make_client(settings)
     central = Central(client, settings)
     cipher = make_cipher(settings)
