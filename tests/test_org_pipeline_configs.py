@@ -33,16 +33,18 @@ def row(kind, org, pipeline, *, active=True, parameters=None, cron=None, zone=No
             "zone": zone, "changed_at": changed}
 
 
-def test_newest_row_wins_and_a_bad_row_is_ignored():
+def test_newest_row_wins_and_a_bad_row_is_an_error_not_a_default():
     configs = pc.from_rows([
         row("config", "org_a", "p/q/r", active=False, changed=at(1, 0)),
         row("config", "org_a", "p/q/r", active=True, changed=at(2, 0)),
         row("schedule", "org_a", "p/q/r", cron="not a cron"),
-        row("config", "org_b", "p/q/r", parameters={"org_slug": "org_a"}),  # a reserved name: ignored
+        row("config", "org_b", "p/q/r", active=False, parameters={"org_slug": "org_a"}),  # a reserved name
+        row("config", "org_c", "p/q/r", parameters={"k": "v"}),
     ])
-    a = configs.get("org_a", "p/q/r")
-    assert a.enabled and a.cron is None and a.has_schedule_row
-    assert configs.get("org_b", "p/q/r").parameters == {}
+    a, b, c = (configs.get(org, "p/q/r") for org in ("org_a", "org_b", "org_c"))
+    assert a.enabled and a.cron is None and "invalid cron expression" in a.error
+    assert not b.enabled and b.parameters == {} and "is not allowed" in b.error  # still disabled
+    assert c.parameters == {"k": "v"} and c.error is None
 
 
 @pytest.mark.parametrize(("spec", "kind", "cron"), [
@@ -73,6 +75,8 @@ ORG_ROWS = [
     row("config", "org_y", "sched/daily/usage", parameters={"start_date": "{month_start}"}),
     row("schedule", "org_y", "sched/daily/usage", cron="40 5 * * *", zone="Europe/Paris"),
     row("schedule", "org_z", "sched/daily/later", cron="*/30 * * * *", zone="UTC"),
+    row("config", "org_x", "sched//monthly", parameters={"month": "{previous_month}"}),
+    row("config", "org_z", "sched//monthly", parameters={"note": "z"}),
     row("schedule", "org_q", "sched/daily/later", cron="*/30 * * * *", zone="UTC"),  # org_q: not eligible
 ]
 
@@ -104,22 +108,32 @@ def test_one_tick_different_runs_per_org(tmp_path):
     assert got == EXPECTED
     assert len(reads) == 1  # one read for every org and pipeline, for the orgs that may run
     assert "sched/adhoc/only" in reads[0][0] and reads[0][1] == ["org_x", "org_y", "org_z"]
-    assert (report.disabled, report.rescheduled, report.own_schedule, report.own_parameters) == (1, 1, 3, 1)
+    assert (report.disabled, report.rescheduled, report.own_schedule, report.own_parameters) == (1, 1, 3, 3)
     usage = next(r for r in publisher.published if r.pipeline == "sched/daily/usage")
     # the org's parameter over the YAML's, the YAML's {yesterday} read in the org's zone and slot
     assert usage.parameters == {"start_date": "2026-03-01", "end_date": "2026-02-28"}
+    monthly = {r.org_slug: r.parameters for r in publisher.published if r.pipeline == "sched//monthly"}
+    assert monthly == {"org_x": {"month": "2026-02"}, "org_y": {"month": "2026-03"},
+                       "org_z": {"month": "2026-03", "note": "z"}}
+    from convergence.schemas import decode_run_request
+    for request in publisher.published:  # copies are as valid as requests built and checked in full
+        assert decode_run_request(request.to_json(), request.attributes()) == request
     assert fanout.fan_out(TICK).published == 0  # the org schedule's run_ids are deterministic too
 
 
 def test_a_config_that_makes_no_valid_request_skips_that_run_only(tmp_path):
-    rows = [row("config", "org_x", "sched//monthly", parameters={"month": "{no_such_name}"})]
+    rows = [row("config", "org_x", "sched//monthly", parameters={"month": "{no_such_name}"}),
+            row("config", "org_y", "sched//monthly", parameters={"note": "fine"}),
+            # the copy path: too long once {slot} is resolved
+            row("config", "org_z", "sched//monthly", parameters={"note": "z" * 1015 + "{slot}"}),
+            row("schedule", "org_x", "sched/hourly/anthropic", cron="every day")]  # unreadable: no YAML default
     publisher = FakePublisher()
     fanout = TickFanOut(PipelineLoader(write_configs(tmp_path)), publisher, lambda i: ELIGIBLE[i], FakeLedger(),
                         org_configs=lambda _pipelines, _orgs: pc.from_rows(rows))
     report = fanout.fan_out(TICK)
-    assert report.invalid == 1
-    assert ("org_x", "sched//monthly") not in {(r.org_slug, r.pipeline) for r in publisher.published}
-    assert ("org_y", "sched//monthly") in {(r.org_slug, r.pipeline) for r in publisher.published}
+    monthly = {r.org_slug: r.parameters for r in publisher.published if r.pipeline == "sched//monthly"}
+    assert report.invalid == 3 and monthly == {"org_y": {"month": "2026-03", "note": "fine"}}
+    assert "sched/hourly/anthropic" not in {r.pipeline for r in publisher.published}
 
 
 # ---- on the emulators ------------------------------------------------------------------------------------

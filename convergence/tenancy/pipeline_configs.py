@@ -61,6 +61,7 @@ class OrgPipelineConfig:
     schedule_parameters: dict[str, str] = field(default_factory=dict)
     has_config_row: bool = False
     has_schedule_row: bool = False
+    error: str | None = None  # a row could not be read: the org's runs of the pipeline are skipped
 
     @property
     def own_schedule(self) -> bool:
@@ -116,8 +117,9 @@ def disabled_pipelines(rows: Iterable[Mapping[str, Any]]) -> frozenset[str]:
 
 
 def from_rows(rows: Iterable[Mapping[str, Any]]) -> OrgPipelineConfigs:
-    """Newest row per (kind, org, pipeline); a row with unreadable parameters or schedule is logged and
-    ignored (one bad row must not fail, and endlessly redeliver, a tick)."""
+    """Newest row per (kind, org, pipeline). A row with unreadable parameters or schedule sets `error` (and
+    is logged): one bad row must not fail, and endlessly redeliver, a tick, nor run the org's pipeline with
+    parameters or on a schedule it did not ask for."""
     latest: dict[tuple[str, str, str], Mapping[str, Any]] = {}
     for row in rows:
         key = (row["kind"], row["org_slug"], row["pipeline"])
@@ -127,19 +129,21 @@ def from_rows(rows: Iterable[Mapping[str, Any]]) -> OrgPipelineConfigs:
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     for (kind, org, pipeline), row in latest.items():
         entry = merged.setdefault((org, pipeline), {"org_slug": org, "pipeline": pipeline})
+        if kind == "config":
+            entry.update(enabled=bool(row["is_active"]), has_config_row=True)
+        else:
+            entry["has_schedule_row"] = True
         try:
             parameters = parse_parameters(row["parameters"])
             if kind == "config":
-                entry.update(enabled=bool(row["is_active"]), parameters=parameters, has_config_row=True)
-                continue
-            entry["has_schedule_row"] = True
-            if row["is_active"]:
+                entry["parameters"] = parameters
+            elif row["is_active"]:
                 zone = validate_timezone(row["zone"] or "UTC")
                 entry.update(cron=validate_cron(row["cron_expression"] or ""), timezone=zone,
                              schedule_parameters=parameters)
         except OrgConfigError as error:
-            log.error("org pipeline config row ignored", org_slug=org, pipeline=pipeline, table=kind,
-                      error=str(error))
+            entry["error"] = f"{CONFIGS_TABLE if kind == 'config' else SCHEDULES_TABLE}: {error}"
+            log.error("org pipeline config row unreadable", org_slug=org, pipeline=pipeline, error=entry["error"])
     return OrgPipelineConfigs({key: OrgPipelineConfig(**entry) for key, entry in merged.items()})
 
 
