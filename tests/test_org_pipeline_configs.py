@@ -255,3 +255,20 @@ def test_bad_input_is_a_clear_error(cli, args, message):
     result = cli(*args)
     assert result.exit_code != 0 and message in result.output, result.output
     assert isinstance(result.exception, SystemExit), result.exception  # a usage error, not a crash
+
+
+def test_the_orgs_billing_export_reaches_its_gcp_billing_run():
+    """The repo's own gcp/cost/billing (daily 06:00 UTC, integration GCP_SA): the org's export project and
+    table ride in its run request; another org gets the YAML's defaults (no parameters)."""
+    from tests.test_fanout import REPO
+
+    rows = [row("config", "org_acme", "gcp/cost/billing", parameters={
+        "billing_export_project": "acme-billing", "billing_export_table": "gcp_billing_export_v1_0A1B2C"})]
+    publisher = FakePublisher()
+    eligible = {"GCP_SA": ["org_acme", "org_other"], None: ["org_acme", "org_other"]}
+    fanout = TickFanOut(PipelineLoader(REPO / "configs"), publisher, lambda i: eligible.get(i, []), FakeLedger(),
+                        org_configs=lambda _pipelines, _orgs: pc.from_rows(rows))
+    fanout.fan_out(at(6, 0))
+    billing = {r.org_slug: r.parameters for r in publisher.published if r.pipeline == "gcp/cost/billing"}
+    assert billing == {"org_acme": {"billing_export_project": "acme-billing",
+                                    "billing_export_table": "gcp_billing_export_v1_0A1B2C"}, "org_other": {}}
