@@ -1,5 +1,6 @@
 """The org gate, run before every pipeline: the org exists and is active, its subscription status may run
-(ACTIVE or TRIAL; spec 001's billing-status table), and its plan's daily run quota is not used up.
+(ACTIVE or TRIAL; spec 001's billing-status table), the org has not disabled the pipeline (its
+org_pipeline_configs row, read in the same query), and its plan's daily run quota is not used up.
 
 One parameterized query answers for many orgs at once (`standings`); `decide` turns an org's standing into
 a decision with its own reason code. Runs are counted from the append-only run log, so admitting a run
