@@ -14,6 +14,7 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.focus import focus
     from convergence.commands.infra import infra
     from convergence.commands.notify import notify
+    from convergence.commands.orgs import orgs
     from convergence.commands.pipelines import pipelines
     from convergence.commands.procedures import procedures
     from convergence.commands.publish import publish
@@ -21,5 +22,5 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.schedule import schedule
     from convergence.commands.serve import serve
 
-    return [bootstrap, consume, costs, dev, dlq, focus, infra, notify, pipelines, procedures, publish, runs, schedule,
-            serve]
+    return [bootstrap, consume, costs, dev, dlq, focus, infra, notify, orgs, pipelines, procedures, publish, runs,
+            schedule, serve]
