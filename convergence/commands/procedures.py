@@ -18,7 +18,7 @@ from convergence.commands.output import output_options
 
 def _catalog(dataset: str | None) -> Any:
     from convergence.cli import load_settings_or_exit
-    from convergence.processors.sql.procedures import ProcedureCatalog
+    from convergence.warehouse.catalog import ProcedureCatalog
     from convergence.warehouse.client import make_client
 
     settings = load_settings_or_exit()
@@ -68,7 +68,7 @@ def list_(dataset: str | None, as_json: bool) -> None:
 def files(as_json: bool) -> None:
     """Procedure SQL files available for sync."""
     from convergence.cli import load_settings_or_exit
-    from convergence.processors.sql.procedures import procedure_files
+    from convergence.warehouse.catalog import procedure_files
 
     items = _run(lambda: [f.describe() for f in procedure_files(load_settings_or_exit().configs_dir)])
     if as_json:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from convergence.pipeline.errors import invalid
+
 MAX_NAME_LENGTH = 128
 
 _ORG_SLUG = re.compile(r"[a-z0-9_]{3,50}")
@@ -78,3 +80,23 @@ def column_ref(name: str, alias: str | None = None) -> str:
     """A backtick-quoted column, optionally qualified by a (validated) alias."""
     quoted = f"`{validate_column(name)}`"
     return f"{validate_table(alias)}.{quoted}" if alias else quoted
+
+
+# -- names from step configs: a clear CONFIG_INVALID step error instead of InvalidIdentifier -----------------
+
+_CONFIG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+# GCP project ids: 6-30 chars, lower-case letters, digits, hyphens; optionally domain-scoped (example.com:p).
+_CONFIG_PROJECT = re.compile(r"^(?:[a-z0-9.\-]{1,63}:)?[a-z][a-z0-9\-]{4,28}[a-z0-9]$")
+
+
+def identifier(name: object, what: str = "table") -> str:
+    """A dataset, table, column or routine name from a step config that may be pasted into SQL."""
+    if not isinstance(name, str) or not _CONFIG_NAME.match(name):
+        raise invalid(f"{what} name {name!r} is not a valid BigQuery identifier")
+    return name
+
+
+def project_id(name: object, what: str = "project") -> str:
+    if not isinstance(name, str) or not _CONFIG_PROJECT.match(name):
+        raise invalid(f"{what} id {name!r} is not a valid GCP project id")
+    return name

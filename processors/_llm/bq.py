@@ -4,18 +4,14 @@ off the event loop with bounded retries. Never a value pasted into SQL: only val
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from google.api_core import exceptions as gexc
-
 from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
-from convergence.warehouse.errors import to_step_error
+from convergence.warehouse.facade import Warehouse as FacadeWarehouse
 from convergence.warehouse.identifiers import InvalidIdentifier, table_id, validate_column, validate_table
-from convergence.warehouse.query import QueryRunner
-from convergence.warehouse.tables import SchemaFileError, ensure_table
+from convergence.warehouse.tables import SchemaFileError
 from convergence.warehouse.tables import load_schema as warehouse_schema
 
 
@@ -48,50 +44,21 @@ def schema_columns(services: Any, schema_file: str) -> list[str]:
         raise PermanentStepError(str(error), code=ErrorCode.CONFIG_INVALID) from None
 
 
-class Warehouse:
+class Warehouse(FacadeWarehouse):
+    """The org's warehouse (convergence.warehouse.facade) with the LLM steps' names: tables are checked
+    as step parameters (INVALID_PARAMETERS) and schema files are paths under the project."""
+
     def __init__(self, services: Any, org_slug: str):
-        self.services = services
-        self.client = services.bigquery
-        self.project = self.client.project
-        self.dataset = services.org_dataset(org_slug)
-        self.org_slug = org_slug
-        self.jobs = 0
+        super().__init__(services, org_slug)
 
-    def table_id(self, table: str) -> str:
-        return table_id(self.project, self.dataset, identifier(table))
-
-    def ref(self, table: str) -> str:
-        return f"`{self.table_id(table)}`"
+    def table_id(self, table: str, dataset: str | None = None) -> str:
+        return table_id(self.project, dataset or self.dataset, identifier(table))
 
     async def table_exists(self, table: str) -> bool:
-        try:
-            await asyncio.to_thread(self.client.get_table, self.table_id(table))
-        except gexc.NotFound:
-            return False
-        return True
+        return await super().table_exists(self.table_id(table))
 
-    async def ensure_table(self, table: str, schema_file: str, partitioning: Any = None,
+    async def ensure_table(self, table: str, schema_file: str, partitioning: Any = None,  # type: ignore[override]
                            clustering: Sequence[str] | None = None) -> None:
         """Create the table from its schema file if missing, or add new nullable columns (warehouse.tables)."""
-        path = resolve_file(self.services, schema_file)
-        try:
-            await asyncio.to_thread(ensure_table, self.client, self.dataset, identifier(table), path,
-                                    partitioning=partitioning, clustering=list(clustering) if clustering else None)
-        except SchemaFileError as error:
-            raise PermanentStepError(str(error), code=ErrorCode.CONFIG_INVALID) from None
-        except gexc.GoogleAPIError as error:
-            raise to_step_error(error, f"creating {self.table_id(table)}") from error
-
-    async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], Any]:
-        """Run one parameterized query job; returns (rows as dicts, job)."""
-        runner = QueryRunner(self.client, self.services.settings)
-
-        def run() -> tuple[list[dict[str, Any]], Any]:
-            job, result = runner.run(sql, params)
-            return [dict(row.items()) for row in result], job
-
-        self.jobs += 1
-        try:
-            return await asyncio.to_thread(run)
-        except gexc.GoogleAPIError as error:
-            raise to_step_error(error, f"query on {self.dataset}") from error
+        await super().ensure_table(identifier(table), resolve_file(self.services, schema_file),
+                                   partitioning=partitioning, clustering=clustering)

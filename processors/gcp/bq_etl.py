@@ -64,20 +64,21 @@ from convergence.processors.sql.templating import (
     render_identifiers,
     without_line_comments,
 )
+from convergence.warehouse.facade import Warehouse
 
 BIGQUERY_SCOPE = "https://www.googleapis.com/auth/bigquery"
 _SOURCE_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1022}\*?$")
 _RESERVED = frozenset({"start_date", "end_date", "org_slug"})
 
 
-def _partition_filter(client: Any, table_ref: str, margin_days: int | None) -> str:
+async def _partition_filter(source: Warehouse, table_ref: str, margin_days: int | None) -> str:
     """A constant filter on _PARTITIONTIME (so BigQuery prunes partitions) when the source is partitioned
     by ingestion time; billing export wildcards are assumed to be. Rows for a usage day are exported at
     or after it, so partitions older than the range minus a margin cannot hold them."""
     if margin_days is None:
         return "TRUE"
     if not table_ref.endswith("*"):
-        partitioning = client.get_table(table_ref).time_partitioning
+        partitioning = (await source.get_table(table_ref)).time_partitioning
         if partitioning is None or partitioning.field is not None:
             return "TRUE"
     return f"_PARTITIONTIME >= TIMESTAMP(DATE_SUB(@start_date, INTERVAL {int(margin_days)} DAY))"
@@ -110,7 +111,7 @@ class BigQueryEtl:
         if not isinstance(table, str) or not _SOURCE_TABLE.match(table):
             raise invalid(f"source table name {table!r} is not a valid BigQuery table name")
         source_ref = f"{project}.{dataset}.{table}"
-        source_client = services.bigquery_for(project, credentials)
+        source_warehouse = Warehouse.on_project(services, project, credentials)
 
         if raw_query is not None and source.get("query_file"):
             raise invalid("give either source.query or source.query_file, not both")
@@ -121,7 +122,7 @@ class BigQueryEtl:
             raise invalid("source.query or source.query_file is required")
         margin = (None if source.get("partition_margin_days", 2) is None
                   else int_option(source, "partition_margin_days", 2, 0, 366))
-        partition_filter = await asyncio.to_thread(_partition_filter, source_client, source_ref, margin)
+        partition_filter = await _partition_filter(source_warehouse, source_ref, margin)
         sql = render_identifiers(without_line_comments(template), {
             "source_table": source_ref, "source_project": project, "source_dataset": dataset,
             "partition_filter": partition_filter})
@@ -147,7 +148,7 @@ class BigQueryEtl:
 
         clock = time.perf_counter()
         removed = await sink.prepare()
-        copy = _Copy(source_client, sql, query_parameters(specs), page_size, sink)
+        copy = _Copy(source_warehouse, sql, query_parameters(specs), page_size, sink)
         written = await asyncio.to_thread(copy.run)
         seconds = time.perf_counter() - clock
         result: dict[str, Any] = {
@@ -171,8 +172,8 @@ class _Copy:
     a replace mode with one MERGE at the end: a copy that fails half-way changes nothing, and a day
     copied again replaces that day's rows."""
 
-    def __init__(self, client: Any, sql: str, parameters: list[Any], page_size: int, sink: TableSink):
-        self.client = client
+    def __init__(self, source: Warehouse, sql: str, parameters: list[Any], page_size: int, sink: TableSink):
+        self.source = source
         self.sql = sql
         self.parameters = parameters
         self.page_size = page_size
@@ -190,14 +191,7 @@ class _Copy:
             yield from self.sink.shape(records)
 
     def run(self) -> int:
-        from google.cloud import bigquery
-
-        from convergence.warehouse.client import call_retry, job_retry
-
-        settings = self.sink.services.settings
-        job = self.client.query(self.sql, job_config=bigquery.QueryJobConfig(query_parameters=self.parameters),
-                                retry=call_retry(settings), job_retry=job_retry(settings))
-        result = job.result(page_size=self.page_size, retry=call_retry(settings))
+        job, result = self.source.paged_query_blocking(self.sql, self.parameters, self.page_size)
         self.bytes_processed = int(job.total_bytes_processed or 0)
         outcome = self.sink.writer.write(self.sink.dataset, self.sink.table, self.rows(result),
                                **self.sink.writer_options(self.sink.mode))

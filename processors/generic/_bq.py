@@ -1,6 +1,5 @@
-"""Blocking BigQuery calls used by the SQL-running processors (call them through asyncio.to_thread):
-tables from schema files (warehouse.tables, layout from config), parameterized query jobs with the
-warehouse's bounded retries, and the names a step's SQL may use."""
+"""The names a SQL-running step's config may use besides the run's own, and a blocking table set-up for
+callers outside a run. Processors reach BigQuery through convergence.warehouse.facade.Warehouse."""
 
 from __future__ import annotations
 
@@ -9,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import invalid
+from convergence.warehouse.client import call_retry
+from convergence.warehouse.tables import SchemaFileError, ensure_dataset
+from convergence.warehouse.tables import ensure_table as warehouse_ensure_table
 
 
 def sql_names(context: RunContext) -> dict[str, Any]:
@@ -21,25 +24,10 @@ def sql_names(context: RunContext) -> dict[str, Any]:
     }
 
 
-def table_exists(client: Any, table_ref: str) -> bool:
-    from google.api_core.exceptions import NotFound
-
-    try:
-        client.get_table(table_ref)
-    except NotFound:
-        return False
-    return True
-
-
 def ensure_table(client: Any, settings: Any, dataset: str, table: str, schema_path: Path, *,
                  partition_field: str | None = None, cluster_fields: Sequence[str] = ()) -> bool:
     """Create `dataset.table` from a JSON schema file unless it exists (new nullable columns are added
-    to an existing one). True when created."""
-    from convergence.processors.generic._common import invalid
-    from convergence.warehouse.client import call_retry
-    from convergence.warehouse.tables import SchemaFileError, ensure_dataset
-    from convergence.warehouse.tables import ensure_table as warehouse_ensure_table
-
+    to an existing one). True when created. Blocking (in a run: `await Warehouse.ensure_table`)."""
     retry = call_retry(settings)
     try:
         ensure_dataset(client, dataset, location=settings.bigquery_location, retry=retry)
@@ -48,15 +36,3 @@ def ensure_table(client: Any, settings: Any, dataset: str, table: str, schema_pa
     except SchemaFileError as error:
         raise invalid(str(error)) from None
     return change.action == "created"
-
-
-def run_query(client: Any, settings: Any, sql: str, parameters: Sequence[Any] = ()) -> Any:
-    """Run one query job (parameters are bigquery query parameter objects) to completion; returns the job."""
-    from google.cloud import bigquery
-
-    from convergence.warehouse.client import call_retry, job_retry
-
-    job = client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=list(parameters)),
-                       retry=call_retry(settings), job_retry=job_retry(settings))
-    job.result(retry=call_retry(settings))
-    return job

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -15,26 +14,11 @@ from typing import Any
 
 from convergence.pipeline.errors import invalid
 from convergence.processors._dates import DateRange  # noqa: F401 - generic._sink imports it from here
+from convergence.warehouse.identifiers import identifier, project_id  # noqa: F401 - re-exported
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
-# GCP project ids: 6-30 chars, lower-case letters, digits, hyphens; optionally domain-scoped (example.com:p).
-_PROJECT = re.compile(r"^(?:[a-z0-9.\-]{1,63}:)?[a-z][a-z0-9\-]{4,28}[a-z0-9]$")
 WRITE_MODES = ("append", "overwrite", "range_replace", "merge")
 _MODE_ALIASES = {"truncate": "overwrite", "replace": "overwrite", "write_truncate": "overwrite",
                  "write_append": "append", "range-replace": "range_replace", "upsert": "merge"}
-
-
-def identifier(name: Any, what: str = "table") -> str:
-    """A dataset, table, column or routine name that may be pasted into SQL."""
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
-        raise invalid(f"{what} name {name!r} is not a valid BigQuery identifier")
-    return name
-
-
-def project_id(name: Any, what: str = "project") -> str:
-    if not isinstance(name, str) or not _PROJECT.match(name):
-        raise invalid(f"{what} id {name!r} is not a valid GCP project id")
-    return name
 
 
 def section(config: Mapping[str, Any], key: str) -> dict[str, Any]:

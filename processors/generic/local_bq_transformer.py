@@ -26,13 +26,12 @@ was, and a re-run of the same range leaves one copy.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
 from convergence.processors._dates import run_dates
-from convergence.processors.generic._bq import ensure_table, run_query, sql_names, table_exists
+from convergence.processors.generic._bq import sql_names
 from convergence.processors.generic._common import (
     identifier,
     invalid,
@@ -47,6 +46,7 @@ from convergence.processors.sql.templating import (
     render_identifiers,
     without_line_comments,
 )
+from convergence.warehouse.facade import Warehouse
 
 
 def load_sql(services: Any, config: dict[str, Any]) -> str:
@@ -69,17 +69,11 @@ def strip_sql(sql: str) -> str:
     return text
 
 
-def _columns(client: Any, settings: Any, select: str, params: list[Any], dest_fields: list[dict[str, Any]],
-             wanted: list[str] | None) -> list[str]:
+async def _columns(warehouse: Warehouse, select: str, params: list[Any], dest_fields: list[dict[str, Any]],
+                   wanted: list[str] | None) -> list[str]:
     """The destination columns the SELECT fills, found with a dry run (free, and it checks the SQL): every
     column the SELECT produces must exist in the destination, and no REQUIRED column may be left out."""
-    from google.cloud import bigquery
-
-    from convergence.warehouse.client import call_retry
-
-    job = client.query(select, job_config=bigquery.QueryJobConfig(dry_run=True, use_query_cache=False,
-                                                                  query_parameters=params),
-                       retry=call_retry(settings))
+    job = await warehouse.run(select, params, dry_run=True)
     produced = [f.name for f in job.schema or []]
     known = {str(f["name"]) for f in dest_fields}
     extra = [c for c in produced if c not in known]
@@ -124,24 +118,23 @@ class LocalBqTransformer:
 
         schema_file = destination.get("schema_file")
         schema_path = resolve_file(services, schema_file, "destination.schema_file") if schema_file else None
-        client = services.bigquery
+        warehouse = Warehouse(services, dataset=dataset)
         created = False
         if schema_path is not None:
-            created = await asyncio.to_thread(
-                ensure_table, client, services.settings, dataset, table, schema_path,
-                partition_field=destination.get("partition_field"),
-                cluster_fields=tuple(destination.get("cluster_fields") or ()))
-        elif not await asyncio.to_thread(table_exists, client, table_ref):
+            change = await warehouse.ensure_table(table, schema_path, create_dataset=True,
+                                                  partitioning=destination.get("partition_field"),
+                                                  clustering=destination.get("cluster_fields") or None)
+            created = change.action == "created"
+        elif not await warehouse.table_exists(table_ref):
             raise invalid(f"destination table {dataset}.{table} does not exist and no schema_file is given")
         dest_fields = (list(schema_fields(schema_path)) if schema_path else
-                       [f.to_api_repr() for f in (await asyncio.to_thread(client.get_table, table_ref)).schema])
-        columns = await asyncio.to_thread(_columns, client, services.settings, select, params, dest_fields,
-                                          destination.get("columns"))
+                       [f.to_api_repr() for f in (await warehouse.get_table(table_ref)).schema])
+        columns = await _columns(warehouse, select, params, dest_fields, destination.get("columns"))
         column_list = ", ".join(f"`{c}`" for c in columns)
         insert = f"INSERT INTO `{table_ref}` ({column_list})\nSELECT {column_list} FROM (\n{select}\n) AS src"  # noqa: S608
 
         if mode == "append":
-            job = await asyncio.to_thread(run_query, client, services.settings, insert, params)
+            job = await warehouse.run(insert, params)
             rows = int(job.num_dml_affected_rows or 0)
         elif mode == "merge":
             keys = [identifier(k, "key column") for k in destination.get("key_columns") or []]
@@ -153,7 +146,7 @@ class LocalBqTransformer:
             matched = f"WHEN MATCHED THEN UPDATE SET {updates}\n" if updates else ""
             sql = (f"MERGE `{table_ref}` AS T USING (\n{select}\n) AS S ON {on}\n{matched}"  # noqa: S608
                    f"WHEN NOT MATCHED THEN INSERT ({column_list}) VALUES ({values})")
-            job = await asyncio.to_thread(run_query, client, services.settings, sql, params)
+            job = await warehouse.run(sql, params)
             rows = int(job.num_dml_affected_rows or 0)
         else:
             # overwrite / range_replace: one MERGE deletes the replaced rows and inserts the new ones, so the
@@ -171,8 +164,8 @@ class LocalBqTransformer:
             sql = (f"MERGE `{table_ref}` AS T USING ({source}) AS S ON FALSE\n"  # noqa: S608
                    f"WHEN NOT MATCHED BY SOURCE{scope} THEN DELETE\n"
                    f"WHEN NOT MATCHED THEN INSERT ({column_list}) VALUES ({values})")
-            await asyncio.to_thread(run_query, client, services.settings, sql, params)
-            job = await asyncio.to_thread(run_query, client, services.settings, count, params)
+            await warehouse.run(sql, params)
+            job = await warehouse.run(count, params)
             rows = int(next(iter(job.result()))[0])
         return {"status": "SUCCESS", "rows_processed": rows, "destination_table": f"{dataset}.{table}",
                 "write_mode": mode, "table_created": created, **dates.as_result()}

@@ -22,13 +22,12 @@ as pasted text.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
 from convergence.processors._dates import run_dates
-from convergence.processors.generic._bq import ensure_table, sql_names
+from convergence.processors.generic._bq import sql_names
 from convergence.processors.generic._common import (
     bool_option,
     identifier,
@@ -36,8 +35,9 @@ from convergence.processors.generic._common import (
     resolve_file,
     section,
 )
-from convergence.processors.sql.procedures import ProcedureCatalog, ProcedureNotFound
 from convergence.processors.sql.templating import parameter_specs
+from convergence.warehouse.catalog import ProcedureNotFound, missing_routine
+from convergence.warehouse.facade import Warehouse
 
 
 def _scalar(value: Any) -> Any:
@@ -58,32 +58,33 @@ class ProcedureExecutor:
         procedure = identifier(config.get("procedure"), "procedure")
         dataset = identifier(config.get("dataset") or services.settings.central_dataset, "dataset")
         arguments = parameter_specs(config.get("arguments") or [])
-        client = services.bigquery
-        catalog = ProcedureCatalog(client, services.settings, dataset)
+        warehouse = Warehouse(services, context.org_slug)
+        catalog = warehouse.procedures(dataset)
 
         created_tables = []
         for entry in config.get("ensure_tables") or []:
             spec = section({"t": entry}, "t")
             table = identifier(spec.get("table"), "table")
             path = resolve_file(services, spec.get("schema_file"), "ensure_tables.schema_file")
-            if await asyncio.to_thread(ensure_table, client, services.settings, names["org_dataset"], table, path,
-                                       partition_field=spec.get("partition_field"),
-                                       cluster_fields=tuple(spec.get("cluster_fields") or ())):
+            change = await warehouse.ensure_table(table, path, dataset=names["org_dataset"], create_dataset=True,
+                                                  partitioning=spec.get("partition_field"),
+                                                  clustering=spec.get("cluster_fields") or None)
+            if change.action == "created":
                 created_tables.append(table)
 
         created_procedure = False
         try:
-            rows = await asyncio.to_thread(catalog.call, procedure, arguments)
+            rows = await warehouse.blocking(catalog.call, procedure, arguments)
         except Exception as error:
-            if not (bool_option(config, "create_if_missing", True) and _is_missing_routine(error)):
+            if not (bool_option(config, "create_if_missing", True) and missing_routine(error)):
                 raise
             try:
-                await asyncio.to_thread(catalog.put, procedure)
+                await warehouse.blocking(catalog.put, procedure)
             except ProcedureNotFound:
                 raise invalid(f"procedure {dataset}.{procedure} does not exist and has no file to create it "
                               "from") from None
             created_procedure = True
-            rows = await asyncio.to_thread(catalog.call, procedure, arguments)
+            rows = await warehouse.blocking(catalog.call, procedure, arguments)
 
         result: dict[str, Any] = {"status": "SUCCESS", "procedure": f"{dataset}.{procedure}", **dates.as_result()}
         last = rows[-1] if rows else {}
@@ -97,13 +98,6 @@ class ProcedureExecutor:
         if created_procedure:
             result["procedure_created"] = True
         return result
-
-
-def _is_missing_routine(error: Exception) -> bool:
-    from google.api_core.exceptions import NotFound
-
-    text = str(error).lower()
-    return isinstance(error, NotFound) and any(word in text for word in ("routine", "procedure", "dataset"))
 
 
 def get_engine() -> ProcedureExecutor:

@@ -157,6 +157,7 @@ def parameter_specs(spec: Any) -> list[tuple[str, str, Any]]:
 
 
 def query_parameters(specs: list[tuple[str, str, Any]]) -> list[Any]:
-    from google.cloud import bigquery
+    """The specs as query parameters (made by the warehouse facade: processors never build them)."""
+    from convergence.warehouse.facade import scalar_parameters
 
-    return [bigquery.ScalarQueryParameter(name, kind, value) for name, kind, value in specs]
+    return scalar_parameters(specs)
