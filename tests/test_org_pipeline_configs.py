@@ -40,6 +40,7 @@ def test_newest_row_wins_and_a_bad_row_is_an_error_not_a_default():
         row("schedule", "org_a", "p/q/r", cron="not a cron"),
         row("config", "org_b", "p/q/r", active=False, parameters={"org_slug": "org_a"}),  # a reserved name
         row("config", "org_c", "p/q/r", parameters={"k": "v"}),
+        row("schedule", "org_c", "p/q/r", active=False, cron="not a cron", parameters={"bad name": 1}),
     ])
     a, b, c = (configs.get(org, "p/q/r") for org in ("org_a", "org_b", "org_c"))
     assert a.enabled and a.cron is None and "invalid cron expression" in a.error

@@ -134,13 +134,12 @@ def from_rows(rows: Iterable[Mapping[str, Any]]) -> OrgPipelineConfigs:
         else:
             entry["has_schedule_row"] = True
         try:
-            parameters = parse_parameters(row["parameters"])
             if kind == "config":
-                entry["parameters"] = parameters
-            elif row["is_active"]:
+                entry["parameters"] = parse_parameters(row["parameters"])
+            elif row["is_active"]:  # an inactive schedule row is not read at all
                 zone = validate_timezone(row["zone"] or "UTC")
                 entry.update(cron=validate_cron(row["cron_expression"] or ""), timezone=zone,
-                             schedule_parameters=parameters)
+                             schedule_parameters=parse_parameters(row["parameters"]))
         except OrgConfigError as error:
             entry["error"] = f"{CONFIGS_TABLE if kind == 'config' else SCHEDULES_TABLE}: {error}"
             log.error("org pipeline config row unreadable", org_slug=org, pipeline=pipeline, error=entry["error"])
