@@ -117,7 +117,7 @@ class RunHandler:
 
     async def _handle_request(self, request: RunRequest, data: bytes, attributes: Mapping[str, str],
                               attempt: int, deadline_seconds: float | None) -> Outcome:
-        admission = await self.admission.admit(request.run_id, request.org_slug)
+        admission = await self.admission.admit(request.run_id, request.org_slug, request.pipeline)
         if admission.already_succeeded:
             return await self._already_succeeded(request)
         decision = admission.decision

@@ -58,6 +58,20 @@ def test_rejections_are_acked_recorded_and_announced(platform, org, pipeline, co
     assert [e["event_type"] for e in platform.follower.of(rid)] == ["request_rejected"]
 
 
+def test_a_pipeline_the_org_disabled_is_refused_at_the_consumer(platform):
+    from convergence.tenancy import pipeline_configs
+    from convergence.tenancy.central import Central
+
+    platform.onboard("picky_e2e")
+    central = Central(platform.services.bigquery, platform.settings)
+    pipeline_configs.write_config(central, "picky_e2e", "testing/consumer/ok", pipeline_id=None, enabled=False)
+    refused = platform.publish("picky_e2e", "testing/consumer/ok", run_id=run_id())
+    assert platform.follower.wait_for(refused, "request_rejected")[-1]["error"]["code"] == "PIPELINE_DISABLED"
+    assert platform.run_record(refused, status="REJECTED").org_slug == "picky_e2e"
+    other = platform.publish("acme_e2e", "testing/consumer/ok", run_id=run_id())  # another org: unaffected
+    assert platform.run_record(other, status="SUCCESS").org_slug == "acme_e2e"
+
+
 @pytest.mark.parametrize(("body", "code"), [
     (b"{not json", "MALFORMED_JSON"),
     (json.dumps({"run_id": "run_12345678", "org_slug": "acme_e2e"}).encode(), "SCHEMA_INVALID"),
