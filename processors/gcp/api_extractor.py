@@ -9,7 +9,7 @@ org's service-account key, `nextPageToken` pagination, rows stored as raw JSON (
       data_path: billingAccounts                     # compute aggregated lists: items.*.instances
       page_size_param: pageSize                      # added with page_size (compute: maxResults)
       page_size: 100
-      credential: {provider: GCP_SA, secret_key: gcp_sa}   # spec resolution order, see convergence/extractors/credentials.py
+      credential: {provider: GCP_SA, secret_key: gcp_sa}   # resolution order: convergence/extractors/credentials.py
       destination: {table: gcp_billing_accounts_raw, write_mode: overwrite, key_fields: [name]}
       rate_limit: {requests_per_second: 5}
 
