@@ -6,7 +6,7 @@ constant time. A verified key is remembered (by its hash, never the key) for `ap
 so a burst of calls costs one BigQuery query; a revoked key keeps working at most that long here.
 Failures are never cached.
 
-Root key: SHA256 of both sides compared with hmac.compare_digest (spec 004: constant time whatever the
+Root key: SHA256 of both sides compared with hmac.compare_digest (constant time whatever the
 lengths).
 """
 

@@ -1,4 +1,4 @@
-"""The HTTP run door: the old API's routes, as a thin layer that publishes run requests (spec 000/001).
+"""The HTTP run door: the old API's routes, as a thin layer that publishes run requests.
 
 | route                                                       | key            | answer                       |
 |-------------------------------------------------------------|----------------|------------------------------|

@@ -1,6 +1,6 @@
-"""Request bodies of the HTTP door. Unknown fields are refused (spec 004: `extra="forbid"`).
+"""Request bodies of the HTTP door. Unknown fields are refused (`extra="forbid"`).
 
-The run body accepts the spec's flat parameters (`{"date": "2025-12-08"}`, `{"start_date": ...,
+The run body accepts the old API's flat parameters (`{"date": "2025-12-08"}`, `{"start_date": ...,
 "end_date": ...}`, `{"month": "2025-12"}`, `{}`) so callers of the old API work unchanged; any other
 parameter goes under `parameters`. A name given both ways with different values is refused.
 """

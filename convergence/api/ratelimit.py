@@ -1,4 +1,4 @@
-"""Per-org and global request limits of the HTTP door (spec 001: RATE_LIMIT_REQUESTS_PER_MINUTE per org,
+"""Per-org and global request limits of the HTTP door (RATE_LIMIT_REQUESTS_PER_MINUTE per org,
 RATE_LIMIT_GLOBAL_REQUESTS_PER_MINUTE for the instance).
 
 Token buckets: a bucket holds up to `per_minute` tokens and refills at per_minute/60 tokens a second, so

@@ -1,5 +1,5 @@
-"""`convergence procedures list|files|sync [--force]|get NAME|put NAME|delete NAME` (spec 000, "Procedure
-Endpoints"): stored procedures kept in `configs/system/procedures/{domain}/*.sql`, synced to BigQuery
+"""`convergence procedures list|files|sync [--force]|get NAME|put NAME|delete NAME`:
+stored procedures kept in `configs/system/procedures/{domain}/*.sql`, synced to BigQuery
 routines in the central dataset (or `--dataset`). `sync` re-creates only the procedures whose SQL changed.
 
 Wire-up: `cli.add_command(procedures)` (the module keeps google imports inside the commands).

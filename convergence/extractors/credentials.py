@@ -1,4 +1,4 @@
-"""Where a step's credential comes from, in the spec's order (000, "Credential Resolution"):
+"""Where a step's credential comes from, in this order:
 
 1. `context.secrets[provider]` (or its lower-case form): put there by an earlier `integrations.kms_decrypt` step;
 2. the org's `org_integration_credentials` row for `provider`, decrypted by KMS (`services.credentials`);

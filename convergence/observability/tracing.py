@@ -81,7 +81,7 @@ def is_w3c_trace_id(value: Any) -> bool:
 
 
 def parse_traceparent(value: str | None) -> TraceParent | None:
-    """A W3C traceparent, or None when it is absent or invalid (the spec says: then start a new trace)."""
+    """A W3C traceparent, or None when it is absent or invalid (W3C Trace Context: then start a new trace)."""
     if not value or len(value) > MAX_HEADER_CHARS:
         return None
     match = _TRACEPARENT.fullmatch(value.strip())

@@ -1,4 +1,4 @@
-"""Pydantic models of the pipeline YAML (spec 003, "Config Structure"). Unknown keys are errors."""
+"""Pydantic models of the pipeline YAML. Unknown keys are errors."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class Execution(_Strict):
 
 
 class PipelineConfig(_Strict):
-    # May use {org_slug} (spec: `{org}-{provider}-{domain}`); see run_pipeline_id().
+    # May use {org_slug}, e.g. `{org_slug}-{provider}-{domain}`; see run_pipeline_id().
     pipeline_id: str = Field(pattern=r"^[a-z0-9{][a-z0-9_\-{}]{1,127}$")
     name: str
     description: str = ""

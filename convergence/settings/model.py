@@ -28,7 +28,7 @@ class Environment(StrEnum):
 
     @property
     def dataset_suffix(self) -> str:
-        """Suffix of per-org datasets: `{org_slug}_{suffix}` (spec: `acme_prod`)."""
+        """Suffix of per-org datasets: `{org_slug}_{suffix}` (e.g. `acme_prod`)."""
         return {"local": "local", "development": "dev", "staging": "stage", "production": "prod"}[self.value]
 
 
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     kms_endpoint: str | None = None
     local_keyring_path: Path = Field(default_factory=lambda: local_state_dir() / "keyring.key")
 
-    # HTTP door and security (spec 001, 004).
+    # HTTP door and security.
     ca_root_api_key: SecretStr | None = None
     disable_auth: bool = False
     rate_limit_enabled: bool = True
@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     # A local stand-in serving every API on one address is just "http://127.0.0.1:PORT".
     gcp_api_url_template: str = "https://{service}.googleapis.com"
 
-    # Notifications (spec 002): email over SMTP and a Slack incoming webhook, for failed runs and steps.
+    # Notifications: email over SMTP and a Slack incoming webhook, for failed runs and steps.
     notifications_enabled: bool = True
     smtp_host: str | None = None
     smtp_port: int = Field(default=587, ge=1, le=65535)

@@ -1,4 +1,4 @@
-"""Production start-up validation (spec 004, "Production Startup Validation"): with ENVIRONMENT=production
+"""Production start-up validation: with ENVIRONMENT=production
 the service refuses to start while any security setting is wrong, and lists every problem at once."""
 
 from __future__ import annotations

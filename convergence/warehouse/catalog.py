@@ -1,7 +1,7 @@
 """Stored procedures as files: `configs/system/procedures/{domain}/{name}.sql` <-> BigQuery routines.
 
 Each file creates one procedure whose name is the file's stem, in the dataset the catalog manages
-(the central `organizations` dataset by default; spec 000 "Stored Procedures"). The file starts with
+(the central `organizations` dataset by default). The file starts with
 the CREATE statement (documentation goes inside the body):
 
     CREATE OR REPLACE PROCEDURE `{project}.{dataset}.calculate_subscription_cost`(...)

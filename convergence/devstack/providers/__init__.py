@@ -4,7 +4,7 @@
 - `anthropic_server.AnthropicStandIn`: Anthropic Admin API usage and cost reports.
 - `common`: usage data (fixed or generated from a seed), buckets, cursors, fault injection.
 
-Tests, `make run` and the benchmarks reach "the provider" through them without the internet. Facts on
-the formats: shared/research/llm_usage_apis.md (section 5 is the checklist these servers follow).
+Tests, `make run` and the benchmarks reach "the provider" through them without the internet. Each
+server's docstring lists the documented and observed behaviour it reproduces.
 Each server also runs on its own: `python -m convergence.devstack.providers.openai_server --models 50`.
 """

@@ -1,7 +1,7 @@
 """Stand-in for Anthropic's Admin API usage and cost reports.
 
-`GET /v1/organizations/usage_report/messages` and `GET /v1/organizations/cost_report`, following
-shared/research/llm_usage_apis.md section 2 and checklist 5:
+`GET /v1/organizations/usage_report/messages` and `GET /v1/organizations/cost_report`, as Anthropic
+documents and serves them:
 - `x-api-key: sk-ant-admin...` or 401 `authentication_error`; `anthropic-version` required (400 without);
   errors as `{"type": "error", "error": {"type", "message"}, "request_id"}`;
 - `starting_at` (required, RFC 3339), `ending_at`; buckets snap to UTC boundaries: those that start on

@@ -2,7 +2,7 @@
 and the Admin API's project list (`GET /v1/organization/projects`: `limit` 1..100, default 20, `after` a
 project id, `include_archived`; a `list` of `organization.project` objects with `first_id`/`last_id`/`has_more`).
 
-Follows the facts in shared/research/llm_usage_apis.md section 1 and checklist 5:
+Speaks OpenAI's documented wire format, with the behaviour observed on the live API:
 - `Authorization: Bearer sk-admin-...` (admin key) or 401 with OpenAI's `{"error": {...}}` body;
 - `start_time` (required, inclusive), `end_time` (exclusive), `bucket_width` 1m/1h/1d (costs: 1d only),
   `limit` in buckets (defaults 60/24/7, maxima 1440/168/31; costs 7/180; over the maximum: 400),
@@ -14,7 +14,7 @@ Follows the facts in shared/research/llm_usage_apis.md section 1 and checklist 5
   or, with `field_set="2025"`, the older one (`input_tokens` includes cached, no uncached field);
 - costs in USD (`amount.value` a number, or a long decimal string with `amount_as_string`, as observed),
   `currency: "usd"`, `line_item` like `"gpt-4o-mini-2024-07-18, cached input"`, and a 400 for
-  `group_by=api_key_id` (G-O2) unless `allow_costs_api_key_group`.
+  `group_by=api_key_id` (as the live API answered in July 2026) unless `allow_costs_api_key_group`.
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ class OpenAIStandIn(StandInServer):
 
     def _bucket(self, start: int, end: int, results: list[dict[str, Any]]) -> dict[str, Any]:
         bucket: dict[str, Any] = {"object": "bucket", "start_time": start, "end_time": end, "results": results}
-        if self.iso_fields:  # observed undocumented extras (G-O4), one without a timezone suffix
+        if self.iso_fields:  # observed undocumented extras, one without a timezone suffix
             bucket["start_time_iso"] = iso(start)
             bucket["end_time_iso"] = iso(end)[:-1]
         return bucket
@@ -369,7 +369,7 @@ class OpenAIStandIn(StandInServer):
         except _Bad as bad:
             return bad.response
         if "api_key_id" in group_by and not self.allow_costs_api_key_group:
-            # Observed on the live API in July 2026 although the spec lists it (G-O2).
+            # Observed on the live API in July 2026 although OpenAI's API reference lists it.
             return self.error(400, "Invalid value for 'group_by': 'api_key_id' is not supported.", param="group_by")
         project_filter = set(query_list(request, "project_ids"))
         spans, next_start = self._buckets(first, end, width, limit)
@@ -418,7 +418,7 @@ class OpenAIStandIn(StandInServer):
                                   "last_id": page[-1] if page else None, "has_more": len(ids) > limit})
 
     def _amount(self, amount: Decimal) -> float | str:
-        if self.amount_as_string:  # observed: strings with 39 decimals, and "0E-6176" for zero (G-O3)
+        if self.amount_as_string:  # observed: strings with 39 decimals, and "0E-6176" for zero
             return "0E-6176" if amount == 0 else f"{amount:.39f}"
         return float(amount)
 
