@@ -1,10 +1,10 @@
 """ps_type `anthropic.cost_extract`: Anthropic's billed costs (`GET /v1/organizations/cost_report`, daily)
 into `anthropic_billed_cost_daily_raw`, streamed in batches, idempotent per (org, date range).
 
-`amount` is a decimal string in cents (G-A5): kept as reported in `amount_cents` and converted exactly to
+`amount` is a decimal string in cents: kept as reported in `amount_cents` and converted exactly to
 USD (`amount_usd` = cents / 100, Decimal). With `group_by[]=description` every row carries model,
 token_type, cost_type, service tier and context window, which the reconciliation needs. Cost data lags
-by about a day (G-A6): run it for dates at least a day or two old.
+by about a day: run it for dates at least a day or two old.
 
 Config (all optional): secret_name, anthropic_version, group_by (default [description,
 workspace_id]), page_limit (default 31), max_range_days, retry, rate_limit_per_second,

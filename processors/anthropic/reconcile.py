@@ -4,7 +4,7 @@
 cache_creation.ephemeral_1h_input_tokens, output_tokens), plus web searches (model `(none)`, token type
 `web_search`) and other non-token costs under their cost_type, into `anthropic_cost_reconciliation_daily`.
 The cost report must be extracted with `group_by[]=description` for this split. Priority Tier usage is
-not in the cost report (G-A3) and shows as CALCULATED_ONLY. See processors/_llm/reconcile.py for config.
+not in the cost report and shows as CALCULATED_ONLY. See processors/_llm/reconcile.py for config.
 """
 
 from convergence.processors._llm.reconcile import Reconciliation

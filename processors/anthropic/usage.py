@@ -2,7 +2,7 @@
 into `anthropic_usage_daily_raw`, streamed in batches, idempotent per (org, date range).
 
 Headers `x-api-key` (admin key) and `anthropic-version`; arrays in bracket form (`group_by[]=model`, at
-most 5 dimensions); cache writes come from the nested `cache_creation` object, split by TTL (G-A2).
+most 5 dimensions); cache writes come from the nested `cache_creation` object, split by TTL.
 
 Config (all optional):
   secret_name        context.secrets key of the admin key (default `anthropic`; else the credential store)

@@ -3,7 +3,7 @@ columns) that can be checked in SQL. Every violated rule is reported with its ro
 
 - presence: every mandatory column (21 of FOCUS 1.2, ServiceProviderName and HostProviderName of 1.3)
   exists in the table (table metadata);
-- not_null.<Column>: mandatory columns the spec marks "Allows nulls: False" have no NULL;
+- not_null.<Column>: mandatory columns FOCUS 1.2 marks "Allows nulls: False" have no NULL;
 - allowed values: ChargeCategory, ChargeClass, ChargeFrequency, PricingCategory, ServiceCategory, and
   ServiceSubcategory under "AI and Machine Learning";
 - combinations: ChargeFrequency is not Usage-Based for a Purchase; PricingCategory is null for Tax and set
@@ -11,7 +11,7 @@ columns) that can be checked in SQL. Every violated rule is reported with its ro
   together; PricingUnit with PricingQuantity;
 - periods: ChargePeriodStart < ChargePeriodEnd, BillingPeriodStart < BillingPeriodEnd; a charge (not a
   correction) starts within its BillingPeriod; a Usage charge also ends within it (a Purchase may cover a
-  longer term, as in the spec's SaaS examples);
+  longer term, as in FOCUS 1.2's SaaS examples);
 - currencies: BillingCurrency and PricingCurrency have the ISO 4217 format (three upper-case letters);
 - Tags is a JSON object text.
 

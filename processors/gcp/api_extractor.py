@@ -1,5 +1,5 @@
 """ps_type `gcp.api_extractor`: any Google REST API (Cloud Billing, Compute, Monitoring, IAM, ...) with the
-org's service-account key, `nextPageToken` pagination, rows stored as raw JSON (ELT; spec 000).
+org's service-account key, `nextPageToken` pagination, rows stored as raw JSON (ELT).
 
     config:
       service: cloudbilling                          # API host name: {service}.googleapis.com

@@ -1,8 +1,8 @@
 """ps_type `gcp.bq_etl`: copy rows from a customer's BigQuery (their billing export) into the org's dataset,
-with two clients (spec 003, "Dual-Client Architecture"):
+with two clients:
 
 - source: a BigQuery client on the customer's project with the customer's service account
-  (`use_org_credentials: true`; the key comes through the spec's credential resolution, GCP_SA), which
+  (`use_org_credentials: true`; the key comes through convergence/extractors/credentials.py, GCP_SA), which
   runs the query;
 - destination: the service's own client, which writes the rows into `{org}_{env}.<table>`.
 

@@ -1,5 +1,5 @@
-"""ps_type `generic.api_extractor`: any REST API into a table of the org's dataset (spec 000, "Generic
-API Extractor"; ELT: load the records, transform them later with SQL).
+"""ps_type `generic.api_extractor`: any REST API into a table of the org's dataset (ELT: load
+the records, transform them later with SQL).
 
 Config (placeholders such as `{start_date}` are resolved from the run first):
 

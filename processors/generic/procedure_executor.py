@@ -1,4 +1,4 @@
-"""ps_type `generic.procedure_executor`: CALL a stored procedure with typed arguments (spec 000: used by
+"""ps_type `generic.procedure_executor`: CALL a stored procedure with typed arguments (used by
 the SaaS subscription cost pipeline).
 
     config:

@@ -1,6 +1,5 @@
 """ps_type `integrations.kms_decrypt`: decrypt the org's stored credential for a provider and put it into
-`context.secrets[secret_name]` for the steps that follow (spec 000: "context['secrets'][provider] <- from a
-prior kms_decrypt step").
+`context.secrets[secret_name]` for the steps that follow.
 
 The plaintext goes nowhere else: not into the result (which only says which secret was set), not into
 logs or errors. Because it sits in `context.secrets`, the executor masks any occurrence of it in every

@@ -1,5 +1,5 @@
-"""ps_type `notify_systems.email_notification`: an email about the run (spec 000/004; SMTP with TLS, settings
-per spec 002).
+"""ps_type `notify_systems.email_notification`: an email about the run (SMTP with TLS; server and
+credentials come from the SMTP_* settings).
 
     - step_id: notify_on_failure
       ps_type: notify_systems.email_notification

@@ -1,12 +1,12 @@
 """ps_type `openai.cost_extract`: OpenAI's own billed costs (`GET /v1/organization/costs`, daily buckets)
 into `openai_billed_cost_daily_raw`, streamed in batches, idempotent per (org, date range).
 
-The Costs API is the one that reconciles to the invoice (G-O1). Amounts are parsed as decimals whether
-they come as JSON numbers or as long decimal strings (G-O3); `line_item` ("gpt-4o-2024-08-06, cached
+The Costs API is the one that reconciles to the invoice. Amounts are parsed as decimals whether
+they come as JSON numbers or as long decimal strings; `line_item` ("gpt-4o-2024-08-06, cached
 input") is split into model and token type for the reconciliation.
 
 Config (all optional): secret_name, group_by (default [line_item, project_id]; api_key_id is
-refused by the live API, G-O2), page_limit (default 180), array_format, project_ids, max_range_days,
+refused by the live API), page_limit (default 180), array_format, project_ids, max_range_days,
 retry, rate_limit_per_second, destination {table, schema_file, partitioning, clustering}.
 """
 

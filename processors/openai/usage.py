@@ -101,7 +101,7 @@ class OpenAIUsage(Extraction):
             cached = to_int(r.get("input_cached_tokens") or 0, f"{where}.input_cached_tokens") or 0
             write = to_int(r.get("input_cache_write_tokens") or 0, f"{where}.input_cache_write_tokens") or 0
             uncached = to_int(r.get("input_uncached_tokens"), f"{where}.input_uncached_tokens", optional=True)
-            if uncached is None:  # before July 2026: input_tokens includes the cached tokens (G-O5)
+            if uncached is None:  # before July 2026: input_tokens includes the cached tokens
                 uncached = max(0, input_tokens - cached - write)
             output = to_int(r.get("output_tokens"), f"{where}.output_tokens")
             audio_in = to_int(r.get("input_audio_tokens"), f"{where}.input_audio_tokens", optional=True)
