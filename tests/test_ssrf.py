@@ -359,3 +359,43 @@ async def test_slack_webhook_rebinding_is_refused_in_the_connector(servers, tmp_
     assert "refused" in str(caught.value) and "secret-webhook-path" not in str(caught.value)
     assert hook.hits == 1 and internal.hits == 0
     assert names.lookups == [("hooks.slack.invalid", "127.0.0.2"), ("hooks.slack.invalid", "127.0.0.1")]
+
+
+async def test_a_service_account_token_endpoint_that_redirects_is_refused_and_the_target_never_hit():
+    """google-auth follows redirects by default; the assertion (signed with the org's key) must never be
+    carried to the Location of a 302."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from convergence.processors.gcp._auth import ServiceAccountKey, credentials_for
+
+    hits: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        hits.append("token")
+        raise web.HTTPFound("/internal")
+
+    async def internal(request: web.Request) -> web.Response:
+        hits.append("internal")
+        return web.json_response({"access_token": "stolen", "expires_in": 3600, "token_type": "Bearer"})
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    app.router.add_post("/internal", internal)
+    app.router.add_get("/internal", internal)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    key = ServiceAccountKey.parse({"type": "service_account", "project_id": "p", "private_key_id": "k1",
+                                   "private_key": pem, "client_email": "sa@p.iam.gserviceaccount.com",
+                                   "client_id": "1", "token_uri": f"http://127.0.0.1:{port}/token"})
+    try:
+        with pytest.raises(PermanentStepError) as refused:
+            await credentials_for(key, ("https://www.googleapis.com/auth/cloud-platform",), load_settings())
+        assert refused.value.code == "PROVIDER_AUTH_FAILED" and pem not in str(refused.value)
+        assert hits == ["token"]  # the redirect was not followed
+    finally:
+        await runner.cleanup()
