@@ -1,4 +1,4 @@
-"""Benchmark of generic.api_extractor (issue 7): rows/s of a full extraction (HTTP pages -> raw JSON rows ->
+"""Benchmark of generic.api_extractor: rows/s of a full extraction (HTTP pages -> raw JSON rows ->
 BigQuery load jobs) against, in the same run,
 
 - the source ceiling: the same pages fetched and decoded through the same HTTP client, not loaded;

@@ -1,4 +1,4 @@
-"""Throughput, latency and memory of the whole consumer (issue 4, "Performance (benchmark)").
+"""Throughput, latency and memory of the whole consumer.
 
 One local stack (Pub/Sub emulator + bqemulator), one run, the same number of messages for each part:
 

@@ -1,4 +1,4 @@
-"""Benchmark of the scheduler fan-out (issue 5).
+"""Benchmark of the scheduler fan-out.
 
 A tick due for 3 scheduled pipelines (two need an integration, one does not) fanned out for N orgs that are
 all eligible (N x 3 run requests), on the embedded local stack: eligibility queries and the ledger on the

@@ -1,4 +1,4 @@
-"""Benchmark of the LLM usage pipelines (issue 6).
+"""Benchmark of the LLM usage pipelines.
 
 1. Extraction of D days x M models x hourly buckets from the OpenAI stand-in (a separate process) into
    BigQuery (the emulator), against fetching the same pages without loading them, in the same run.

@@ -1,4 +1,4 @@
-"""Benchmark of the warehouse write path and the run log (issue 3).
+"""Benchmark of the warehouse write path and the run log.
 
 1. rows/s of `Writer.write` for N rows (append by load jobs; range_replace through the staging table, twice
    to show the re-run), against a bare `insert_rows_json` and bare load jobs of the same rows, in the same

@@ -40,7 +40,7 @@ FOCUS_VERSION = "1.2"
 # rule fails the test.
 KNOWN_BAD_RULES = {
     "InvoiceId-C-005-C": "one branch of an OR (InvoiceId-C-004/005) reported on its own; its parent rule, which "
-                         "is the spec's requirement, passes",
+                         "is FOCUS 1.2's requirement, passes",
     "CapacityReservationStatus-C-004-C": "malformed condition in the rule file: it fails on tables without any "
                                          "capacity reservation",
     "CommitmentDiscountStatus-C-004-C": "inverted condition in the rule file: it requires a status on rows "

@@ -4,7 +4,8 @@ request, the real warehouse Writer on the BigQuery emulator.
 Every auth type and every pagination type; 10,000+ rows land once; a 429 storm obeys the rate limit and
 finishes; a failure at page N keeps pages 1..N-1 and names N; a redelivery does not duplicate; memory
 stays at one batch (rows are written while later pages are still being fetched); the SSRF guard refuses
-loopback and metadata addresses in production; credential resolution follows the spec's order.
+loopback and metadata addresses in production; credential resolution follows the order of
+convergence/extractors/credentials.py.
 """
 
 from __future__ import annotations

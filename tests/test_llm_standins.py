@@ -1,4 +1,4 @@
-"""The provider stand-ins speak the real wire formats (shared/research/llm_usage_apis.md, checklist 5)."""
+"""The provider stand-ins speak the real wire formats, as documented and as observed live."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ async def test_openai_costs_and_faults(http):
         assert lines["gpt-4o-mini-2024-07-18, output"]["amount"] == {
             "value": "0.600000000000000000000000000000000000000", "currency": "usd"}
         status, body, _ = await get(http, url, window + [("group_by", "api_key_id")], OAI)
-        assert status == 400  # as the live API did in July 2026 (G-O2)
+        assert status == 400  # as the live API did in July 2026
         status, body, _ = await get(http, url, window + [("bucket_width", "1h")], OAI)
         assert status == 400
 

@@ -150,7 +150,7 @@ async def test_price_change_applies_from_its_date_only(stack, bq):
 
 
 async def test_legacy_field_set_gives_the_same_costs(stack, bq):
-    """Before July 2026 input_tokens included the cached tokens and there was no uncached field (G-O5)."""
+    """Before July 2026 input_tokens included the cached tokens and there was no uncached field."""
     server = OpenAIStandIn(completions=known_usage()[:1], field_set="2025")
     services, org = await stack(server)
     result, _, _ = await run_pipeline("openai/cost/usage_cost", org, services, {"start_date": D1, "end_date": D1})

@@ -1,4 +1,4 @@
-"""Production start-up validation (spec 004): every problem is listed at once."""
+"""Production start-up validation: every problem is listed at once."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Onboarding, org API keys and the org gate on the emulator: each status of spec 001's billing-status
-table gives the documented allow/refuse, and quota exhaustion refuses the next run and says so."""
+"""Onboarding, org API keys and the org gate on the emulator: each status of the billing-status
+table (configs/setup/plans.yml) gives the documented allow/refuse, and quota exhaustion refuses the next
+run and says so."""
 
 from __future__ import annotations
 
