@@ -1,5 +1,5 @@
 """The consumer end to end on the emulators: run requests in, events and run logs out, and the ack
-policy for every kind of outcome (shared/research/pubsub_consumer.md; README "Ack policy")."""
+policy for every kind of outcome (README "Ack policy")."""
 
 import json
 import time
