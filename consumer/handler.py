@@ -35,6 +35,7 @@ from convergence.runtime.batching import GroupCommit
 from convergence.schemas import EventType, MessageRejected, PipelineEvent, RunRequest, decode_run_request
 from convergence.schemas.errors import UNKNOWN_ORG
 from convergence.schemas.events import EventError
+from convergence.schemas.signing import verify as verify_signature
 from convergence.tenancy.gate import INVALID_ORG_SLUG, ORG_NOT_FOUND
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,8 @@ class RunHandler:
         self.registry = registry or ProcessorRegistry(self.settings.processor_packages)
         self.notify = notify
         self.hand_off = hand_off
+        self._verify_keys = ([key.get_secret_value().encode() for key in self.settings.request_signing_keys]
+                             if self.settings.require_signed_requests else None)
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
         # Concurrent runs share BigQuery calls: admission lookups, and one run-log insert per commit.
         self.admission = AdmissionControl.from_settings(services)
@@ -83,6 +86,8 @@ class RunHandler:
                      publish_time: datetime | None = None) -> Outcome:
         attempt = delivery_attempt or 1
         try:
+            if self._verify_keys is not None:
+                verify_signature(data, attributes, self._verify_keys)
             request = decode_run_request(data, attributes)
         except MessageRejected as error:
             try:

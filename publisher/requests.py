@@ -16,6 +16,7 @@ from convergence.infra.clients import close_publisher, publisher_client
 from convergence.observability.tracing import new_trace_id
 from convergence.schemas import RunRequest, Trigger, validate_run_request
 from convergence.schemas.run_request import Scalar
+from convergence.schemas.signing import SIGNATURE_ATTRIBUTE, sign
 from convergence.settings.model import Settings
 
 log = structlog.get_logger(__name__)
@@ -54,6 +55,8 @@ class RequestPublisher:
         timeout: float = 60.0,
     ) -> None:
         self.topic_path = settings.topic_path(topic or settings.requests_topic)
+        keys = settings.request_signing_keys
+        self._signing_key = keys[0].get_secret_value().encode() if keys else None
         self.timeout = timeout
         self._owns_client = client is None
         self._client = client or publisher_client(
@@ -83,7 +86,11 @@ class RequestPublisher:
         """Queue one request into the current batch; the future resolves to the Pub/Sub message id."""
         if not request.schema_checked:  # a model built directly, bypassing the JSON Schema
             request = validate_run_request(request.to_dict())
-        return self._client.publish(self.topic_path, request.to_json(), **request.attributes())
+        body = request.to_json()
+        attributes = request.attributes()
+        if self._signing_key is not None:
+            attributes[SIGNATURE_ATTRIBUTE] = sign(body, self._signing_key)
+        return self._client.publish(self.topic_path, body, **attributes)
 
     def publish_raw(self, data: bytes, attributes: Mapping[str, str]) -> futures.Future[str]:
         """Forward an already-received message unchanged (hand-off to the pull side, deferral, DLQ replay):

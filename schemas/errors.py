@@ -17,6 +17,7 @@ class RejectCode(StrEnum):
     UNSUPPORTED_SCHEMA_VERSION = "UNSUPPORTED_SCHEMA_VERSION"
     INVALID_PIPELINE_PATH = "INVALID_PIPELINE_PATH"
     ATTRIBUTE_MISMATCH = "ATTRIBUTE_MISMATCH"  # an attribute contradicts the body
+    SIGNATURE_INVALID = "SIGNATURE_INVALID"  # signed requests required: unsigned or badly signed
 
 
 class MessageRejected(ValueError):

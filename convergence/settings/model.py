@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     # Browser origins allowed to call the HTTP door (CORS), as JSON: '["https://app.example.com"]'.
     # Empty (the default): no cross-origin call is allowed. "*" is refused in production.
     cors_origins: list[str] = Field(default_factory=list)
+    # Signed run requests (schemas/signing.py): the first key signs what this process publishes, every key
+    # verifies. REQUIRE_SIGNED_REQUESTS makes the consumer refuse unsigned or badly signed requests.
+    request_signing_keys: list[SecretStr] = Field(default_factory=list)
+    require_signed_requests: bool = False
     push_verify_token: bool = True
     push_audience: str | None = None
     push_service_account_email: str | None = None

@@ -35,6 +35,10 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("DISABLE_AUTH must be false in production")
     if "*" in settings.cors_origins:
         problems.append('CORS_ORIGINS must list the allowed origins in production, not "*"')
+    if settings.require_signed_requests and not settings.request_signing_keys:
+        problems.append("REQUIRE_SIGNED_REQUESTS needs REQUEST_SIGNING_KEYS")
+    if any(len(key.get_secret_value()) < 32 for key in settings.request_signing_keys):
+        problems.append("every REQUEST_SIGNING_KEYS key must be at least 32 characters")
     if not settings.rate_limit_enabled:
         problems.append("RATE_LIMIT_ENABLED must be true in production")
     if not settings.kms_key_name:
