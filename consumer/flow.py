@@ -2,7 +2,7 @@
 
 `max_lease_duration` counts from when a message enters the client, not from when its run starts, so
 it must cover the wait for a slot plus the longest run; otherwise Pub/Sub delivers a second copy of a
-message that is still running (shared/research/pubsub_consumer.md, 1.3).
+message that is still running (the client's lease management stops extending a message past it).
 """
 
 from __future__ import annotations

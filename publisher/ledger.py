@@ -1,5 +1,5 @@
-"""What was published: one row per run request in org_pipeline_execution_queue (spec 000 "Scheduler &
-Queue"), keyed by run_id.
+"""What was published: one row per run request in org_pipeline_execution_queue,
+keyed by run_id.
 
 The scheduler's fan-out asks it which deterministic run_ids of a tick already went out (a redelivered or
 duplicated tick then publishes nothing new), and the HTTP door records what it queued so that

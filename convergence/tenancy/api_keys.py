@@ -1,4 +1,4 @@
-"""Org API keys (spec 004): `{org_slug}_api_{16 random chars}`, stored as a SHA256 hash plus a KMS-encrypted
+"""Org API keys: `{org_slug}_api_{16 random chars}`, stored as a SHA256 hash plus a KMS-encrypted
 copy, shown once. Verification hashes the presented key and compares it in constant time with the org's
 active key hashes."""
 
@@ -124,7 +124,7 @@ class OrgApiKeys:
         return count
 
     def reveal(self, org_slug: str) -> str | None:
-        """Decrypt the org's newest active key (local/dev only: spec 004's dev endpoint)."""
+        """Decrypt the org's newest active key (local and development only)."""
         if self.central.settings.is_production:
             raise PermissionError("org API keys are never revealed in production")
         if self.cipher is None:

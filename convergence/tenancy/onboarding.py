@@ -1,4 +1,4 @@
-"""Org onboarding (spec 004, step 3) for local use and tests: profile, API key (shown once), subscription,
+"""Org onboarding: profile, API key (shown once), subscription,
 quota row, KMS key record and the org's dataset `{org_slug}_{env}`.
 
 The profile row is written last: it is what makes an org exist for the gate, so an onboarding that fails

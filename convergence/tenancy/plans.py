@@ -37,7 +37,7 @@ class Plans:
         return self.plans.get(str(name).upper())
 
     def backend_status(self, billing_status: str) -> str:
-        """`trialing` -> TRIAL, `past_due` -> SUSPENDED, ... (spec 001). Unknown statuses are refused."""
+        """`trialing` -> TRIAL, `past_due` -> SUSPENDED, ... (the table in plans.yml). Unknown statuses are refused."""
         try:
             return self.billing_status[billing_status.lower()]
         except KeyError:

@@ -1,7 +1,7 @@
 """Subscription rows: created at onboarding, changed when the billing system reports a new status.
 
 The billing system's lower-case status is mapped to the backend status by configs/setup/plans.yml
-(spec 001: trialing -> TRIAL, active -> ACTIVE, past_due/paused/incomplete -> SUSPENDED, canceled ->
+(trialing -> TRIAL, active -> ACTIVE, past_due/paused/incomplete -> SUSPENDED, canceled ->
 CANCELLED). Rows are written by DML so later status changes can UPDATE them.
 """
 
