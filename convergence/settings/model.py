@@ -10,6 +10,7 @@ import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +93,10 @@ class Settings(BaseSettings):
     batch_delay_ms: float = Field(default=5.0, ge=0, le=1000)
     # Per-org gauges (runs waiting/running) for at most this many orgs per process; 0: aggregate only.
     metrics_org_label_limit: int = Field(default=0, ge=0, le=1000)
+    # OpenTelemetry spans (observability/otel.py): "none" (the default: no span is made), "cloud_trace"
+    # (production) or "console" (stdout). Sampled per trace id, so every process keeps or drops a run alike.
+    tracing_exporter: Literal["none", "cloud_trace", "console"] = "none"
+    tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
     # Pipelines.
     configs_dir: Path = Field(default_factory=bundled_configs_dir)
