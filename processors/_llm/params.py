@@ -1,5 +1,9 @@
 """Run parameters of the LLM pipelines: the date range (processors._dates, default yesterday UTC), the
-month, and step config helpers. Every bad value is a PermanentStepError with code INVALID_PARAMETERS."""
+month, and step config helpers. Every bad value is a PermanentStepError with code INVALID_PARAMETERS.
+
+`lookback_days` (step config, else run parameter; the schedules pass 3) widens the range to at least
+the N days ending end_date: providers publish cost a day or more late and restate it, so every
+scheduled run re-pulls the trailing days and its range replace keeps one copy of each day."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 
 from convergence.pipeline import errors
 from convergence.pipeline.errors import ErrorCode
-from convergence.processors._dates import DateRange, parse_date, run_dates, utc_today
+from convergence.processors._dates import MAX_RANGE_DAYS, DateRange, parse_date, run_dates, utc_today
 
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 
@@ -26,8 +30,29 @@ def _given(value: Any) -> bool:
 
 def date_range(config: Mapping[str, Any], parameters: Mapping[str, Any], *, today: date | None = None) -> DateRange:
     """The run's dates (processors._dates.run_dates): a start without an end runs until yesterday, and
-    an end in the future is refused (provider reports have nothing after today)."""
-    return run_dates(config, parameters, open_end="yesterday", allow_future=False, today=today)
+    an end in the future is refused (provider reports have nothing after today). With `lookback_days`
+    N, the range starts at least N-1 days before its end (the widened range obeys max_range_days too)."""
+    dates = run_dates(config, parameters, open_end="yesterday", allow_future=False, today=today)
+    days = lookback_days(config, parameters)
+    start = dates.end - timedelta(days=days - 1)
+    if start >= dates.start:
+        return dates
+    widened = {**config, "start_date": start.isoformat(), "end_date": dates.end.isoformat()}
+    return run_dates(widened, parameters, open_end="yesterday", allow_future=False, today=today)
+
+
+def lookback_days(config: Mapping[str, Any], parameters: Mapping[str, Any]) -> int:
+    """`lookback_days` of the step config, else of the run parameters; 1 (no widening) without either."""
+    raw = config.get("lookback_days") if _given(config.get("lookback_days")) else parameters.get("lookback_days")
+    if not _given(raw):
+        return 1
+    try:
+        number = int(str(raw).strip())
+    except ValueError:
+        raise invalid(f"lookback_days {raw!r} is not a whole number") from None
+    if not 1 <= number <= MAX_RANGE_DAYS:
+        raise invalid(f"lookback_days {number} must be between 1 and {MAX_RANGE_DAYS}")
+    return number
 
 
 def month_range(config: Mapping[str, Any], parameters: Mapping[str, Any], *, today: date | None = None) -> DateRange:
