@@ -1,7 +1,8 @@
 """The HTTP side of the service (`convergence serve`): the aiohttp app, its lifecycle, and the server loop.
 
-Lifecycle, in aiohttp's order:
-- startup: the OIDC certs session, then each `Lifecycle.startup` (open the handler's clients).
+Lifecycle, in aiohttp's order (each resource is one of the app's cleanup contexts):
+- startup: the OIDC certs session, then each `Lifecycle.startup` (open the handler's clients); if one fails,
+  those already open are closed.
 - SIGTERM/SIGINT: the listening socket closes; `shutdown` hooks run (tell the handler to start no new
   runs: it answers SHUTTING_DOWN -> 503); in-flight requests get `shutdown_grace_seconds` to finish,
   then are cancelled (the connection drops: Pub/Sub nacks and redelivers); `cleanup` hooks close the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -149,10 +150,26 @@ def build_verifier(settings: Settings) -> PushTokenVerifier | None:
 
 def _register_lifecycle(app: web.Application, state: ServingState, endpoint: PushEndpoint,
                         hooks: Sequence[Lifecycle]) -> None:
-    async def on_startup(_: web.Application) -> None:
-        for hook in hooks:
+    """Each resource is one aiohttp cleanup context: opened in order, closed in reverse, and when one fails
+    to open, the ones already open are closed (aiohttp runs the cleanup halves of those that started)."""
+
+    def context(hook: Lifecycle) -> Callable[[web.Application], AsyncIterator[None]]:
+        async def resource(_: web.Application) -> AsyncIterator[None]:
             if hook.startup:
                 await hook.startup()
+            yield
+            if hook.cleanup:
+                try:
+                    await hook.cleanup()
+                except Exception:  # noqa: BLE001 - keep closing the others
+                    log.exception("cleanup hook failed")
+
+        return resource
+
+    for hook in hooks:
+        app.cleanup_ctx.append(context(hook))
+
+    async def on_startup(_: web.Application) -> None:  # after every cleanup context has opened
         state.started = True
         log.info("http app started")
 
@@ -163,17 +180,8 @@ def _register_lifecycle(app: web.Application, state: ServingState, endpoint: Pus
             if hook.shutdown:
                 await hook.shutdown()
 
-    async def on_cleanup(_: web.Application) -> None:
-        for hook in reversed(hooks):
-            if hook.cleanup:
-                try:
-                    await hook.cleanup()
-                except Exception:  # noqa: BLE001 - keep closing the others
-                    log.exception("cleanup hook failed")
-
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
-    app.on_cleanup.append(on_cleanup)
 
 
 async def run_server(app: web.Application, host: str | None = None, port: int | None = None, *,

@@ -419,6 +419,28 @@ async def test_lifecycle_hooks_run_in_order(kit: OidcKit) -> None:
     assert app[PUSH].accepting is False
 
 
+async def test_a_resource_that_fails_to_open_closes_the_ones_already_open(kit: OidcKit) -> None:
+    events: list[str] = []
+
+    def hook(name: str, fail: bool = False) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            events.append(name)
+            if fail:
+                raise RuntimeError(f"{name} failed")
+        return run
+
+    app = create_app(verifying(kit), RecordingHandler(), lifecycle=[
+        Lifecycle(startup=hook("a.start"), cleanup=hook("a.cleanup")),
+        Lifecycle(startup=hook("b.start", fail=True), cleanup=hook("b.cleanup")),
+        Lifecycle(startup=hook("c.start"), cleanup=hook("c.cleanup")),
+    ])
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    with pytest.raises(RuntimeError, match="b.start failed"):
+        await client.start_server()
+    await client.close()
+    assert events == ["a.start", "b.start", "a.cleanup"]  # b never opened, c never started
+
+
 async def test_a_push_arriving_while_shutting_down_is_nacked_without_running(serve: Client) -> None:
     handler = RecordingHandler()
     client = await serve(settings(), handler)
