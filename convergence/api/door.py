@@ -38,7 +38,7 @@ from structlog.contextvars import bound_contextvars
 from convergence.api.auth import AuthError, OrgKey, OrgKeyAuth, bigquery_verifier, check_root_key
 from convergence.api.models import EmptyBody, RunBody, SyncBody
 from convergence.api.ratelimit import Limits
-from convergence.api.standing import DoorGate, refusal_status, seconds_until_quota_reset
+from convergence.api.standing import DoorGate, refusal_status, retry_after
 from convergence.observability.tracing import trace_id_from_headers
 from convergence.pipeline import ConfigError, PipelineLoader
 from convergence.pipeline.errors import InvalidPipelineRef, PipelineNotFound, StepError
@@ -225,9 +225,9 @@ class ApiDoor:
             check_root_key(self.settings, request.headers.get("X-CA-Root-Key"))
         decision = await self.gate.check(org)
         if decision is not None and not decision.allowed:
-            status = refusal_status(decision)
-            retry = {"Retry-After": str(seconds_until_quota_reset())} if status == 429 else None
-            raise ApiError(status, decision.code, decision.message, retry)
+            wait = retry_after(decision)
+            raise ApiError(refusal_status(decision), decision.code, decision.message,
+                           {"Retry-After": str(wait)} if wait else None)
         requested_by = f"api:{org}:key-{key.fingerprint}" if key else f"api:{org}:no-auth"
         try:
             run_request = RunRequest.create(org, ref, parameters, Trigger(body.trigger), requested_by=requested_by,

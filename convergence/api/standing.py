@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from convergence.tenancy.gate import QUOTA_EXCEEDED, GateDecision
+from convergence.tenancy.gate import MONTHLY_QUOTA_EXCEEDED, QUOTA_EXCEEDED, GateDecision
 
 log = structlog.get_logger(__name__)
 
@@ -66,5 +66,22 @@ def seconds_until_quota_reset(now: datetime | None = None) -> int:
     return max(1, int((midnight - now).total_seconds() + 0.999))
 
 
+def seconds_until_month_reset(now: datetime | None = None) -> int:
+    """Monthly quotas reset at 00:00 UTC on the 1st (the gate counts runs per UTC month)."""
+    now = now or datetime.now(UTC)
+    first = now.date().replace(day=1) + timedelta(days=32)
+    reset = datetime.combine(first.replace(day=1), datetime.min.time(), tzinfo=UTC)
+    return max(1, int((reset - now).total_seconds() + 0.999))
+
+
+def retry_after(decision: GateDecision) -> int | None:
+    """Seconds until a quota refusal can pass; None for refusals that waiting does not lift."""
+    if decision.code == QUOTA_EXCEEDED:
+        return seconds_until_quota_reset()
+    if decision.code == MONTHLY_QUOTA_EXCEEDED:
+        return seconds_until_month_reset()
+    return None
+
+
 def refusal_status(decision: GateDecision) -> int:
-    return 429 if decision.code == QUOTA_EXCEEDED else 403
+    return 429 if decision.code in (QUOTA_EXCEEDED, MONTHLY_QUOTA_EXCEEDED) else 403

@@ -1,6 +1,8 @@
 """The org gate, run before every pipeline: the org exists and is active, its subscription status may run
-(ACTIVE or TRIAL; spec 001's billing-status table), the org has not disabled the pipeline (its
-org_pipeline_configs row, read in the same query), and its plan's daily run quota is not used up.
+(ACTIVE or TRIAL; the billing-status table in configs/setup/plans.yml), the org has not disabled the pipeline (its
+org_pipeline_configs row, read in the same query), and its plan's daily and monthly run quotas are not used
+up. The plan's `concurrent_pipelines` is enforced by the consumer's run slots (consumer/slots.py), which
+wait for a slot rather than refuse.
 
 One parameterized query answers for many orgs at once (`standings`); `decide` turns an org's standing into
 a decision with its own reason code. Runs are counted from the append-only run log, so admitting a run
@@ -35,6 +37,7 @@ SUBSCRIPTION_CANCELLED = "SUBSCRIPTION_CANCELLED"
 SUBSCRIPTION_INACTIVE = "SUBSCRIPTION_INACTIVE"
 PLAN_UNKNOWN = "PLAN_UNKNOWN"
 QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+MONTHLY_QUOTA_EXCEEDED = "MONTHLY_QUOTA_EXCEEDED"
 PIPELINE_DISABLED = "PIPELINE_DISABLED"
 
 _STATUS_REFUSALS = {"SUSPENDED": SUBSCRIPTION_SUSPENDED, "CANCELLED": SUBSCRIPTION_CANCELLED}
@@ -50,6 +53,7 @@ class OrgStanding:
     runs_today: int  # distinct runs in today's run log
     logged: frozenset[str] = frozenset()  # of the run_ids asked about (`standings(mine=, since=)`), those logged
     disabled: frozenset[str] = frozenset()  # pipelines the org disabled (org_pipeline_configs)
+    runs_month: int = 0  # distinct runs in this UTC month's run log, today's included
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class GateDecision:
     subscription_status: str | None = None
     runs_today: int | None = None
     daily_limit: int | None = None
+    runs_month: int | None = None
+    monthly_limit: int | None = None
 
 
 class OrgGate:
@@ -73,6 +79,11 @@ class OrgGate:
 
     def today(self) -> date:
         return self.clock().date()
+
+    def concurrency(self, standing: OrgStanding) -> int | None:
+        """The org's plan's `concurrent_pipelines` (None: no plan, or the plan sets none)."""
+        plan = self.plans.plan(standing.plan or "")
+        return plan.concurrent_pipelines if plan is not None else None
 
     def check(self, org_slug: str, pipeline: str | None = None) -> GateDecision:
         try:
@@ -100,6 +111,7 @@ class OrgGate:
         day = self.today()
         day_start = datetime.combine(day, time.min, tzinfo=UTC)
         day_end = day_start + timedelta(days=1)
+        month_start = day_start.replace(day=1)
         wanted = sorted({str(run_id) for org, run_id in mine if org in orgs})
         # `event_time` prunes to today's partition (the run log is partitioned by it, clustered by org_slug);
         # `start_time` says which day the run belongs to (a run's final row may be written the next day).
@@ -115,13 +127,20 @@ class OrgGate:
             # incompatible types: STRING, STRING, NULL, INT64"; the NULL under SELECT DISTINCT became INT64).
             "SELECT 'runs', `org_slug`, CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS TIMESTAMP), "
             "COUNT(DISTINCT `run_id`)" + runs_today + " GROUP BY `org_slug` UNION ALL "
+            # The month's runs: `event_time` prunes to this month's partitions, `start_time` picks the month.
+            "SELECT 'month', `org_slug`, CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS TIMESTAMP), "
+            "COUNT(DISTINCT `run_id`) FROM " + c.ref(RUNS_TABLE) + " WHERE `org_slug` IN UNNEST(@orgs) "
+            "AND `event_time` >= @month_start AND `start_time` >= @month_start AND `start_time` < @day_end "
+            "AND `status` != @rejected GROUP BY `org_slug` UNION ALL "
             "SELECT DISTINCT 'logged', `org_slug`, `run_id`, CAST(NULL AS STRING), CAST(NULL AS TIMESTAMP), "
             "CAST(NULL AS INT64)" + runs_today +
             " AND (`run_id` IN UNNEST(@mine) OR `start_time` >= @since) UNION ALL " + gate_branch(c),
-            {"orgs": orgs, "day_start": day_start, "day_end": day_end, "rejected": RunStatus.REJECTED.value,
+            {"orgs": orgs, "day_start": day_start, "day_end": day_end, "month_start": month_start,
+             "rejected": RunStatus.REJECTED.value,
              "mine": wanted, "since": since or day_end})
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         runs: dict[str, int] = {}
+        month: dict[str, int] = {}
         logged: dict[str, set[str]] = {}
         configs: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
@@ -129,8 +148,8 @@ class OrgGate:
             if kind == "pipeline":
                 configs.setdefault(org, []).append(row)
                 continue
-            if kind == "runs":
-                runs[org] = int(row["runs"] or 0)
+            if kind in ("runs", "month"):
+                (runs if kind == "runs" else month)[org] = int(row["runs"] or 0)
                 continue
             if kind == "logged":
                 logged.setdefault(org, set()).add(row["status"])
@@ -144,7 +163,7 @@ class OrgGate:
             subscription = latest.get((org, "subscription")) or {}
             out[org] = OrgStanding(profile.get("status"), subscription.get("plan"), subscription.get("status"),
                                    runs.get(org, 0), frozenset(logged.get(org, ())),
-                                   disabled_pipelines(configs.get(org, ())))
+                                   disabled_pipelines(configs.get(org, ())), month.get(org, 0))
         return out
 
     def decide(self, org: str, standing: OrgStanding, runs_not_yet_counted: int = 0,
@@ -153,10 +172,11 @@ class OrgGate:
         `pipeline`: refused with PIPELINE_DISABLED when the org disabled it."""
         return self._decide(org, standing.org_status, standing.plan, standing.subscription_status,
                             standing.runs_today + runs_not_yet_counted,
-                            pipeline if pipeline in standing.disabled else None)
+                            pipeline if pipeline in standing.disabled else None,
+                            standing.runs_month + runs_not_yet_counted)
 
     def _decide(self, org: str, org_status: str | None, plan_name: str | None, status: str | None,
-                runs: int, disabled: str | None = None) -> GateDecision:
+                runs: int, disabled: str | None = None, runs_month: int = 0) -> GateDecision:
         if org_status is None:
             return GateDecision(False, ORG_NOT_FOUND, f"org {org} is not onboarded", org)
         if org_status.upper() != "ACTIVE":
@@ -176,13 +196,20 @@ class OrgGate:
         if disabled is not None:
             return GateDecision(False, PIPELINE_DISABLED, f"pipeline {disabled} is disabled for org {org} "
                                 f"(convergence orgs pipelines enable {org} {disabled})", org, plan.name, status)
+        monthly = plan.monthly_pipeline_runs
+        if monthly is not None and runs_month >= monthly:
+            month = self.today().strftime("%Y-%m")
+            return GateDecision(False, MONTHLY_QUOTA_EXCEEDED,
+                                f"org {org} has used its monthly quota: {runs_month} of {monthly} pipeline runs "
+                                f"in {month} ({plan.name} plan); runs resume on the 1st of next month (UTC)",
+                                org, plan.name, status, runs, plan.daily_pipeline_runs, runs_month, monthly)
         if runs >= plan.daily_pipeline_runs:
             return GateDecision(False, QUOTA_EXCEEDED,
                                 f"org {org} has used its daily quota: {runs} of {plan.daily_pipeline_runs} pipeline "
                                 f"runs on {self.today()} ({plan.name} plan); runs resume tomorrow (UTC)",
-                                org, plan.name, status, runs, plan.daily_pipeline_runs)
+                                org, plan.name, status, runs, plan.daily_pipeline_runs, runs_month, monthly)
         return GateDecision(True, ALLOWED, f"{runs} of {plan.daily_pipeline_runs} runs used today", org, plan.name,
-                            status, runs, plan.daily_pipeline_runs)
+                            status, runs, plan.daily_pipeline_runs, runs_month, monthly)
 
     def refresh_usage(self, day: date | None = None) -> int:
         """Rewrite the day's org_usage_quotas counters (run, succeeded, failed) from the run log: one MERGE
@@ -200,12 +227,15 @@ class OrgGate:
         c = self.central
         return c.queries.dml(
             f"MERGE {c.ref('org_usage_quotas')} AS T USING ("  # noqa: S608 - validated names
-            "SELECT `org_slug`, COUNT(DISTINCT `run_id`) AS runs, "
-            "COUNT(DISTINCT IF(`status` = @success, `run_id`, NULL)) AS succeeded, "
-            "COUNT(DISTINCT IF(`status` IN UNNEST(@failed), `run_id`, NULL)) AS failed, "
-            "MAX(`start_time`) AS last_run FROM " + c.ref(RUNS_TABLE) +
+            # One row per run first: a run that failed an attempt and then succeeded is a success, and
+            # a failed run is one whose latest attempt ended FAILED or TIMEOUT (never both counters).
+            "SELECT `org_slug`, COUNT(*) AS runs, COUNTIF(ok) AS succeeded, COUNTIF(NOT ok AND latest IN "
+            "UNNEST(@failed)) AS failed, MAX(started) AS last_run FROM (SELECT `org_slug`, `run_id`, "
+            "LOGICAL_OR(`status` = @success) AS ok, MAX(`start_time`) AS started, ARRAY_AGG(`status` ORDER BY "
+            "`attempt` DESC, `state_rank` DESC, `event_time` DESC LIMIT 1)[OFFSET(0)] AS latest FROM " +
+            c.ref(RUNS_TABLE) +
             " WHERE `event_time` >= @day_start AND `start_time` >= @day_start AND `start_time` < @day_end "
-            "AND `status` != @rejected GROUP BY `org_slug`) AS S "
+            "AND `status` != @rejected GROUP BY `org_slug`, `run_id`) GROUP BY `org_slug`) AS S "
             "ON T.`org_slug` = S.`org_slug` AND T.`usage_date` = @day "
             "WHEN MATCHED THEN UPDATE SET `pipelines_run_today` = S.runs, `pipelines_succeeded_today` = S.succeeded, "
             "`pipelines_failed_today` = S.failed, `last_run_at` = S.last_run, `updated_at` = @now "
