@@ -12,6 +12,7 @@ run-log rows, events and counters still in memory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Mapping
@@ -58,8 +59,10 @@ class ConsumerService:
             longest_timeout_seconds=longest_timeout_seconds(self.loader),
             max_lease_extension=settings.max_lease_extension_seconds,
         )
-        self.slots = RunSlots(settings.consumer_workers, settings.per_org_concurrency, self.plan.backlog_per_org)
         self.handler = RunHandler(services=services, loader=self.loader, notify=notify, hand_off=self.republish)
+        # Per org: its plan's concurrent_pipelines, at most PER_ORG_CONCURRENCY in this process.
+        self.slots = RunSlots(settings.consumer_workers, settings.per_org_concurrency, self.plan.backlog_per_org,
+                              limit=self.handler.admission.concurrency)
         self.pools = [SubscriberPool(
             settings.subscription_path(settings.requests_subscription), self.handler, self.slots, self.plan,
             hand_off=self.republish, grace_seconds=settings.shutdown_grace_seconds,
@@ -96,20 +99,23 @@ class ConsumerService:
         log.info("consumer starting", workers=self.settings.consumer_workers,
                  per_org=self.settings.per_org_concurrency, max_messages=self.plan.max_messages,
                  max_lease_duration=self.plan.max_lease_duration)
-        if self.settings.metrics_port is not None:  # /metrics, /health and /ready for Prometheus and probes
-            self.metrics_server = await start_probe_server(self, self.settings.metrics_port,
-                                                           self.settings.http_host)
-            log.info("metrics listening", port=self.metrics_server.port)
-        try:
-            await self._supervise()
-        finally:
-            started = time.monotonic()
-            if self.metrics_server is not None:
-                await self.metrics_server.close()
-            await self.handler.aclose()
-            await asyncio.to_thread(self.services.close)
-            await self.services.aclose()
-            log.info("consumer stopped", flush_seconds=round(time.monotonic() - started, 2))
+        started = 0.0
+        # Opened in order, closed in reverse: the probes go first, then the handler's buffered run-log rows
+        # and counters, then the clients they were written with.
+        async with contextlib.AsyncExitStack() as resources:
+            resources.push_async_callback(self.services.aclose)
+            resources.push_async_callback(asyncio.to_thread, self.services.close)
+            resources.push_async_callback(self.handler.aclose)
+            if self.settings.metrics_port is not None:  # /metrics, /health and /ready for Prometheus, probes
+                self.metrics_server = await start_probe_server(self, self.settings.metrics_port,
+                                                               self.settings.http_host)
+                resources.push_async_callback(self.metrics_server.close)
+                log.info("metrics listening", port=self.metrics_server.port)
+            try:
+                await self._supervise()
+            finally:
+                started = time.monotonic()
+        log.info("consumer stopped", flush_seconds=round(time.monotonic() - started, 2))
         lost = [pool.subscription_path for pool in self.pools if pool.lost]
         if lost:
             log.error("exiting with code 1: a streaming pull was lost", subscriptions=lost)
