@@ -44,7 +44,7 @@ from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 from convergence.consumer.flow import FlowPlan
 from convergence.consumer.outcome import Disposition, Outcome, OutcomeKind
 from convergence.consumer.slots import OrgBacklogFull, RunSlots, hand_off_count
-from convergence.observability import metrics
+from convergence.observability import metrics, otel
 
 log = structlog.get_logger(__name__)
 
@@ -366,7 +366,8 @@ class SubscriberPool:
             if self._runs_done.is_set():  # arrived after the held ones went out
                 self._nack_held()
             return
-        delivery.task = asyncio.create_task(self._process(delivery))
+        # Tracing on: the task runs with the client's subscribe span current (the run span's parent).
+        delivery.task = asyncio.create_task(self._process(delivery), context=otel.delivery_context(message))
         metrics.OUTSTANDING.labels(self._metric).inc()
         delivery.task.add_done_callback(lambda _task: self._finished(delivery))
 

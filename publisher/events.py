@@ -22,6 +22,7 @@ from google.cloud.pubsub_v1 import types
 from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException
 
 from convergence.infra.clients import close_publisher, publisher_client
+from convergence.observability import otel
 from convergence.schemas import PipelineEvent, validate_pipeline_event
 from convergence.settings.model import Settings
 
@@ -65,6 +66,12 @@ class EventPublisher:
         if self.strict_schema:
             validate_pipeline_event(event.to_dict())
         key = self.ordering_key(event.org_slug) if self.ordered else ""
+        if otel.enabled():  # inside a run: under the current step's or run's span; else the event's trace
+            with otel.run_trace(event.trace_id):
+                return self._publish(event, data, key)
+        return self._publish(event, data, key)
+
+    def _publish(self, event: PipelineEvent, data: bytes, key: str) -> futures.Future[str]:
         try:
             future = self._client.publish(self.topic_path, data, ordering_key=key, **event.attributes())
         except PublishToPausedOrderingKeyException:

@@ -13,6 +13,7 @@ from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1 import types
 
 from convergence.infra.clients import close_publisher, publisher_client
+from convergence.observability import otel
 from convergence.observability.tracing import new_trace_id
 from convergence.schemas import RunRequest, Trigger, validate_run_request
 from convergence.schemas.run_request import Scalar
@@ -90,11 +91,17 @@ class RequestPublisher:
         attributes = request.attributes()
         if self._signing_key is not None:
             attributes[SIGNATURE_ATTRIBUTE] = sign(body, self._signing_key)
+        if otel.enabled():  # the client's create span starts the run's trace, with the run's trace id
+            with otel.run_trace(request.trace_id):
+                return self._client.publish(self.topic_path, body, **attributes)
         return self._client.publish(self.topic_path, body, **attributes)
 
     def publish_raw(self, data: bytes, attributes: Mapping[str, str]) -> futures.Future[str]:
         """Forward an already-received message unchanged (hand-off to the pull side, deferral, DLQ replay):
         the body stays byte-identical, so its run_id and idempotency key are kept."""
+        if otel.enabled():
+            with otel.run_trace(attributes.get("trace_id")):
+                return self._client.publish(self.topic_path, data, **dict(attributes))
         return self._client.publish(self.topic_path, data, **dict(attributes))
 
     def publish_many(self, requests: Iterable[RunRequest], timeout: float | None = None) -> list[str]:

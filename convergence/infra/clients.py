@@ -11,10 +11,12 @@ from typing import Any
 
 import grpc
 from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1 import types
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
+from convergence.observability import otel
 from convergence.settings.model import Settings
 
 # gRPC caps received messages at 4 MiB by default; Pub/Sub messages reach 10 MB.
@@ -32,6 +34,9 @@ def publisher_client(settings: Settings, **kwargs: Any) -> pubsub_v1.PublisherCl
     channel = _emulator_channel(settings)
     if channel is not None:
         kwargs["transport"] = PublisherGrpcTransport(channel=channel)
+    if otel.configure_tracing(settings):  # the client's create spans carry the context into the attributes
+        options = kwargs.get("publisher_options") or types.PublisherOptions()
+        kwargs["publisher_options"] = options._replace(enable_open_telemetry_tracing=True)
     return pubsub_v1.PublisherClient(**kwargs)
 
 
@@ -39,6 +44,9 @@ def subscriber_client(settings: Settings, **kwargs: Any) -> pubsub_v1.Subscriber
     channel = _emulator_channel(settings)
     if channel is not None:
         kwargs["transport"] = SubscriberGrpcTransport(channel=channel)
+    if otel.configure_tracing(settings):  # subscribe spans, children of the publisher's create span
+        options = kwargs.get("subscriber_options") or types.SubscriberOptions()
+        kwargs["subscriber_options"] = options._replace(enable_open_telemetry_tracing=True)
     return pubsub_v1.SubscriberClient(**kwargs)
 
 
