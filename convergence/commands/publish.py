@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,6 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
     from convergence.cli import load_settings_or_exit
     from convergence.observability.tracing import new_trace_id
     from convergence.pipeline import ConfigError, PipelineLoader
-    from convergence.publisher.requests import PublishError, RequestPublisher
     from convergence.schemas import MessageRejected, RunRequest, Trigger
 
     if old_json_file is not None:
@@ -112,9 +112,7 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
 
     try:
         if days:
-            requests = [RunRequest.create(org, pipeline, {**parameters, **dict.fromkeys(names, day.isoformat())},
-                                          Trigger.BACKFILL, requested_by="convergence-cli", trace_id=new_trace_id())
-                        for day in days]
+            requests = backfill_requests(org, pipeline, days, parameters, names)
         else:
             requests = [RunRequest.create(org, pipeline, parameters, Trigger.ADHOC, requested_by="convergence-cli",
                                           run_id=run_id, trace_id=new_trace_id())]
@@ -127,7 +125,32 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
         except ConfigError as error:
             _invalid(f"{error.code}: {error}")
     labels = {request.run_id: (request.parameters.get(names[0]) if days else request.run_id) for request in requests}
+    code = publish_requests(settings, org, pipeline, requests, labels, wait=wait, timeout=timeout,
+                            backfill=bool(days))
+    if wait:
+        sys.exit(code)
 
+
+def backfill_requests(org: str, pipeline: str, days: list[date], parameters: dict[str, Any], names: list[str],
+                      run_id: Callable[[date], str | None] | None = None) -> list[Any]:
+    """One BACKFILL request per day, the day in each of `names`; `run_id(day)` fixes a run's id (the same
+    id runs once: the consumer skips a run_id that already succeeded). Raises MessageRejected."""
+    from convergence.observability.tracing import new_trace_id
+    from convergence.schemas import RunRequest, Trigger
+
+    return [RunRequest.create(org, pipeline, {**parameters, **dict.fromkeys(names, day.isoformat())},
+                              Trigger.BACKFILL, requested_by="convergence-cli",
+                              run_id=run_id(day) if run_id else None, trace_id=new_trace_id())
+            for day in days]
+
+
+def publish_requests(settings: Any, org: str, pipeline: str, requests: list[Any], labels: dict[str, Any], *,
+                     wait: bool, timeout: float, backfill: bool) -> int:
+    """Publish the requests and print their run_ids; with `wait`, follow them (subscribed before publishing)
+    and return the exit code of their outcome, else 0. A publish failure exits 1."""
+    from convergence.publisher.requests import PublishError, RequestPublisher
+
+    code = 0
     with contextlib.ExitStack() as stack:
         follower = None
         if wait:  # subscribed before publishing: a subscription only gets what is published after it exists
@@ -150,12 +173,11 @@ def run(org: str, pipeline: str, params: tuple[str, ...], json_file: str | None,
                     click.echo(f"not published: {failed}", err=True)
                 sys.exit(1)
         for request in requests:
-            trigger = f" ({request.trigger}, {labels[request.run_id]})" if days else ""
+            trigger = f" ({request.trigger}, {labels[request.run_id]})" if backfill else ""
             click.echo(f"published {request.run_id}{trigger}")
         if follower is not None:
             code = _follow(follower, requests, labels, settings, timeout)
-    if wait:
-        sys.exit(code)
+    return code
 
 
 def _follow(follower: Any, requests: list[Any], labels: dict[str, Any], settings: Any, timeout: float) -> int:

@@ -1,4 +1,5 @@
-"""`convergence runs list|show`: the run log and step logs (BigQuery) as readable tables.
+"""`convergence runs list|show|gaps`: the run log and step logs (BigQuery) as readable tables, and the
+days a pipeline has no successful run for (`gaps`, with `--fill` to backfill them).
 
 With --org, only that org's runs are read (the org is a query parameter of every statement), so another
 org's run is reported "not found for org X", exactly like a run that does not exist: never shown.
@@ -207,3 +208,86 @@ def show_run(run_id: str, org: str | None, as_json: bool) -> None:
                               indent=2))
         return
     click.echo(render_run(record, steps))
+
+
+# -- gaps ----------------------------------------------------------------------------------------------
+GAP_HEADERS = ("DAY", "WEEKDAY")
+
+
+def fill_run_id(org: str, pipeline: str, day: date) -> str:
+    """The one run_id of a gap fill for (org, pipeline, day): a repeated --fill publishes the same id,
+    and the consumer never runs an id that already succeeded."""
+    from convergence.schemas import deterministic_run_id
+
+    return deterministic_run_id(org, pipeline, "backfill", day.isoformat(), prefix="fill")
+
+
+def _day_option(_: click.Context, __: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+@runs.command("gaps")
+@click.argument("org", callback=_org_option)
+@click.argument("pipeline")
+@click.option("--since", "since", default="90d", show_default=True, callback=_since_option,
+              help="First day to check: 90d, 2w or an ISO date.")
+@click.option("--until", "until", default=None, callback=_day_option,
+              help="Last day to check (ISO date; default yesterday UTC, the last day a daily run covers).")
+@click.option("--fill", is_flag=True, help="Publish one backfill run per missing day (start_date = end_date = day).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="With --fill: follow the runs live.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600.0, show_default=True,
+              help="Seconds --fill waits for its runs before giving up (exit 3).")
+@output_options
+def gaps(org: str, pipeline: str, since: datetime, until: date | None, fill: bool, wait: bool, timeout: float,
+         as_json: bool) -> None:
+    """Days with no successful run of PIPELINE for ORG (a run covers its start_date..end_date, widened by
+    its lookback_days); with --fill, publish them as backfill runs. Exit codes as `publish run`."""
+    from convergence.cli import load_settings_or_exit
+    from convergence.commands.publish import MAX_BACKFILL_DAYS, backfill_requests, publish_requests
+    from convergence.pipeline import ConfigError, PipelineLoader
+    from convergence.schemas import MessageRejected
+    from convergence.warehouse.client import make_client
+    from convergence.warehouse.run_gaps import missing_days
+
+    if fill and as_json:
+        raise click.UsageError("--fill shows the runs' progress, not JSON: list the gaps with --json, then --fill")
+    first = since.astimezone(UTC).date()
+    last = until or datetime.now(UTC).date() - timedelta(days=1)
+    if last < first:
+        raise click.UsageError(f"--until {last} is before the first day {first}")
+    if (last - first).days + 1 > MAX_BACKFILL_DAYS:
+        raise click.UsageError(f"{first}..{last} is {(last - first).days + 1} days: at most {MAX_BACKFILL_DAYS}")
+    settings = load_settings_or_exit()
+    try:
+        PipelineLoader(settings.configs_dir).load(pipeline)
+    except ConfigError as error:
+        click.echo(f"error: {error.code}: {error}", err=True)
+        raise SystemExit(2) from None
+    days = missing_days(make_client(settings), settings, org, pipeline, first, last)
+    if as_json:
+        click.echo(json.dumps({"org_slug": org, "pipeline": pipeline, "first_day": first.isoformat(),
+                               "last_day": last.isoformat(), "missing": [d.isoformat() for d in days]}))
+        return
+    scope = f"{pipeline} for {org}, {first}..{last}"
+    if not days:
+        click.echo(f"No gaps: every day of {scope} has a successful run.")
+        return
+    click.echo(render_table(GAP_HEADERS, [[d.isoformat(), d.strftime("%a")] for d in days]))
+    click.echo(f"\n{len(days)} day(s) without a successful run of {scope}")
+    if not fill:
+        return
+    try:
+        requests = backfill_requests(org, pipeline, days, {}, ["start_date", "end_date"],
+                                     run_id=lambda day: fill_run_id(org, pipeline, day))
+    except MessageRejected as error:
+        click.echo(f"error: {error.code.value}: {error}", err=True)
+        raise SystemExit(2) from None
+    labels = {request.run_id: request.parameters["start_date"] for request in requests}
+    code = publish_requests(settings, org, pipeline, requests, labels, wait=wait, timeout=timeout, backfill=True)
+    if wait:
+        raise SystemExit(code)
