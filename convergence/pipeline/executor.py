@@ -198,9 +198,8 @@ class Executor:
         ordered = [results[s.step_id] for s in config.steps]
         for step in ordered:
             if step.status is StepStatus.TIMEOUT:
-                return RunStatus.TIMEOUT, ErrorInfo(
-                    code=step.error.code, message=f"{step.step_id}: {step.error.message}"
-                )
+                error = step.error or ErrorInfo(code=ErrorCode.STEP_TIMEOUT, message="timed out")
+                return RunStatus.TIMEOUT, ErrorInfo(code=error.code, message=f"{step.step_id}: {error.message}")
         failed = [s for s in ordered if s.status is StepStatus.FAILED]
         if failed:
             first = failed[0]
