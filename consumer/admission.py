@@ -44,6 +44,12 @@ class Admission:
     decision: GateDecision | None  # None when already succeeded (the gate is not asked)
 
 
+@dataclass(frozen=True)
+class OnceCheck:
+    refused: bool
+    message: str = ""
+
+
 @dataclass
 class _Cached:
     standing: OrgStanding
@@ -64,6 +70,16 @@ class AdmissionControl:
         self._counts_lock = threading.Lock()
         self._batcher: MicroBatcher[tuple[str, str, str | None], Admission] = MicroBatcher(
             self._admit_batch, max_delay=batch_delay, max_size=500, max_in_flight=2, name="admission")
+        # Standings asked for by the run slots (the org's plan caps its concurrent runs): orgs asking
+        # together share one `standings` query, and admission then reuses the cached answer.
+        self._slot_batcher: MicroBatcher[str, OrgStanding | None] = MicroBatcher(
+            self._standings_batch, max_delay=batch_delay, max_size=500, max_in_flight=2, name="slot-standings")
+        # run_once pipelines: (org, pipeline) -> (succeeded, expires); a success stays known for good.
+        self._once: dict[tuple[str, str], tuple[bool, float]] = {}
+        # Their runs under way in this process: (org, pipeline) -> run_id -> when the claim lapses.
+        self._once_running: dict[tuple[str, str], dict[str, float]] = {}
+        self._once_batcher: MicroBatcher[tuple[str, str], bool] = MicroBatcher(
+            self._once_batch, max_delay=batch_delay, max_size=500, max_in_flight=2, name="run-once")
         self.calls: Counter[str] = Counter()  # BigQuery calls by kind (tests, benchmark)
 
     @classmethod
@@ -75,6 +91,57 @@ class AdmissionControl:
         """With `pipeline`, a pipeline the org disabled is refused (PIPELINE_DISABLED, from the same cached
         standing)."""
         return await self._batcher.submit((org_slug, run_id, pipeline))
+
+    async def concurrency(self, org_slug: str) -> int | None:
+        """The org's plan's `concurrent_pipelines`, from its cached standing (read when stale, batched with
+        other orgs'). None when the org has no known plan (admission refuses it anyway). A standing that
+        cannot be read gives 1: the run waits its turn rather than pass the org's cap."""
+        cached = self._standings.get(org_slug)
+        standing = cached.standing if cached is not None and cached.expires > self.clock() else None
+        if standing is None:
+            if not _valid_slug(org_slug):
+                return None
+            try:
+                standing = await self._slot_batcher.submit(org_slug)
+            except Exception as error:  # noqa: BLE001 - admission reads it again and decides
+                log.warning("org standing not read for its run slots", org_slug=org_slug,
+                            error=f"{type(error).__name__}: {error}"[:300])
+                return 1
+        return self.services.gate.concurrency(standing) if standing is not None else None
+
+    async def check_once(self, org_slug: str, pipeline: str, run_id: str, *, forced: bool,
+                         timeout_seconds: float) -> OnceCheck:
+        """A run_once pipeline: refused when it already succeeded for the org (the run log, one query for
+        the pairs asked together, cached like the gate standing) or another run of it is under way in this
+        process; `forced` (the pipeline's force_param set) skips the check. An allowed run holds a claim
+        until `once_done` or `timeout_seconds` (a run that never reports back does not block for good).
+        Across processes the check is soft, like the quota."""
+        key = (org_slug, pipeline)
+        now = self.clock()
+        running = {r: until for r, until in self._once_running.get(key, {}).items() if until > now and r != run_id}
+        if not forced:
+            if running:
+                return OnceCheck(True, f"pipeline {pipeline} runs once per org and is running for org {org_slug} "
+                                       f"(run {next(iter(running))}); pass its force parameter to run it again")
+            cached = self._once.get(key)
+            ran = cached[0] if cached is not None and (cached[0] or cached[1] > now) else None
+            if ran is None:
+                ran = await self._once_batcher.submit(key)
+            if ran:
+                return OnceCheck(True, f"pipeline {pipeline} runs once per org and already ran for org {org_slug}; "
+                                       "pass its force parameter to run it again")
+        self._once_running[key] = {**running, run_id: self.clock() + timeout_seconds}
+        return OnceCheck(False)
+
+    def once_done(self, org_slug: str, pipeline: str, run_id: str, succeeded: bool) -> None:
+        key = (org_slug, pipeline)
+        runs = self._once_running.get(key)
+        if runs is None or runs.pop(run_id, None) is None:
+            return
+        if not runs:
+            del self._once_running[key]
+        if succeeded:
+            self._once[key] = (True, 0.0)
 
     def count_run(self, org_slug: str, run_id: str | None = None) -> None:
         """One more run against the org's daily quota, counted here until the run log shows its rows.
@@ -94,9 +161,35 @@ class AdmissionControl:
         """Nothing to write: kept for callers of the former counter flush."""
 
     async def aclose(self) -> None:
+        await self._once_batcher.drain()
+        await self._slot_batcher.drain()
         await self._batcher.drain()
 
     # -- internals ---------------------------------------------------------------------------------------
+    async def _standings_batch(self, orgs: list[str]) -> list[OrgStanding | None]:
+        now = self.clock()
+        stale = {org for org in orgs if (c := self._standings.get(org)) is None or c.expires <= now}
+        if stale:
+            self._store(*await asyncio.to_thread(self._read_standings, stale), now)
+        return [c.standing if (c := self._standings.get(org)) is not None else None for org in orgs]
+
+    async def _once_batch(self, keys: list[tuple[str, str]]) -> list[bool]:
+        self.calls["succeeded_pipelines"] += 1
+        ran = await asyncio.to_thread(self.services.gate.succeeded_pipelines, set(keys))
+        expires = self.clock() + self.cache_seconds
+        for key in set(keys):
+            self._once[key] = (key in ran, expires)
+        if len(self._once) > 100_000:
+            now = self.clock()
+            self._once = {k: v for k, v in self._once.items() if v[0] or v[1] > now}
+        return [key in ran for key in keys]
+
+    def _store(self, standings: dict[str, OrgStanding], read_at: datetime, now: float) -> None:
+        for org, standing in standings.items():
+            seen = self._standings.get(org)
+            if seen is None or seen.read_at <= read_at:
+                self._standings[org] = _Cached(standing, now + self.cache_seconds, read_at)
+
     async def _admit_batch(self, items: list[tuple[str, str, str | None]]) -> list[Admission]:
         now = self.clock()
         stale = {org for org, _, _ in items if (c := self._standings.get(org)) is None or c.expires <= now}
@@ -107,11 +200,7 @@ class AdmissionControl:
             lookups.append(asyncio.to_thread(self._read_standings, stale))
         succeeded, *fresh = await asyncio.gather(*lookups)
         if fresh:
-            standings, read_at = fresh[0]
-            for org, standing in standings.items():
-                seen = self._standings.get(org)
-                if seen is None or seen.read_at <= read_at:
-                    self._standings[org] = _Cached(standing, now + self.cache_seconds, read_at)
+            self._store(*fresh[0], now)
         gate = self.services.gate
         out = []
         admitted: Counter[str] = Counter()  # requests of one batch take quota slots one after another

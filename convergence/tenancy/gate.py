@@ -39,6 +39,7 @@ PLAN_UNKNOWN = "PLAN_UNKNOWN"
 QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
 MONTHLY_QUOTA_EXCEEDED = "MONTHLY_QUOTA_EXCEEDED"
 PIPELINE_DISABLED = "PIPELINE_DISABLED"
+ALREADY_RAN = "ALREADY_RAN"  # a run_once pipeline that already succeeded for the org
 
 _STATUS_REFUSALS = {"SUSPENDED": SUBSCRIPTION_SUSPENDED, "CANCELLED": SUBSCRIPTION_CANCELLED}
 
@@ -210,6 +211,22 @@ class OrgGate:
                                 org, plan.name, status, runs, plan.daily_pipeline_runs, runs_month, monthly)
         return GateDecision(True, ALLOWED, f"{runs} of {plan.daily_pipeline_runs} runs used today", org, plan.name,
                             status, runs, plan.daily_pipeline_runs, runs_month, monthly)
+
+    def succeeded_pipelines(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Of the (org, pipeline) pairs, those with a successful run in the run log, ever: one query for
+        all of them (run_once pipelines). No partition filter can apply (any day counts); the run log is
+        clustered by org_slug, so each org's rows are read, not the whole table."""
+        wanted = sorted({(validate_org_slug(org), str(pipeline)) for org, pipeline in pairs})
+        if not wanted:
+            return set()
+        c = self.central
+        rows = c.queries.rows(
+            "SELECT DISTINCT `org_slug`, `pipeline` FROM " + c.ref(RUNS_TABLE) +  # noqa: S608 - validated names
+            " WHERE `org_slug` IN UNNEST(@orgs) AND `pipeline` IN UNNEST(@pipelines) "
+            "AND CONCAT(`org_slug`, ' ', `pipeline`) IN UNNEST(@keys) AND `status` = @success",
+            {"orgs": sorted({org for org, _ in wanted}), "pipelines": sorted({p for _, p in wanted}),
+             "keys": [f"{org} {pipeline}" for org, pipeline in wanted], "success": RunStatus.SUCCESS.value})
+        return {(row["org_slug"], row["pipeline"]) for row in rows}
 
     def refresh_usage(self, day: date | None = None) -> int:
         """Rewrite the day's org_usage_quotas counters (run, succeeded, failed) from the run log: one MERGE
