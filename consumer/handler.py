@@ -37,7 +37,7 @@ from convergence.schemas import EventType, MessageRejected, PipelineEvent, RunRe
 from convergence.schemas.errors import UNKNOWN_ORG
 from convergence.schemas.events import EventError
 from convergence.schemas.signing import verify as verify_signature
-from convergence.tenancy.gate import INVALID_ORG_SLUG, ORG_NOT_FOUND
+from convergence.tenancy.gate import ALREADY_RAN, INVALID_ORG_SLUG, ORG_NOT_FOUND
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +135,13 @@ class RunHandler:
             config = self.loader.load(request.pipeline)
         except ConfigError as error:
             return await self._reject(request, attempt, error.code, str(error))
+        once = config.execution
+        if once.run_once:
+            check = await self.admission.check_once(
+                request.org_slug, request.pipeline, request.run_id, timeout_seconds=config.timeout_seconds + 60,
+                forced=once.force_param is not None and _truthy(request.parameters.get(once.force_param)))
+            if check.refused:
+                return await self._reject(request, attempt, ALREADY_RAN, check.message)
 
         if deadline_seconds is not None and config.timeout_seconds > deadline_seconds and self.hand_off:
             # Push must answer within the ack deadline: long pipelines go to the pull topic, same run_id.
@@ -155,6 +162,9 @@ class RunHandler:
         ]), request, attributes)  # tracing off: the composite itself
         executor = Executor(self.registry, observer=observer, classifiers=self.services.error_classifiers)
         result = await executor.run(config, context)
+        if once.run_once:
+            self.admission.once_done(request.org_slug, request.pipeline, request.run_id,
+                                     result.status is RunStatus.SUCCESS)
         await self.commit_runlog()  # raises when the rows could not be written: the message is nacked
         # Only now the final event: whoever sees it finds the outcome in the run log. Not confirmed: the
         # message comes back (a success is then ALREADY_SUCCEEDED and publishes the same event again).
@@ -237,6 +247,13 @@ class RunHandler:
             await self.notify(outcome)
         except Exception:  # noqa: BLE001 - a broken notifier must not change the ack decision
             log.exception("failure notification failed")
+
+
+def _truthy(value: Any) -> bool:
+    """A force parameter is set: true, 1, yes or on (any case), or a JSON true or non-zero number."""
+    if isinstance(value, bool | int | float):
+        return bool(value)
+    return isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on")
 
 
 def _looks_like_slug(value: str) -> bool:
