@@ -18,7 +18,121 @@ from convergence.commands.output import output_options
 
 @click.group()
 def orgs() -> None:
-    """Organizations: per-org pipeline configuration."""
+    """Organizations: dryrun, onboard, status, suspend/resume, and per-org pipeline configuration."""
+
+
+def _services_and_org(org: str) -> tuple[Any, str]:
+    from convergence.cli import load_settings_or_exit
+    from convergence.runtime import Services
+    from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
+
+    try:
+        org = validate_org_slug(org)
+    except InvalidIdentifier as error:
+        raise click.BadParameter(str(error), param_hint="ORG") from None
+    return Services(load_settings_or_exit()), org
+
+
+@orgs.command()
+@click.argument("org")
+@click.option("--plan", default="STARTER", show_default=True, help="STARTER, PROFESSIONAL or SCALE.")
+@click.option("--admin-email", default=None, help="Who hears about the org's failed runs.")
+@output_options
+def dryrun(org: str, plan: str, admin_email: str | None, as_json: bool) -> None:
+    """What onboarding ORG would fail on, creating nothing (exit 1 when a check fails)."""
+    from convergence.tenancy.operator import checks_as_dicts
+    from convergence.tenancy.operator import dryrun as run_checks
+
+    services, org = _services_and_org(org)
+    checks = run_checks(services, org, plan, admin_email)
+    if as_json:
+        click.echo(json.dumps({"org": org, "ready": all(c.ok for c in checks), "checks": checks_as_dicts(checks)},
+                              indent=2))
+    else:
+        for check in checks:
+            click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+    if not all(c.ok for c in checks):
+        raise SystemExit(1)
+
+
+@orgs.command()
+@click.argument("org")
+@click.option("--plan", default="STARTER", show_default=True, help="STARTER, PROFESSIONAL or SCALE.")
+@click.option("--status", default="ACTIVE", show_default=True, help="Subscription status: ACTIVE or TRIAL.")
+@click.option("--company-name", default=None)
+@click.option("--admin-email", default=None, help="Who hears about the org's failed runs.")
+def onboard(org: str, plan: str, status: str, company_name: str | None, admin_email: str | None) -> None:
+    """Create ORG: profile, API key (shown once), subscription, quota row and its dataset; audited."""
+    from convergence.tenancy.onboarding import OrgAlreadyExists, onboard_org
+
+    services, org = _services_and_org(org)
+    try:
+        result = onboard_org(services.bigquery, services.settings, services.cipher, org, plan.upper(),
+                             company_name=company_name, admin_email=admin_email,
+                             subscription_status=status.upper())
+    except (OrgAlreadyExists, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"org {org} onboarded: plan {result.plan}, subscription {result.subscription_status}, "
+               f"dataset {services.settings.org_dataset(org)}")
+    click.echo(f"API key (shown once, store it now): {result.api_key}")
+
+
+@orgs.command()
+@click.argument("org")
+@output_options
+def status(org: str, as_json: bool) -> None:
+    """ORG's profile, subscription and today's quota, and what the gate would answer now."""
+    from convergence.tenancy.operator import standing
+
+    services, org = _services_and_org(org)
+    found = standing(services, org)
+    if as_json:
+        click.echo(json.dumps(found, indent=2, default=str))
+        return
+    gate = found["gate"]
+    click.echo(f"org {org}: {found['org_status'] or 'not onboarded'}; plan {found['plan'] or '-'}, subscription "
+               f"{found['subscription_status'] or '-'}; {found['runs_today']} run(s) today")
+    click.echo(f"gate: {'allowed' if gate['allowed'] else 'REFUSED ' + gate['code']}: {gate['message']}")
+
+
+def _change(org: str, *, status: str | None = None, billing_status: str | None = None,
+            reason: str | None = None) -> None:
+    import getpass
+
+    from convergence.tenancy.operator import change_status
+
+    services, org = _services_and_org(org)
+    try:
+        change = change_status(services, org, status=status, billing_status=billing_status, reason=reason,
+                               actor=f"cli:{getpass.getuser()}")
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"org {org}: subscription {change['from']} -> {change['to']} (audited)")
+
+
+@orgs.command()
+@click.argument("org")
+@click.option("--reason", default=None, help="Kept in the audit log.")
+def suspend(org: str, reason: str | None) -> None:
+    """Set ORG's subscription to SUSPENDED: its runs are refused until it is resumed."""
+    _change(org, status="SUSPENDED", reason=reason)
+
+
+@orgs.command()
+@click.argument("org")
+@click.option("--reason", default=None, help="Kept in the audit log.")
+def resume(org: str, reason: str | None) -> None:
+    """Set ORG's subscription back to ACTIVE."""
+    _change(org, status="ACTIVE", reason=reason)
+
+
+@orgs.command("set-billing-status")
+@click.argument("org")
+@click.argument("billing_status")
+def set_billing_status(org: str, billing_status: str) -> None:
+    """Report the billing system's status (trialing, active, past_due, canceled, ...) for ORG; it maps to
+    the backend status through configs/setup/plans.yml."""
+    _change(org, billing_status=billing_status)
 
 
 @orgs.group()
