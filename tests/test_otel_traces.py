@@ -149,3 +149,19 @@ def test_tracing_off_wraps_nothing(traced):
             assert not trace.get_current_span().get_span_context().is_valid
     finally:
         otel.configure_tracing(exporter=spans)
+
+
+def test_cloud_trace_without_credentials_is_a_clear_credentials_error(monkeypatch):
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    from convergence.settings.model import load_settings
+
+    def no_credentials(*args, **kwargs):
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    was = otel.enabled()
+    with pytest.raises(DefaultCredentialsError, match=r"^TRACING_EXPORTER=cloud_trace needs Google credentials"):
+        otel.configure_tracing(load_settings(tracing_exporter="cloud_trace"))
+    assert otel.enabled() is was  # nothing turned on

@@ -101,10 +101,18 @@ def _processor(kind: str, settings: Any, exporter: Any) -> Any:
     if kind == "console":
         return SimpleSpanProcessor(ConsoleSpanExporter())
     if kind == "cloud_trace":
+        from google.auth import exceptions as auth_exceptions
         from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter
 
+        try:
+            exporter = CloudTraceSpanExporter(project_id=settings.gcp_project_id)
+        except auth_exceptions.DefaultCredentialsError as error:  # startup reports it as a credentials problem
+            first = str(error.args[0] if error.args else error).splitlines()[0]
+            raise auth_exceptions.DefaultCredentialsError(
+                f"TRACING_EXPORTER=cloud_trace needs Google credentials (or set TRACING_EXPORTER=none): {first}"
+            ) from error
         # Batched: spans leave on a background thread, never on a run's path.
-        return BatchSpanProcessor(CloudTraceSpanExporter(project_id=settings.gcp_project_id))
+        return BatchSpanProcessor(exporter)
     raise ValueError(f"TRACING_EXPORTER must be one of {', '.join(EXPORTERS)}, not {kind!r}")
 
 
