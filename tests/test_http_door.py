@@ -308,6 +308,25 @@ def test_the_org_gate_refuses_at_the_door_before_anything_is_published(platform)
         server.close()
 
 
+def test_a_pipeline_the_org_disabled_is_refused_at_the_door(platform):
+    from convergence.tenancy import pipeline_configs
+    from convergence.tenancy.central import Central
+
+    platform.keys["picky_door"] = platform.onboard("picky_door").api_key
+    central = Central(platform.services.bigquery, platform.settings)
+    pipeline_configs.write_config(central, "picky_door", OK, pipeline_id=None, enabled=False)
+    app, door = door_app(platform)
+    door.services.__dict__["requests"] = stub = StubRequests()
+    server = Server(app)
+    try:
+        got, _, answer = server.call("POST", run_path("picky_door"), {}, key_of(platform, "picky_door"))
+        assert (got, answer["code"]) == (403, "PIPELINE_DISABLED") and not stub.published
+        assert server.call("POST", run_path("picky_door", "testing//flat"), {},
+                           key_of(platform, "picky_door"))[0] == 202  # its other pipelines still run
+    finally:
+        server.close()
+
+
 async def test_the_door_lets_a_run_through_when_the_gate_cannot_be_read():
     from google.api_core import exceptions
 

@@ -9,9 +9,10 @@
 | DELETE /api/v1/procedures/{name}                            | X-CA-Root-Key  | 200 / 404                    |
 
 The domain may be empty: `/run/acme/anthropic//usage_cost`. Order of checks for a run: X-Request-ID
-(format), global rate limit, API key (401 missing/invalid, 403 another org's), per-org rate limit,
+(format), global rate limit, API key (401 missing/invalid, 403 another org's; none needed for a pipeline
+with `requires_auth: false`, though a key presented is verified), per-org rate limit,
 body (400 not JSON, 422 invalid or unknown field), pipeline (404), the org gate from a standing cached for
-GATE_CACHE_SECONDS (403 with the gate's code, e.g. SUBSCRIPTION_SUSPENDED; 429 QUOTA_EXCEEDED with
+GATE_CACHE_SECONDS (403 with the gate's code, e.g. SUBSCRIPTION_SUSPENDED or PIPELINE_DISABLED; 429 QUOTA_EXCEEDED with
 Retry-After at the next UTC midnight), publish (503 if Pub/Sub refuses).
 Nothing is published unless every check passed. Errors are JSON `{"detail", "code", "request_id"}`.
 
@@ -206,14 +207,17 @@ class ApiDoor:
     async def run(self, request: web.Request) -> web.Response:
         info = request.match_info
         org = info["org"]
-        key = await self._org_key(request, org)
+        ref = f"{info['provider']}/{info['domain']}/{info['pipeline']}"
+        # A pipeline whose YAML says `requires_auth: false` runs without an org key; a key presented is
+        # still verified. Any other call without a key gets the 401 before the pipeline is even looked up.
+        public = request.headers.get("X-API-Key") is None and not self.auth_disabled and self._public(ref)
+        key = None if public else await self._org_key(request, org)
         self._org_limit(org)
         body: RunBody = await self._body(request, RunBody)
         try:
             parameters = body.run_parameters()
         except ValueError as error:
             raise ApiError(422, "INVALID_BODY", str(error)) from None
-        ref = f"{info['provider']}/{info['domain']}/{info['pipeline']}"
         try:
             config = self.loader.load(ref)
         except (InvalidPipelineRef, PipelineNotFound) as error:
@@ -223,7 +227,7 @@ class ApiDoor:
             raise ApiError(500, error.code, f"pipeline {ref} has an invalid config") from None
         if config.auth_type == "admin_key":
             check_root_key(self.settings, request.headers.get("X-CA-Root-Key"))
-        decision = await self.gate.check(org)
+        decision = await self.gate.check(org, ref)
         if decision is not None and not decision.allowed:
             wait = retry_after(decision)
             raise ApiError(refusal_status(decision), decision.code, decision.message,
@@ -254,6 +258,12 @@ class ApiDoor:
             "trigger": body.trigger, "parameters": dict(run_request.parameters), "trace_id": run_request.trace_id,
             "request_id": request[REQUEST_ID_KEY], "status_url": location,
         }, status=202, headers={"Location": location})
+
+    def _public(self, ref: str) -> bool:
+        try:
+            return not self.loader.load(ref).requires_auth
+        except Exception:  # noqa: BLE001 - not a loadable pipeline: the key is asked for, then the 404
+            return False
 
     async def run_status(self, request: web.Request) -> web.Response:
         run_id = request.match_info["run_id"]

@@ -38,8 +38,9 @@ class DoorGate:
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def check(self, org: str) -> GateDecision | None:
-        """The gate's decision for `org`, or None when its standing could not be read."""
+    async def check(self, org: str, pipeline: str | None = None) -> GateDecision | None:
+        """The gate's decision for `org` (and `pipeline`: PIPELINE_DISABLED when the org disabled it), or None
+        when its standing could not be read."""
         async with self._locks.setdefault(org, asyncio.Lock()):  # one read per org at a time
             cached = self._cache.get(org)
             if cached is None or self.clock() - cached.read_at >= self.ttl:
@@ -50,7 +51,7 @@ class DoorGate:
                                 org_slug=org, error=f"{type(error).__name__}: {error}"[:300])
                     return None
                 cached = self._cache[org] = _Cached(standings[org], self.clock())
-            return self._gate().decide(org, cached.standing, cached.queued_since)
+            return self._gate().decide(org, cached.standing, cached.queued_since, pipeline=pipeline)
 
     def queued(self, org: str) -> None:
         """A run for `org` was queued: count it until the next read of the standing sees it in the run log."""
