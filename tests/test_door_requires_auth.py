@@ -1,0 +1,26 @@
+"""The HTTP door honours the pipeline YAML's `requires_auth`: a `requires_auth: false` pipeline is queued and
+runs without an org key (a key presented is still verified); every other pipeline still needs one."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_http_door import platform, run_path, server  # noqa: F401 - the door's fixtures
+
+pytestmark = [pytest.mark.emulator]
+PUBLIC = "testing/consumer/public"
+
+
+def test_a_pipeline_that_requires_no_auth_runs_without_an_org_key(platform, server):  # noqa: F811
+    got, _, answer = server.call("POST", run_path("acme_door", PUBLIC), {}, {"Content-Type": "application/json"})
+    assert got == 202, answer
+    assert platform.run_record(answer["run_id"], status="SUCCESS").status == "SUCCESS"
+    got, _, answer = server.call("POST", run_path("acme_door", PUBLIC), {}, {"X-API-Key": "acme_door_api_" + "x" * 16})
+    assert (got, answer["code"]) == (401, "API_KEY_INVALID")  # a key presented is verified
+    got, _, answer = server.call("POST", run_path("acme_door", PUBLIC), {}, {"X-API-Key": platform.keys["other_door"]})
+    assert (got, answer["code"]) == (403, "API_KEY_WRONG_ORG")
+    for pipeline in ("testing/consumer/ok", "testing/consumer/nope"):  # needs a key; unknown: 401 before 404
+        got, _, answer = server.call("POST", run_path("acme_door", pipeline), {}, {})
+        assert (got, answer["code"]) == (401, "API_KEY_MISSING"), pipeline
+    got, _, answer = server.call("POST", run_path("ghost_door", PUBLIC), {}, {})
+    assert got == 403 and answer["code"] == "ORG_NOT_FOUND"  # the org gate still decides
