@@ -36,6 +36,7 @@ def validate(path: Path | None) -> None:
     configs carry (Google's SQL front end, against the configs' table schemas)."""
     from convergence.pipeline import ProcessorRegistry
     from convergence.pipeline.validation import deprecation_notes, validate_tree
+    from convergence.tenancy.providers import provider_registry_problems
     from convergence.warehouse.config_sql import SqlNames, check_sql
 
     settings = load_settings_or_exit()
@@ -44,7 +45,7 @@ def validate(path: Path | None) -> None:
     for deprecated in deprecation_notes(root):
         click.echo(f"deprecated: {deprecated}", err=True)
     sql = check_sql(root, SqlNames.from_settings(settings))
-    problems = [*problems, *sql.problems]
+    problems = [*problems, *sql.problems, *provider_registry_problems(root)]
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     for note in sql.notes:

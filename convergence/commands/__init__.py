@@ -9,6 +9,7 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.bootstrap import bootstrap
     from convergence.commands.consume import consume
     from convergence.commands.costs import costs
+    from convergence.commands.credentials import credentials
     from convergence.commands.dev import dev
     from convergence.commands.dlq import dlq
     from convergence.commands.focus import focus
@@ -22,5 +23,5 @@ def all_commands() -> list[click.Command]:
     from convergence.commands.schedule import schedule
     from convergence.commands.serve import serve
 
-    return [bootstrap, consume, costs, dev, dlq, focus, infra, notify, orgs, pipelines, procedures, publish, runs,
-            schedule, serve]
+    return [bootstrap, consume, costs, credentials, dev, dlq, focus, infra, notify, orgs, pipelines, procedures,
+            publish, runs, schedule, serve]

@@ -5,7 +5,10 @@
 3. `context.secrets[secret_key]`: a secret named directly in the step config.
 
 A credential read from the store is also put into `context.secrets`, so the executor masks it in every
-later result, error and event. The value never appears in a result or a log line.
+later result, error and event. The value never appears in a result or a log line. Provider names go through
+the provider registry (configs/system/providers.yml): `CLAUDE` finds ANTHROPIC's credential. The run
+remembers which stored credentials it read (`context.credentials_read`), so a provider's 401 can mark
+that credential INVALID.
 
 The one resolver for every ps_type: the API extractors, notifications and the LLM steps call
 `resolve_credential`; `integrations.kms_decrypt` and the store step of that order call `stored_credential`.
@@ -17,11 +20,14 @@ import asyncio
 import inspect
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError, StepError
+from convergence.tenancy.providers import load_registry
 
 log = structlog.get_logger(__name__)
 _PROVIDER = re.compile(r"^[A-Z][A-Z0-9_]{1,49}$")
@@ -44,6 +50,8 @@ async def resolve_credential(context: RunContext, provider: str | None = None, s
                                  "VENDOR_API", code=ErrorCode.CONFIG_INVALID)
     if not provider and not secret_key:
         return None
+    if provider:
+        provider = canonical(context, provider)
     secrets = context.secrets
     if named_first and secret_key and secrets.get(secret_key):
         return ResolvedCredential(secrets[secret_key], "named_secret")
@@ -72,6 +80,8 @@ async def stored_credential(context: RunContext, provider: str) -> str:
     store = getattr(context.services, "credentials", None) if context.services is not None else None
     if store is None:
         raise PermanentStepError("no credential store is configured", code=ErrorCode.CREDENTIAL_NOT_FOUND)
+    provider = canonical(context, provider)
+    context.credentials_read.setdefault(provider, datetime.now(UTC))
     try:
         if inspect.iscoroutinefunction(store.get):
             secret = await store.get(context.org_slug, provider)
@@ -90,6 +100,16 @@ async def stored_credential(context: RunContext, provider: str) -> str:
         raise PermanentStepError(f"org {context.org_slug} has no {provider} credential",
                                  code=ErrorCode.CREDENTIAL_NOT_FOUND)
     return secret
+
+
+def _registry(context: RunContext) -> Any:
+    settings = getattr(context.services, "settings", None) if context.services is not None else None
+    return load_registry(getattr(settings, "configs_dir", None))
+
+
+def canonical(context: RunContext, provider: str) -> str:
+    """The registry's name for `provider` (an alias such as CLAUDE gives ANTHROPIC)."""
+    return _registry(context).canonical(provider)
 
 
 async def _from_store(context: RunContext, provider: str) -> str | None:

@@ -222,9 +222,11 @@ class NotificationObserver(RunObserver):
         self.services = services
         self.registry = registry or ProcessorRegistry()
         self._pending: dict[int, list[StepConfig]] = {}
+        self._integrations: dict[int, str | None] = {}
         self.deliveries: list[tuple[str, Delivery]] = []
 
     async def pipeline_started(self, config: PipelineConfig, context: RunContext) -> None:
+        self._integrations[id(context)] = config.integration
         steps = []
         for step in config.steps:
             if step.ps_type.startswith("notify_systems."):
@@ -237,6 +239,10 @@ class NotificationObserver(RunObserver):
             self._pending[id(context)] = steps
 
     async def pipeline_finished(self, result: PipelineResult, context: RunContext) -> None:
+        # A provider's 401/403 marks the credential INVALID before the org hears of the failed run.
+        from convergence.tenancy.credential_health import mark_rejected_credential
+
+        await mark_rejected_credential(self.services, result, context, self._integrations.pop(id(context), None))
         steps = self._pending.pop(id(context), [])
         if not steps:
             return

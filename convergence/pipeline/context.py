@@ -34,6 +34,9 @@ class RunContext:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Decrypted credentials put here by a kms_decrypt step; never logged, never in results or events.
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    # Stored credentials this run read, by canonical provider: when they were read (a provider's 401 then
+    # marks that credential INVALID, not one rotated since).
+    credentials_read: dict[str, Any] = field(default_factory=dict, repr=False)
     # Adapters (warehouse, kms, http...) provided by the runtime; the core never imports them.
     services: Any = field(default=None, repr=False)
 

@@ -5,7 +5,8 @@ An org is eligible when
 - its subscription (latest row) has a status that may run (configs/setup/plans.yml `allowed_statuses`:
   ACTIVE or TRIAL), and
 - when the pipeline names an `integration:` (OPENAI, ANTHROPIC, GCP_SA...), it has an active credential
-  for that provider in org_integration_credentials that is not known to be INVALID.
+  for that provider (under its name or an alias of the provider registry) in org_integration_credentials that
+  is not known to be INVALID.
 
 One parameterized query per integration (and one for pipelines without an integration) per tick: the
 fan-out asks once per integration and reuses the answer for every pipeline that needs it. The org gate
@@ -23,6 +24,7 @@ from convergence.settings import Settings
 from convergence.tenancy.central import Central
 from convergence.tenancy.credentials import validate_provider
 from convergence.tenancy.plans import Plans, load_plans
+from convergence.tenancy.providers import load_registry
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +61,8 @@ class EligibleOrgs:
         if integration is not None:
             sql += (
                 " AND EXISTS (SELECT 1 FROM " + c.ref("org_integration_credentials") + " AS cred "  # noqa: S608
-                "WHERE cred.`org_slug` = p.`org_slug` AND cred.`provider` = @provider AND cred.`is_active` = TRUE "
+                "WHERE cred.`org_slug` = p.`org_slug` AND cred.`provider` IN UNNEST(@providers) "
+                "AND cred.`is_active` = TRUE "
                 "AND COALESCE(UPPER(cred.`validation_status`), '') != 'INVALID')"
             )
         return sql + " ORDER BY org_slug"
@@ -67,7 +70,8 @@ class EligibleOrgs:
     def __call__(self, integration: str | None) -> list[str]:
         params: dict[str, Any] = {"statuses": sorted(self.plans.allowed_statuses)}
         if integration is not None:
-            params["provider"] = validate_provider(integration)
+            registry = load_registry(self.settings.configs_dir)
+            params["providers"] = list(registry.names(validate_provider(integration)))
         self.calls += 1
         rows = self.central.queries.rows(self.sql(integration), params)
         orgs = [str(row["org_slug"]) for row in rows]

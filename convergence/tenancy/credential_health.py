@@ -1,0 +1,69 @@
+"""A provider's 401/403 during a run marks the org's credential INVALID: one UPDATE per failing run, only
+on the VALID/PENDING/ERROR -> INVALID transition, and only for the stored credential the run read (a key
+rotated since is left alone). Eligibility then skips the org's pipelines needing that provider until a
+new credential is set, so the org is told by that run's failure notice once, not by a failure every day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from convergence.pipeline.errors import ErrorCode
+from convergence.pipeline.results import PipelineResult, RunStatus
+from convergence.tenancy.providers import load_registry
+
+log = structlog.get_logger(__name__)
+
+
+def rejected_provider(result: PipelineResult, context: Any, integration: str | None) -> tuple[str, str] | None:
+    """(provider, error) when a step failed with PROVIDER_AUTH_FAILED using a stored credential of the run."""
+    if result.status is not RunStatus.FAILED or not context.credentials_read:
+        return None
+    failed = [s for s in result.steps if s.error is not None and s.error.code == ErrorCode.PROVIDER_AUTH_FAILED]
+    if not failed:
+        return None
+    settings = getattr(context.services, "settings", None)
+    registry = load_registry(getattr(settings, "configs_dir", None))
+    read = context.credentials_read
+    step = failed[0]
+    candidates = [registry.canonical(integration)] if integration else []
+    prefix = registry.get(step.ps_type.split(".", 1)[0])
+    if prefix is not None:
+        candidates.append(prefix.name)
+    if len(read) == 1:
+        candidates.append(next(iter(read)))
+    for provider in candidates:
+        if provider in read:
+            return provider, f"{step.step_id}: {step.error.message}"
+    return None
+
+
+async def mark_rejected_credential(services: Any, result: PipelineResult, context: Any,
+                                   integration: str | None = None) -> bool:
+    """True when this run moved the credential to INVALID. Never raises (the run's outcome stands)."""
+    try:
+        found = rejected_provider(result, context, integration)
+        if found is None:
+            return False
+        provider, error = found
+        store = services.credentials
+        changed = await asyncio.to_thread(store.set_status, context.org_slug, provider, "INVALID", error,
+                                          only_from_valid=True, not_changed_since=context.credentials_read[provider])
+        if not changed:
+            return False
+        log.warning("credential rejected by the provider; marked INVALID", org_slug=context.org_slug,
+                    provider=provider, run_id=context.run_id)
+        await asyncio.to_thread(store.central.audit, context.org_slug, "CREDENTIAL_INVALIDATED",
+                                resource_type="integration_credential", resource_id=provider,
+                                details={"provider": provider, "run_id": context.run_id})
+        return True
+    except Exception as error:  # noqa: BLE001 - bookkeeping never changes the run's result
+        log.warning("credential status not recorded", org_slug=getattr(context, "org_slug", None),
+                    error=type(error).__name__)
+        return False
+
+
+__all__ = ["mark_rejected_credential", "rejected_provider"]
