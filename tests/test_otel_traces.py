@@ -165,3 +165,40 @@ def test_cloud_trace_without_credentials_is_a_clear_credentials_error(monkeypatc
     with pytest.raises(DefaultCredentialsError, match=r"^TRACING_EXPORTER=cloud_trace needs Google credentials"):
         otel.configure_tracing(load_settings(tracing_exporter="cloud_trace"))
     assert otel.enabled() is was  # nothing turned on
+
+
+def test_tracing_exporter_console_traces_a_real_consumer_process(local_stack, tmp_path):
+    """TRACING_EXPORTER alone turns tracing on in `convergence consume`: its run span, with the run's trace
+    id, goes to stderr; SIGTERM still exits 0."""
+    import json
+    import signal
+
+    from tests.harness import ConsumerProcess
+
+    platform = Platform(local_stack, tmp_path / "platform")
+    try:
+        platform.onboard("acme_otel_proc")
+        log_path = tmp_path / "consumer.log"
+        consumer = ConsumerProcess(platform.settings, log_path, TRACING_EXPORTER="console")
+        try:
+            trace_id, run_id = new_trace_id(), f"run_{uuid.uuid4().hex}"
+            platform.services.requests.publish_run("acme_otel_proc", "testing/consumer/ok", {}, run_id=run_id,
+                                                   trace_id=trace_id)
+            platform.follower.wait_for(run_id, "pipeline_completed", timeout=60)
+            consumer.signal(signal.SIGTERM)
+            assert consumer.wait(30) == 0
+        finally:
+            consumer.kill()
+        text = log_path.read_text()
+        decoder, spans, at = json.JSONDecoder(), [], 0
+        while (at := text.find('{\n    "name"', at)) >= 0:  # the console exporter's indented span JSON
+            span, at = decoder.raw_decode(text, at)
+            spans.append(span)
+        run = [s for s in spans if s["name"] == "run testing/consumer/ok"]
+        assert len(run) == 1 and run[0]["context"]["trace_id"] == f"0x{trace_id}"
+        assert run[0]["attributes"]["convergence.run_id"] == run_id
+        steps = [s for s in spans if s["name"].startswith("step ")]
+        assert sorted(s["name"] for s in steps) == ["step first", "step second"]
+        assert {s["parent_id"] for s in steps} == {run[0]["context"]["span_id"]}
+    finally:
+        platform.close()

@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import logging
 import random
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -98,8 +99,8 @@ def _processor(kind: str, settings: Any, exporter: Any) -> Any:
 
     if kind == "given":
         return SimpleSpanProcessor(exporter)
-    if kind == "console":
-        return SimpleSpanProcessor(ConsoleSpanExporter())
+    if kind == "console":  # stderr: the CLI's stdout is its output (--json)
+        return SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr))
     if kind == "cloud_trace":
         from google.auth import exceptions as auth_exceptions
         from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # Per-org gauges (runs waiting/running) for at most this many orgs per process; 0: aggregate only.
     metrics_org_label_limit: int = Field(default=0, ge=0, le=1000)
     # OpenTelemetry spans (observability/otel.py): "none" (the default: no span is made), "cloud_trace"
-    # (production) or "console" (stdout). Sampled per trace id, so every process keeps or drops a run alike.
+    # (production) or "console" (stderr). Sampled per trace id, so every process keeps or drops a run alike.
     tracing_exporter: Literal["none", "cloud_trace", "console"] = "none"
     tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
