@@ -27,10 +27,11 @@ def _run_id() -> str:
     return f"run_{uuid.uuid4().hex[:10]}"
 
 
-def _finish(runlog: RunLog, org: str, run_id: str, status: RunStatus, attempt: int = 1) -> None:
+def _finish(runlog: RunLog, org: str, run_id: str, status: RunStatus, attempt: int = 1, pipeline: str = "p") -> None:
     now = datetime.now(UTC)
     runlog.run_finished(PipelineResult(run_id=run_id, org_slug=org, pipeline_id=f"{org}-p", status=status, steps=[],
-                                       started_at=now, ended_at=now, duration_ms=0), attempt=attempt)
+                                       started_at=now, ended_at=now, duration_ms=0), attempt=attempt,
+                        pipeline=pipeline)
 
 
 def test_the_monthly_quota_refuses_with_its_own_code(tenancy_env):
@@ -88,3 +89,38 @@ def _params(org, day):
 
     return bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("org", "STRING", org),
                                                      bigquery.ScalarQueryParameter("day", "DATE", day)])
+
+
+def test_run_once_and_slot_caps_share_one_query_per_batch_and_are_cached(tenancy_env):
+    import asyncio
+
+    from convergence.consumer.admission import AdmissionControl
+    from convergence.runtime.services import Services
+
+    settings, client, cipher = tenancy_env
+    orgs = [unique("once") for _ in range(3)]
+    for org, plan in zip(orgs, ("STARTER", "PROFESSIONAL", "SCALE"), strict=True):
+        onboard_org(client, settings, cipher, org, plan)
+    control = AdmissionControl(Services(settings), cache_seconds=30.0, batch_delay=0.01)
+    runlog = control.services.runlog
+    done = _run_id()
+    runlog.run_started(run_id=done, org_slug=orgs[0], pipeline="a/b/once")
+    _finish(runlog, orgs[0], done, RunStatus.SUCCESS, pipeline="a/b/once")
+
+    async def check(forced=False):
+        return await asyncio.gather(*(control.check_once(org, "a/b/once", _run_id(), forced=forced,
+                                                         timeout_seconds=60) for org in orgs))
+
+    async def main():
+        caps = await asyncio.gather(*(control.concurrency(org) for org in orgs), control.concurrency("bad slug!"))
+        first = await check()
+        second = await check()  # cached: no query; orgs[1] and orgs[2] each have a run of it under way here
+        forced = await check(forced=True)
+        return caps, first, second, forced
+
+    caps, first, second, forced = asyncio.run(main())
+    assert caps == [2, 5, 20, None]  # configs/setup/plans.yml concurrent_pipelines; an invalid slug: no plan
+    assert [c.refused for c in first] == [True, False, False] and "already ran" in first[0].message
+    assert [c.refused for c in second] == [True, True, True] and "is running" in second[1].message
+    assert not any(c.refused for c in forced)
+    assert control.calls == {"standings": 1, "succeeded_pipelines": 1}  # one query each, for all three orgs
