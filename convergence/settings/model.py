@@ -147,6 +147,7 @@ class Settings(BaseSettings):
     # External providers: base URLs are settings so stand-in servers can replace them.
     openai_base_url: str = "https://api.openai.com"
     anthropic_base_url: str = "https://api.anthropic.com"
+    deepseek_base_url: str = "https://api.deepseek.com"
     # Hosts processors may call even when they resolve to non-public addresses (production SSRF guard);
     # an IP address or CIDR entry ("10.8.0.0/16") allows those addresses whatever name leads to them.
     outbound_allowed_hosts: list[str] = Field(default_factory=list)
