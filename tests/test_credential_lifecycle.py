@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from convergence.devstack.providers.anthropic_server import AnthropicStandIn
 from convergence.devstack.providers.gcp_server import GcpStandIn
 from convergence.devstack.providers.openai_server import OpenAIStandIn
+from convergence.devstack.providers.slack_server import SlackStandIn
 from convergence.tenancy.providers import ProviderRegistryError, parse_registry, provider_registry_problems
 from tests import harness
 from tests.harness import Platform
@@ -68,7 +69,8 @@ def world(local_stack, tmp_path_factory):
     openai = OpenAIStandIn(admin_keys=(OPENAI_KEY,))
     anthropic = AnthropicStandIn(admin_keys=(ANTHROPIC_KEY,))
     gcp = GcpStandIn()
-    for server in (openai, anthropic, gcp):
+    slack = SlackStandIn()
+    for server in (openai, anthropic, gcp, slack):
         server.start_in_thread()
     root = tmp_path_factory.mktemp("credential_lifecycle")
     with pytest.MonkeyPatch.context() as patch:
@@ -76,10 +78,10 @@ def world(local_stack, tmp_path_factory):
         platform = Platform(local_stack, root, local_keyring_path=root / "keyring.key",
                             openai_base_url=openai.base_url, anthropic_base_url=anthropic.base_url,
                             gcp_api_url_template=gcp.base_url)
-    platform.stand_ins = {"openai": openai, "anthropic": anthropic, "gcp": gcp}
+    platform.stand_ins = {"openai": openai, "anthropic": anthropic, "gcp": gcp, "slack": slack}
     yield platform
     platform.close()
-    for server in (openai, anthropic, gcp):
+    for server in (openai, anthropic, gcp, slack):
         server.stop_thread()
 
 
@@ -257,10 +259,13 @@ def fan_out_orgs(world, provider: str) -> int:
 @pytest.mark.emulator
 @pytest.mark.slow
 def test_a_401_during_a_run_marks_invalid_once_and_the_next_tick_skips_the_org(world):
+    from convergence.tenancy.contacts import SLACK_PROVIDER
     from convergence.tenancy.eligibility import EligibleOrgs
 
-    openai = world.stand_ins["openai"]
+    openai, slack = world.stand_ins["openai"], world.stand_ins["slack"]
     org = new_org(world, "run401")
+    hook = slack.webhook()
+    world.services.credentials.put(org, SLACK_PROVIDER, hook)
     world.services.credentials.put(org, "OPENAI", OPENAI_KEY, validation_status="VALID")
     eligible = EligibleOrgs(world.services.bigquery, world.settings)
     assert org in eligible("OPENAI") and fan_out_orgs(world, "OPENAI") >= 1
@@ -286,6 +291,10 @@ def test_a_401_during_a_run_marks_invalid_once_and_the_next_tick_skips_the_org(w
         "SELECT `details` FROM " + central.ref("org_audit_logs") +  # noqa: S608
         " WHERE `org_slug` = @org AND `action` = 'CREDENTIAL_INVALIDATED'", {"org": org})
     assert len(audits) == 1 and runs[0][0] in audits[0]["details"]
+    # the org was told once, on the transition, not once per failing run
+    posted = slack.posted_to(hook)
+    assert len(posted) == 1 and "CREDENTIAL_INVALID" in json.dumps(posted[0])
+    assert runs[0][0] in json.dumps(posted[0]) and OPENAI_KEY not in json.dumps(posted[0])
     # the scheduler no longer fans the org's OPENAI pipelines out; its other pipelines are untouched
     assert org not in eligible("OPENAI") and fan_out_orgs(world, "OPENAI") == before - 1
     assert org in eligible(None)

@@ -1,7 +1,8 @@
 """A provider's 401/403 during a run marks the org's credential INVALID: one UPDATE per failing run, only
 on the VALID/PENDING/ERROR -> INVALID transition, and only for the stored credential the run read (a key
 rotated since is left alone). Eligibility then skips the org's pipelines needing that provider until a
-new credential is set, so the org is told by that run's failure notice once, not by a failure every day.
+new credential is set. The org is told once, on that transition (its admin email and Slack webhook, unless
+it opted out): later runs needing the provider are not scheduled, so no notice comes every day.
 """
 
 from __future__ import annotations
@@ -59,11 +60,29 @@ async def mark_rejected_credential(services: Any, result: PipelineResult, contex
         await asyncio.to_thread(store.central.audit, context.org_slug, "CREDENTIAL_INVALIDATED",
                                 resource_type="integration_credential", resource_id=provider,
                                 details={"provider": provider, "run_id": context.run_id})
+        await _tell_org(services, result, context, provider, error)
         return True
     except Exception as error:  # noqa: BLE001 - bookkeeping never changes the run's result
         log.warning("credential status not recorded", org_slug=getattr(context, "org_slug", None),
                     error=type(error).__name__)
         return False
+
+
+async def _tell_org(services: Any, result: PipelineResult, context: Any, provider: str, error: str) -> None:
+    from convergence.notifications.messages import RunSummary
+
+    notifier = getattr(services, "notifier", None)
+    if notifier is None or not hasattr(notifier, "org_notice"):
+        return
+    summary = RunSummary(
+        org_slug=context.org_slug, run_id=context.run_id, status=result.status.value,
+        pipeline_id=result.pipeline_id, trigger=context.trigger, attempt=context.attempt,
+        error_code=ErrorCode.CREDENTIAL_INVALID.value,
+        error_message=(f"{provider} rejected the stored {provider} credential, now marked INVALID: pipelines "
+                       f"that need it are paused until a new one is set (convergence credentials set). {error}"))
+    deliveries = await notifier.org_notice(summary)
+    log.info("org told of its invalid credential", org_slug=context.org_slug, provider=provider,
+             sent=sorted(d.channel for d in deliveries if d.sent))
 
 
 __all__ = ["mark_rejected_credential", "rejected_provider"]
