@@ -202,3 +202,36 @@ def test_tracing_exporter_console_traces_a_real_consumer_process(local_stack, tm
         assert {s["parent_id"] for s in steps} == {run[0]["context"]["span_id"]}
     finally:
         platform.close()
+
+
+def test_a_push_delivery_joins_the_publishers_trace(traced, local_stack, tmp_path):
+    """Push has no client receive span: the run span's parent is the publish span, read from the
+    `googclient_traceparent` attribute the push envelope carries."""
+    from convergence.consumer.serving import build_push_app
+    from convergence.devstack.ports import free_port
+    from convergence.runtime import Services
+    from tests.test_push_e2e import PushServer
+
+    _, spans = traced
+    port = free_port()
+    platform = Platform(local_stack, tmp_path, push_endpoint=f"http://127.0.0.1:{port}/pubsub/push",
+                        push_verify_token=False)
+    server = PushServer(build_push_app(platform.settings, Services(platform.settings)), port)
+    server.start()
+    try:
+        platform.onboard("acme_otel_push")
+        trace_id, run_id = new_trace_id(), f"run_{uuid.uuid4().hex}"
+        platform.services.requests.publish_run("acme_otel_push", "testing/consumer/ok", {}, run_id=run_id,
+                                               trace_id=trace_id)
+        platform.follower.wait_for(run_id, "pipeline_completed", timeout=60)
+        finished = spans.wait(lambda done: any(s.attributes.get("convergence.run_id") == run_id
+                                               and s.name.startswith("run ") for s in done))
+    finally:
+        server.stop()
+        platform.close()
+    mine = {s.context.span_id: s for s in finished if _hex(s.context) == trace_id}
+    run = next(s for s in mine.values() if s.name.startswith("run "))
+    publish = mine[run.parent.span_id]
+    assert publish.name == f"{platform.settings.requests_topic} create" and publish.parent is None
+    assert sorted(s.name for s in mine.values() if s.parent and s.parent.span_id == run.context.span_id
+                  and s.name.startswith("step ")) == ["step first", "step second"]
