@@ -61,6 +61,19 @@ def test_validate_reports_a_broken_registry(tmp_path):
     assert provider_registry_problems(CONFIGS) == []
 
 
+def test_convergence_validate_checks_the_registry(tmp_path, monkeypatch):
+    from convergence.cli import cli
+    from convergence.settings.model import load_settings
+
+    (tmp_path / "system").mkdir()
+    (tmp_path / "system" / "providers.yml").write_text(
+        "providers:\n  OPENAI:\n    base_url: https://a\n    auth: {type: header, header: Authorization}\n"
+        "  CLAUDE_TOO:\n    aliases: [OPENAI]\n    base_url: https://b\n    auth: {type: header, header: x}\n")
+    monkeypatch.setattr("convergence.cli.load_settings_or_exit", lambda: load_settings())
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path)])
+    assert result.exit_code == 1 and "name OPENAI is already used by OPENAI" in result.output
+
+
 # ---- on the local stack ----------------------------------------------------------------------------
 
 
@@ -275,14 +288,17 @@ def test_a_401_during_a_run_marks_invalid_once_and_the_next_tick_skips_the_org(w
     openai.admin_keys = frozenset({"sk-admin-rotated-by-the-org"})  # the org revoked the stored key
     try:
         runs = []
-        for _ in range(2):  # a second failing run (an ad-hoc one) is not a second transition
-            rid = f"run_{uuid.uuid4().hex}"
-            world.publish(org, "openai/cost/usage_cost", {"start_date": DAY, "end_date": DAY}, run_id=rid)
-            events = world.follower.wait_for(rid, "pipeline_completed", timeout=60)
-            assert events[-1]["status"] == "FAILED" and events[-1]["error"]["code"] == "PROVIDER_AUTH_FAILED"
-            runs.append((rid, events))
+        with structlog.testing.capture_logs() as logs:  # the consumer's threads log through the same config
+            for _ in range(2):  # a second failing run (an ad-hoc one) is not a second transition
+                rid = f"run_{uuid.uuid4().hex}"
+                world.publish(org, "openai/cost/usage_cost", {"start_date": DAY, "end_date": DAY}, run_id=rid)
+                events = world.follower.wait_for(rid, "pipeline_completed", timeout=60)
+                assert events[-1]["status"] == "FAILED" and events[-1]["error"]["code"] == "PROVIDER_AUTH_FAILED"
+                runs.append((rid, events))
     finally:
         openai.admin_keys = frozenset({OPENAI_KEY})
+    assert any(e.get("event") == "credential rejected by the provider; marked INVALID" for e in logs)
+    assert OPENAI_KEY not in repr(logs)
     row = credential_row(world, org, "OPENAI")
     assert row["validation_status"] == "INVALID" and "credentials rejected" in row["validation_error"]
     assert OPENAI_KEY not in row["validation_error"]
