@@ -216,7 +216,8 @@ def test_a_push_delivery_joins_the_publishers_trace(traced, local_stack, tmp_pat
     port = free_port()
     platform = Platform(local_stack, tmp_path, push_endpoint=f"http://127.0.0.1:{port}/pubsub/push",
                         push_verify_token=False)
-    server = PushServer(build_push_app(platform.settings, Services(platform.settings)), port)
+    services = Services(platform.settings)
+    server = PushServer(build_push_app(platform.settings, services), port)
     server.start()
     try:
         platform.onboard("acme_otel_push")
@@ -228,6 +229,7 @@ def test_a_push_delivery_joins_the_publishers_trace(traced, local_stack, tmp_pat
                                                and s.name.startswith("run ") for s in done))
     finally:
         server.stop()
+        services.close()
         platform.close()
     mine = {s.context.span_id: s for s in finished if _hex(s.context) == trace_id}
     run = next(s for s in mine.values() if s.name.startswith("run "))
