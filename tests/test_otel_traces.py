@@ -237,3 +237,34 @@ def test_a_push_delivery_joins_the_publishers_trace(traced, local_stack, tmp_pat
     assert publish.name == f"{platform.settings.requests_topic} create" and publish.parent is None
     assert sorted(s.name for s in mine.values() if s.parent and s.parent.span_id == run.context.span_id
                   and s.name.startswith("step ")) == ["step first", "step second"]
+
+
+def test_the_http_callers_span_parents_the_publish(traced, local_stack, tmp_path):
+    """POST to the run door with a `traceparent`: the run request's publish span is a child of the
+    caller's span, and the run's spans follow in the same trace."""
+    from tests.test_http_door import Server, door_app
+
+    _, spans = traced
+    platform = Platform(local_stack, tmp_path)
+    app, door = door_app(platform)
+    server = Server(app)
+    try:
+        key = platform.onboard("acme_otel_door").api_key
+        platform.start_consumer()
+        trace_id, caller = new_trace_id(), uuid.uuid4().hex[:16]
+        got, _, answer = server.call("POST", "/api/v1/pipelines/run/acme_otel_door/testing/consumer/ok", {}, {
+            "X-API-Key": key, "Content-Type": "application/json", "traceparent": f"00-{trace_id}-{caller}-01"})
+        assert got == 202, answer
+        run_id = answer["run_id"]
+        platform.follower.wait_for(run_id, "pipeline_completed", timeout=60)
+        finished = spans.wait(lambda done: any(s.attributes.get("convergence.run_id") == run_id
+                                               and s.name.startswith("run ") for s in done))
+    finally:
+        server.close()
+        door.services.close()
+        platform.close()
+    mine = {s.context.span_id: s for s in finished if _hex(s.context) == trace_id}
+    publish = next(s for s in mine.values() if s.name == f"{platform.settings.requests_topic} create")
+    assert format(publish.parent.span_id, "016x") == caller
+    run = next(s for s in mine.values() if s.name.startswith("run "))
+    assert mine[mine[run.parent.span_id].parent.span_id] is publish  # run <- subscribe <- publish

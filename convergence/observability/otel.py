@@ -164,6 +164,20 @@ def run_trace(trace_id: str | None) -> Iterator[None]:
         otel_context.detach(token)
 
 
+@contextlib.contextmanager
+def caller_context(headers: Mapping[str, str] | None) -> Iterator[None]:
+    """Inside, the HTTP caller's span (its `traceparent` header) is the current span: the run requests
+    published there are its children. Nothing happens when tracing is off or the header is absent."""
+    if not _enabled or not headers or parse_traceparent(headers.get("traceparent")) is None:
+        yield
+        return
+    token = otel_context.attach(_PROPAGATOR.extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def delivery_context(message: Any) -> contextvars.Context | None:
     """A context for one pulled delivery's task in which the client's subscribe span is current; None
     when the client made none (tracing off), so the task gets the usual copy."""
@@ -287,7 +301,6 @@ def _close(span: Any, status: str, error: Any, rows: int | None) -> None:
 
 
 __all__ = [
-    "EXPORTERS", "TracingObserver", "configure_tracing", "context_from_attributes", "delivery_context", "disable",
-    "enabled",
-    "force_flush", "run_trace", "shutdown",
+    "EXPORTERS", "TracingObserver", "caller_context", "configure_tracing", "context_from_attributes",
+    "delivery_context", "disable", "enabled", "force_flush", "run_trace", "shutdown",
 ]
