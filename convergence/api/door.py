@@ -39,14 +39,13 @@ from structlog.contextvars import bound_contextvars
 from convergence.api.auth import AuthError, OrgKey, OrgKeyAuth, bigquery_verifier, check_root_key
 from convergence.api.models import EmptyBody, RunBody, SyncBody
 from convergence.api.ratelimit import Limits
-from convergence.api.standing import DoorGate, DoorOnce, refusal_status, retry_after
+from convergence.api.standing import DoorGate, refusal_status, retry_after
 from convergence.observability import otel
 from convergence.observability.tracing import trace_id_from_headers
 from convergence.pipeline import ConfigError, PipelineLoader
 from convergence.pipeline.errors import InvalidPipelineRef, PipelineNotFound, StepError
 from convergence.schemas import MessageRejected, RunRequest, Trigger
 from convergence.settings import Settings
-from convergence.tenancy.gate import ALREADY_RAN
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +87,6 @@ class ApiDoor:
         self._ledger = ledger
         self._procedures = procedures
         self.gate = DoorGate(lambda: services.gate, settings.gate_cache_seconds)
-        self.once = DoorOnce(lambda: services.gate, settings.gate_cache_seconds)
         self.auth_disabled = settings.disable_auth and not settings.is_production
         if self.auth_disabled:
             log.warning("DISABLE_AUTH: the run door accepts calls without an org API key (never in production)")
@@ -236,10 +234,6 @@ class ApiDoor:
             wait = retry_after(decision)
             raise ApiError(refusal_status(decision), decision.code, decision.message,
                            {"Retry-After": str(wait)} if wait else None)
-        once = config.execution
-        if once.run_once and not once.forced(parameters) and await self.once.ran(org, ref):
-            hint = f"; set parameter {once.force_param} to run it again" if once.force_param else ""
-            raise ApiError(409, ALREADY_RAN, f"pipeline {ref} runs once per org and already ran for org {org}{hint}")
         requested_by = f"api:{org}:key-{key.fingerprint}" if key else f"api:{org}:no-auth"
         try:
             run_request = RunRequest.create(org, ref, parameters, Trigger(body.trigger), requested_by=requested_by,
