@@ -2,6 +2,7 @@
 
 - `openai_server.OpenAIStandIn`: OpenAI Organization Usage API and Costs API.
 - `anthropic_server.AnthropicStandIn`: Anthropic Admin API usage and cost reports.
+- `deepseek_server.DeepSeekStandIn`: DeepSeek's balance and chat completions (its only accounting).
 - `common`: usage data (fixed or generated from a seed), buckets, cursors, fault injection.
 
 Tests, `make run` and the benchmarks reach "the provider" through them without the internet. Each
