@@ -8,13 +8,18 @@ imported in isolation, so nothing is found in the work tree by accident)."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -96,7 +101,9 @@ def test_dockerfile_is_multi_stage_non_root_with_health_check():
     user = re.search(r"^USER\s+(\S+)", final, flags=re.MULTILINE)
     assert user and user.group(1) not in ("root", "0")
     assert re.search(r"useradd .*--uid 10001", final)
-    assert "HEALTHCHECK" in final and "/health" in final
+    assert "HEALTHCHECK" in final and "COPY docker/healthcheck.py /opt/healthcheck.py" in final
+    assert "/health" in (REPO / "docker" / "healthcheck.py").read_text()
+    assert not ignored("docker", dockerignore())  # the health check is copied from the build context
     assert re.search(r'^ENTRYPOINT \["convergence"\]', final, flags=re.MULTILINE)
     assert re.search(r'^CMD \["serve"\]', final, flags=re.MULTILINE)  # `consume` is the other role
     assert "[dev]" not in DOCKERFILE and "[local]" not in DOCKERFILE  # no test or emulator extras
@@ -177,37 +184,244 @@ def test_wheel_from_the_build_context_imports_in_isolation(tmp_path):
 # ---- with a Docker engine ----------------------------------------------------------------------------------
 
 
-def docker_engine() -> str | None:
-    """Why the image cannot be built here, or None when it can."""
+def engine_sockets() -> list[str]:
+    """Where a Docker-compatible engine may listen: DOCKER_HOST when set, else Docker's and podman's usual
+    sockets (rootful, then rootless)."""
+    if os.environ.get("DOCKER_HOST"):
+        return [os.environ["DOCKER_HOST"]]
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    paths = ["/var/run/docker.sock", "/run/podman/podman.sock", f"{runtime}/podman/podman.sock",
+             f"{runtime}/docker.sock"]
+    return [f"unix://{path}" for path in dict.fromkeys(paths) if Path(path).exists()]
+
+
+def find_engine() -> tuple[dict[str, str] | None, str]:
+    """(the environment that reaches an engine, what answers) or (None, why none does)."""
     docker = shutil.which("docker")
     if docker is None:
-        return "no docker CLI on this machine"
-    try:
-        info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                              timeout=20)
-    except subprocess.TimeoutExpired:
-        return "`docker info` did not answer within 20 s"
-    if info.returncode != 0:
-        reason = (info.stderr.strip().splitlines() or ["no engine"])[-1]
-        return f"no Docker engine answers `docker info` ({reason[:160]})"
-    return None
+        return None, "no docker CLI on this machine"
+    sockets = engine_sockets()
+    if not sockets:
+        return None, ("no Docker-compatible engine: DOCKER_HOST is unset and none of /var/run/docker.sock, "
+                      "/run/podman/podman.sock, $XDG_RUNTIME_DIR/podman/podman.sock exists")
+    tried = []
+    for host in sockets:
+        env = {**os.environ, "DOCKER_HOST": host}
+        try:
+            info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                                  text=True, timeout=20, env=env)
+        except subprocess.TimeoutExpired:
+            tried.append(f"{host}: `docker info` did not answer within 20 s")
+            continue
+        if info.returncode == 0:
+            return env, f"{host} (server {info.stdout.strip()})"
+        tried.append(f"{host}: {(info.stderr.strip().splitlines() or ['no answer'])[-1][:160]}")
+    return None, "no Docker-compatible engine answers `docker info`: " + "; ".join(tried)
+
+
+@pytest.fixture(scope="module")
+def engine() -> dict[str, str]:
+    env, what = find_engine()
+    if env is None:
+        pytest.skip(f"image not built: {what}; the checks above ran without it")
+    return env
+
+
+@pytest.fixture(scope="module")
+def docker(engine: dict[str, str]):
+    def run(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+        result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=engine)
+        if check:
+            assert result.returncode == 0, f"docker {' '.join(args[:3])}: {result.stderr[-3000:]}"
+        return result
+    return run
+
+
+@pytest.fixture(scope="module")
+def image(docker) -> str:
+    # Uncached, the build downloads every dependency (minutes); the tests using it carry their own timeout.
+    docker("build", "-t", IMAGE, ".", timeout=BUILD_SECONDS, check=True)
+    return IMAGE
+
+
+BUILD_SECONDS = 1800
+# Over pytest-timeout's project default (300 s): the first test builds the image.
+image_timeout = pytest.mark.timeout(BUILD_SECONDS + 300)
+
+
+@pytest.fixture(scope="module")
+def box(docker, image):
+    """One idle container of the image; the checks below run in it with `docker exec`. (Podman copies the
+    image for each container on its vfs store, tens of seconds each; and through podman 4.3's Docker API,
+    `docker run --rm` exits 0 whatever the command did, while `docker exec` passes the code on.)"""
+    container = docker("run", "-d", "--entrypoint", "sleep", image, "infinity", check=True).stdout.strip()
+    yield lambda *args, user="": docker("exec", *(["--user", user] if user else []), container, *args)
+    docker("rm", "-f", container, timeout=60)
 
 
 @pytest.mark.slow
-def test_image_builds_and_runs_both_roles():
-    reason = docker_engine()
-    if reason is not None:
-        pytest.skip(f"image not built: {reason}; the checks above ran without it")
-    build = subprocess.run(["docker", "build", "-t", IMAGE, "."], cwd=REPO, capture_output=True, text=True,
-                           timeout=1800)
-    assert build.returncode == 0, build.stderr[-3000:]
-    user = subprocess.run(["docker", "run", "--rm", "--entrypoint", "id", IMAGE, "-u"], capture_output=True,
-                          text=True, timeout=120)
-    assert user.stdout.strip() == "10001"
+@image_timeout
+def test_image_builds_and_runs_both_roles(docker, image, box):
+    assert box("id", "-u").stdout.strip() == "10001"
     for role in ("serve", "consume"):
-        helped = subprocess.run(["docker", "run", "--rm", IMAGE, role, "--help"], capture_output=True, text=True,
-                                timeout=120)
+        helped = box("convergence", role, "--help")
         assert helped.returncode == 0 and "Usage:" in helped.stdout, helped.stderr[-2000:]
-    inspect = subprocess.run(["docker", "image", "inspect", IMAGE, "--format", "{{.Size}}"], capture_output=True,
-                             text=True, timeout=60)
-    assert int(inspect.stdout.strip()) < 600 * 1024 * 1024  # slim base, no toolchain, no dev extras
+    size = docker("image", "inspect", image, "--format", "{{.Size}}", check=True)
+    assert int(size.stdout.strip()) < 600 * 1024 * 1024  # slim base, no toolchain, no dev extras
+    # Podman's Docker API leaves the image's Config.Healthcheck empty; a container made from it has it.
+    created = docker("create", image, check=True).stdout.strip()
+    try:
+        health = docker("container", "inspect", created, "--format", "{{json .Config.Healthcheck}}", check=True)
+    finally:
+        docker("rm", created)
+    assert json.loads(health.stdout)["Test"][1:] == ["/opt/venv/bin/python", "-I", "/opt/healthcheck.py"]
+
+
+NO_INSTALLER = r"""
+import glob, subprocess
+MODULES = "import importlib.util as u; print(*[m for m in ('pip', 'setuptools', 'pkg_resources', 'wheel') if u.find_spec(m)])"
+found = []
+for python in ("/opt/venv/bin/python", "/usr/local/bin/python3"):
+    listed = subprocess.run([python, "-c", MODULES], capture_output=True, text=True, check=True).stdout
+    found += [f"{python}: {name}" for name in listed.split()]
+    if subprocess.run([python, "-m", "ensurepip"], capture_output=True).returncode == 0:
+        found.append(f"{python} -m ensurepip installed pip")
+for pattern in ("/usr/**/pip-*", "/usr/**/setuptools-*", "/opt/**/pip-*", "/opt/**/setuptools-*", "/usr/**/bin/pip*",
+                "/opt/venv/bin/pip*"):
+    found += glob.glob(pattern, recursive=True)
+print("\n".join(found))
+"""  # noqa: E501
+
+
+@pytest.mark.slow
+@image_timeout
+def test_runtime_image_has_no_pip_or_setuptools(box):
+    """Neither the venv nor the base's Python can install packages: no pip, setuptools or their wheels."""
+    # As root: ensurepip could write anywhere, so only missing wheels can make it fail.
+    result = box("/usr/local/bin/python3", "-c", NO_INSTALLER, user="0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", result.stdout
+    # The service itself still starts without them (nothing it imports needs pkg_resources).
+    imported = box("python", "-c", "import convergence.consumer.service, convergence.consumer.serving, "
+                   "convergence.api.door, convergence.cli")
+    assert imported.returncode == 0, imported.stderr[-2000:]
+
+
+@pytest.mark.slow
+@image_timeout
+def test_dev_says_the_local_stack_is_not_in_the_image(box):
+    for command in (["dev", "demo"], ["dev", "stack"]):
+        result = box("convergence", *command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr[-2000:])
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "not part of" in lines[0] and "Traceback" not in result.stderr, result.stderr
+        assert result.stdout == ""
+
+
+class CuttableProxy:
+    """A TCP relay to `upstream` on a loopback port; cut() closes it and every connection through it, as
+    when the network to Pub/Sub goes."""
+
+    def __init__(self, upstream: str):
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                return
+            with self.lock:
+                self.sockets += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.listener.close()
+        with self.lock:
+            for end in self.sockets:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def health_check(docker, container: str, command: list[str]) -> tuple[int, str]:
+    result = docker("exec", container, *command, timeout=60)
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+def until(check, want: int, seconds: float, container_log) -> str:
+    """Run the health check until it exits `want` (the pool's probe runs every 15 s: nothing to await)."""
+    deadline = time.monotonic() + seconds
+    seen = []
+    while time.monotonic() < deadline:
+        code, output = check()
+        seen.append((code, output))
+        if code == want:
+            return output
+        time.sleep(1)
+    raise AssertionError(f"health check never exited {want} in {seconds} s; last: {seen[-3:]}; "
+                         f"container log: {container_log()[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+@image_timeout
+def test_health_check_fails_when_the_consumer_cannot_reach_pubsub(docker, image, local_stack, tmp_path):
+    """consume in the image, on the emulators (Pub/Sub through a relay): healthy while it pulls; once the
+    relay is cut, the image's own health-check command exits non-zero and names the pool."""
+    from tests.harness import Platform, settings_env
+
+    platform = Platform(local_stack, tmp_path)
+    proxy = CuttableProxy(local_stack.pubsub.host)
+    metrics_port = free_port()
+    env = {name: value for name, value in settings_env(platform.settings).items()
+           if name not in ("CONFIGS_DIR", "PROCESSOR_PACKAGES", "LOCAL_KEYRING_PATH")}
+    env.update(PUBSUB_EMULATOR_HOST=f"127.0.0.1:{proxy.port}", METRICS_PORT=str(metrics_port),
+               HTTP_HOST="127.0.0.1", LOCAL_KEYRING_PATH="/tmp/keyring.key")
+    args = [f"--env={name}={value}" for name, value in env.items()]
+    container = docker("run", "-d", "--network", "host", *args, image, "consume", check=True).stdout.strip()
+    try:
+        test = json.loads(docker("container", "inspect", container, "--format", "{{json .Config.Healthcheck}}",
+                                 check=True).stdout)["Test"]
+        assert test[0] == "CMD", test
+        def check():
+            return health_check(docker, container, test[1:])
+        def logs():
+            result = docker("logs", container)
+            return result.stdout + result.stderr
+        until(check, 0, 90, logs)  # pulling: healthy
+        proxy.cut()
+        output = until(check, 1, 90, logs)
+        assert output.startswith("unhealthy: consume: pool ") and "Pub/Sub unreachable" in output, output
+        assert "Traceback" not in output
+        assert platform.settings.requests_subscription in output, output
+    finally:
+        docker("rm", "-f", container, timeout=60)
+        proxy.cut()
+        platform.close()

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import click
+
+# Exit code of a command that cannot start here (as `convergence.cli` uses for settings problems).
+EXIT_NOT_HERE = 2
+
+
+def _require_local_stack() -> None:
+    """The runtime image installs no `[local]` extra: say so in one line rather than fail on an import."""
+    if importlib.util.find_spec("bqemulator") is None:
+        click.echo("convergence dev: the local stack (emulators) is not part of this install (the Docker image "
+                   "has none); run it from a checkout with `pip install -e .[local]`", err=True)
+        sys.exit(EXIT_NOT_HERE)
 
 
 @click.group()
@@ -17,6 +29,7 @@ def dev() -> None:
 @click.option("--verbose", is_flag=True, help="Show the service's logs too.")
 def demo(keep_running: bool, verbose: bool) -> None:
     """Start everything locally, publish demo run requests, show the results (`make run`)."""
+    _require_local_stack()
     from convergence.devstack.demo import run_demo
 
     sys.exit(run_demo(click.echo, keep_running=keep_running, verbose=verbose))
@@ -25,6 +38,7 @@ def demo(keep_running: bool, verbose: bool) -> None:
 @dev.command()
 def stack() -> None:
     """Start the emulators and print the environment that points at them; Ctrl-C stops them."""
+    _require_local_stack()
     import time
 
     from convergence.devstack.stack import LocalStack
