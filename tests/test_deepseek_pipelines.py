@@ -257,3 +257,29 @@ async def test_registry_validation_call_is_the_balance(stack, bq):
     verdict = await check_credential(services, "DEEPSEEK", wrong)
     assert verdict.status == "INVALID" and verdict.code == "PROVIDER_AUTH_FAILED" and wrong not in verdict.error
     assert [(c.path, c.status) for c in server.calls()] == [("/user/balance", 200), ("/user/balance", 401)]
+
+
+async def test_each_currency_on_its_own_and_under_recorded_credits_are_inconsistent(stack, bq, clock):
+    server = DeepSeekStandIn(currency="CNY", topped_up="100.00")
+    server.grant("7.00", currency="USD")
+    services, org = await stack(server)
+    clock("2026-03-02")
+    assert (await run_pipeline("deepseek//balance_snapshot", org, services,
+                               {"start_date": "2026-03-01", "end_date": "2026-03-01"}))[0].status is RunStatus.SUCCESS
+    server.top_up("20.00", currency="CNY")
+    server.spend("1.00", currency="CNY")
+    server.spend("2.50", currency="USD")
+    load(services, org, "deepseek_balance_credits",
+         [{"org_slug": org, "credit_date": "2026-03-02", "currency": "CNY", "amount": "5.00", "kind": "top_up"}],
+         CREDITS_SCHEMA, "credit_date", "2026-03-02", "2026-03-02")
+    clock("2026-03-03")
+    result, _, _ = await run_pipeline("deepseek//balance_snapshot", org, services,
+                                      {"start_date": "2026-03-02", "end_date": "2026-03-02"})
+    assert result.status is RunStatus.SUCCESS, result.error
+    assert result.step("snapshot_balance").result["currencies"] == "CNY,USD"
+    spend = {r["currency"]: r for r in rows(bq, services.settings, org, "deepseek_balance_spend_daily")}
+    # CNY: 100.00 + 5.00 recorded - 119.00 is negative: the 20.00 top-up was under-recorded.
+    assert (spend["CNY"]["status"], spend["CNY"]["spend"], spend["CNY"]["credits_recorded"]) == \
+        ("INCONSISTENT", None, Decimal("5"))
+    assert (spend["USD"]["status"], spend["USD"]["spend"]) == ("DERIVED", Decimal("2.50"))
+    assert result.step("derive_spend").result["inconsistent_days"] == 1
