@@ -139,7 +139,7 @@ class RunHandler:
         if once.run_once:
             check = await self.admission.check_once(
                 request.org_slug, request.pipeline, request.run_id, timeout_seconds=config.timeout_seconds + 60,
-                forced=once.force_param is not None and _truthy(request.parameters.get(once.force_param)))
+                forced=once.forced(request.parameters))
             if check.refused:
                 return await self._reject(request, attempt, ALREADY_RAN, check.message)
 
@@ -247,13 +247,6 @@ class RunHandler:
             await self.notify(outcome)
         except Exception:  # noqa: BLE001 - a broken notifier must not change the ack decision
             log.exception("failure notification failed")
-
-
-def _truthy(value: Any) -> bool:
-    """A force parameter is set: true, 1, yes or on (any case), or a JSON true or non-zero number."""
-    if isinstance(value, bool | int | float):
-        return bool(value)
-    return isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on")
 
 
 def _looks_like_slug(value: str) -> bool:

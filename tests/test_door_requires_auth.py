@@ -24,3 +24,17 @@ def test_a_pipeline_that_requires_no_auth_runs_without_an_org_key(platform, serv
         assert (got, answer["code"]) == (401, "API_KEY_MISSING"), pipeline
     got, _, answer = server.call("POST", run_path("ghost_door", PUBLIC), {}, {})
     assert got == 403 and answer["code"] == "ORG_NOT_FOUND"  # the org gate still decides
+
+
+def test_a_run_once_pipeline_answers_409_at_the_door_once_it_ran_unless_forced(platform, server):  # noqa: F811
+    from tests.test_http_door import key_of
+
+    once = run_path("other_door", "testing/consumer/once")
+    got, _, answer = server.call("POST", once, {}, key_of(platform, "other_door"))
+    assert got == 202, answer
+    platform.run_record(answer["run_id"], status="SUCCESS")
+    got, _, answer = server.call("POST", once, {}, key_of(platform, "other_door"))
+    assert (got, answer["code"]) == (409, "ALREADY_RAN") and "force" in answer["detail"]
+    got, _, answer = server.call("POST", once, {"parameters": {"force": "yes"}}, key_of(platform, "other_door"))
+    assert got == 202, answer
+    assert platform.run_record(answer["run_id"], status="SUCCESS").status == "SUCCESS"

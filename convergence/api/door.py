@@ -13,7 +13,8 @@ The domain may be empty: `/run/acme/anthropic//usage_cost`. Order of checks for 
 with `requires_auth: false`, though a key presented is verified), per-org rate limit,
 body (400 not JSON, 422 invalid or unknown field), pipeline (404), the org gate from a standing cached for
 GATE_CACHE_SECONDS (403 with the gate's code, e.g. SUBSCRIPTION_SUSPENDED or PIPELINE_DISABLED; 429 QUOTA_EXCEEDED with
-Retry-After at the next UTC midnight), publish (503 if Pub/Sub refuses).
+Retry-After at the next UTC midnight), a run_once pipeline that already ran for the org (409 ALREADY_RAN
+unless its force_param is set), publish (503 if Pub/Sub refuses).
 Nothing is published unless every check passed. Errors are JSON `{"detail", "code", "request_id"}`.
 
 `X-Request-ID` is echoed on every answer; when absent one is made (UUID4). It becomes the run's trace_id,
@@ -39,13 +40,14 @@ from structlog.contextvars import bound_contextvars
 from convergence.api.auth import AuthError, OrgKey, OrgKeyAuth, bigquery_verifier, check_root_key
 from convergence.api.models import EmptyBody, RunBody, SyncBody
 from convergence.api.ratelimit import Limits
-from convergence.api.standing import DoorGate, refusal_status, retry_after
+from convergence.api.standing import DoorGate, DoorOnce, refusal_status, retry_after
 from convergence.observability import otel
 from convergence.observability.tracing import trace_id_from_headers
 from convergence.pipeline import ConfigError, PipelineLoader
 from convergence.pipeline.errors import InvalidPipelineRef, PipelineNotFound, StepError
 from convergence.schemas import MessageRejected, RunRequest, Trigger
 from convergence.settings import Settings
+from convergence.tenancy.gate import ALREADY_RAN
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +89,7 @@ class ApiDoor:
         self._ledger = ledger
         self._procedures = procedures
         self.gate = DoorGate(lambda: services.gate, settings.gate_cache_seconds)
+        self.once = DoorOnce(lambda: services.gate, settings.gate_cache_seconds)
         self.auth_disabled = settings.disable_auth and not settings.is_production
         if self.auth_disabled:
             log.warning("DISABLE_AUTH: the run door accepts calls without an org API key (never in production)")
@@ -234,6 +237,10 @@ class ApiDoor:
             wait = retry_after(decision)
             raise ApiError(refusal_status(decision), decision.code, decision.message,
                            {"Retry-After": str(wait)} if wait else None)
+        once = config.execution
+        if once.run_once and not once.forced(parameters) and await self.once.ran(org, ref):
+            hint = f"; set parameter {once.force_param} to run it again" if once.force_param else ""
+            raise ApiError(409, ALREADY_RAN, f"pipeline {ref} runs once per org and already ran for org {org}{hint}")
         requested_by = f"api:{org}:key-{key.fingerprint}" if key else f"api:{org}:no-auth"
         try:
             run_request = RunRequest.create(org, ref, parameters, Trigger(body.trigger), requested_by=requested_by,
@@ -248,6 +255,8 @@ class ApiDoor:
             raise ApiError(503, "PUBLISH_FAILED", "the run request could not be queued; retry later",
                            {"Retry-After": "5"}) from None
         self.gate.queued(org)
+        if once.run_once:
+            self.once.queued(org, ref)
         try:
             await asyncio.to_thread(self.ledger.record, [run_request])
         except Exception as error:  # noqa: BLE001 - queued anyway; only the QUEUED status lookup misses it

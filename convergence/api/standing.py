@@ -60,6 +60,38 @@ class DoorGate:
             cached.queued_since += 1
 
 
+class DoorOnce:
+    """Has a run_once pipeline already succeeded for the org? At the door, from the run log, each answer
+    cached: a success for good, a "not yet" for `ttl_seconds`. Advisory like the standing: where the run
+    log cannot be read the request goes through and the consumer decides."""
+
+    def __init__(self, gate: Callable[[], Any], ttl_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self._gate = gate
+        self.ttl = ttl_seconds
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    async def ran(self, org: str, pipeline: str) -> bool:
+        key = (org, pipeline)
+        cached = self._cache.get(key)
+        if cached is not None and (cached[0] or self.clock() - cached[1] < self.ttl):
+            return cached[0]
+        try:
+            ran = key in await asyncio.to_thread(self._gate().succeeded_pipelines, [key])
+        except Exception as error:  # noqa: BLE001 - advisory: the consumer's check still decides
+            log.warning("run_once not checked at the door; the consumer decides", org_slug=org,
+                        error=f"{type(error).__name__}: {error}"[:300])
+            return False
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[key] = (ran, self.clock())
+        return ran
+
+    def queued(self, org: str, pipeline: str) -> None:
+        """A run of it was queued: the next call reads the run log again instead of a cached "not yet"."""
+        self._cache.pop((org, pipeline), None)
+
+
 def seconds_until_quota_reset(now: datetime | None = None) -> int:
     """Daily quotas reset at midnight UTC (the gate counts runs per UTC day)."""
     now = now or datetime.now(UTC)

@@ -68,7 +68,14 @@ class Schedule(_Strict):
 
 class Execution(_Strict):
     run_once: bool = False
-    force_param: str | None = None
+    force_param: str | None = None  # a run parameter that, set truthy, runs a run_once pipeline again
+
+    def forced(self, parameters: Any) -> bool:
+        """The request sets `force_param` truthy: true, 1, yes or on (any case), or JSON true / non-zero."""
+        value = parameters.get(self.force_param) if self.force_param is not None else None
+        if isinstance(value, bool | int | float):
+            return bool(value)
+        return isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on")
 
 
 class PipelineConfig(_Strict):
