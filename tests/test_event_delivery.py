@@ -13,7 +13,7 @@ import pytest
 
 from convergence.consumer.handler import RunHandler
 from convergence.consumer.outcome import OutcomeKind
-from convergence.infra.apply import apply, ensure_subscription
+from convergence.infra.apply import apply, delete_subscription, ensure_subscription
 from convergence.infra.topology import Topology, follower_subscription
 from convergence.pipeline import PipelineLoader
 from convergence.runtime.services import Services
@@ -60,7 +60,8 @@ def follow(services, pull_messages):
     def pull(count: int, timeout: float = 15.0) -> list[PipelineEvent]:
         return [decode_pipeline_event(m.message.data) for m in pull_messages(settings, name, count, timeout)]
 
-    return pull
+    yield pull
+    delete_subscription(name, settings)
 
 
 def handler_for(services: Any) -> RunHandler:
@@ -213,11 +214,14 @@ def test_a_run_published_twice_announces_its_success_twice_with_one_id(platform,
     platform.publish("acme_ev", "testing/consumer/ok", run_id=rid)  # a redelivery, as Pub/Sub may make
 
     mine: list[dict] = []
-    for _ in range(15):  # each pull waits up to 2 s for messages on the emulator
-        mine += [e for m in pull_messages(settings, name, 50, timeout=2)
-                 if (e := json.loads(m.message.data))["run_id"] == rid]
-        if sum(e["event_type"] == "pipeline_completed" for e in mine) >= 2:
-            break
+    try:
+        for _ in range(15):  # each pull waits up to 2 s for messages on the emulator
+            mine += [e for m in pull_messages(settings, name, 50, timeout=2)
+                     if (e := json.loads(m.message.data))["run_id"] == rid]
+            if sum(e["event_type"] == "pipeline_completed" for e in mine) >= 2:
+                break
+    finally:
+        delete_subscription(name, settings)
     finals = [e for e in mine if e["event_type"] == "pipeline_completed"]
     assert len(finals) == 2, [e["event_type"] for e in mine]
     assert finals[0]["event_id"] == finals[1]["event_id"] and finals[0] == finals[1]

@@ -113,8 +113,9 @@ def follower_subscriptions(platform) -> list[str]:
 
     subscriber = subscriber_client(platform.settings)
     try:
+        topic = platform.settings.topic_path(platform.settings.events_topic)  # this platform's, not others'
         return [s.name for s in subscriber.list_subscriptions(project=f"projects/{platform.settings.gcp_project_id}")
-                if "/follow-" in s.name]
+                if "/follow-" in s.name and s.topic == topic]
     finally:
         subscriber.close()
 
