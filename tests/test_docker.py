@@ -1,10 +1,24 @@
 """The image: the Dockerfile builds a small multi-stage, non-root image with a health check whose one
 entrypoint runs `serve` or `consume`.
 
-Without a Docker engine (as on this project's machines) the real build is skipped, saying so; what can be
-checked without one always runs: the Dockerfile's shape, that .dockerignore keeps every package, and that
+What needs no engine always runs: the Dockerfile's shape, that .dockerignore keeps every package, and that
 the wheel `pip install .` makes from that build context holds every module the service imports (built and
-imported in isolation, so nothing is found in the work tree by accident)."""
+imported in isolation, so nothing is found in the work tree by accident).
+
+The image tests run wherever a Docker-compatible engine answers: DOCKER_HOST, else Docker's socket or
+podman's (`podman system service`, rootful /run/podman/podman.sock or rootless under XDG_RUNTIME_DIR).
+Where none answers they skip, saying what was tried. They build the image, then check in it: uid 10001,
+both roles start, the HEALTHCHECK is kept, no pip, setuptools or wheel anywhere (venv, base, ensurepip's
+wheels), `convergence dev demo|stack` ends in one line and exit 2, and the health-check command of a
+`consume` container fails, naming the pool, once its Pub/Sub connection is cut.
+
+Measured on a 2-core machine through podman 4.3.1's socket (vfs storage, runc, a Debian bookworm stand-in
+for python:3.11-slim, 247 MB): a build without cache 131 s (the wheels downloaded through a proxy);
+image 356 MB, of which the venv is 109 MB (128 MB while it still held pip and setuptools); creating a
+container about 20-30 s (vfs copies the image), starting one 0.3 s; the whole module with the build
+303 s, the health test 32 s of it. Through podman 4.3's Docker API `docker run --rm` exits 0 whatever the
+container did, and the image's Config.Healthcheck reads empty (a container's has it): the tests use
+`docker exec` and container inspect for those."""
 
 from __future__ import annotations
 
