@@ -28,7 +28,7 @@ from convergence.consumer.observers import (
 from convergence.consumer.outcome import Outcome, OutcomeKind
 from convergence.notifications.notifier import NotificationObserver
 from convergence.observability.logging import run_context
-from convergence.observability.metrics import MetricsObserver
+from convergence.observability.metrics import ADMISSION_WAIT, RUNLOG_COMMIT, MetricsObserver
 from convergence.observability.otel import TracingObserver
 from convergence.observability.tracing import with_trace_id
 from convergence.pipeline import ConfigError, Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
@@ -73,7 +73,9 @@ class RunHandler:
                                          max_in_flight=2, name="runlog-commit")
 
     async def _flush_runlog(self) -> None:
-        if not await asyncio.to_thread(self.services.runlog.flush):
+        with RUNLOG_COMMIT.time():
+            flushed = await asyncio.to_thread(self.services.runlog.flush)
+        if not flushed:
             # The rows stay buffered for the next commit; the runs waiting on this one are nacked.
             raise RunLogUnavailable("run log rows could not be written to BigQuery")
 
@@ -123,7 +125,8 @@ class RunHandler:
 
     async def _handle_request(self, request: RunRequest, data: bytes, attributes: Mapping[str, str],
                               attempt: int, deadline_seconds: float | None) -> Outcome:
-        admission = await self.admission.admit(request.run_id, request.org_slug, request.pipeline)
+        with ADMISSION_WAIT.time():
+            admission = await self.admission.admit(request.run_id, request.org_slug, request.pipeline)
         if admission.already_succeeded:
             return await self._already_succeeded(request)
         decision = admission.decision

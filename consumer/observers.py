@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from convergence.observability import metrics
 from convergence.pipeline import RunContext, RunObserver, StepResult, StepStatus
 from convergence.pipeline.models import PipelineConfig, StepConfig
 from convergence.pipeline.results import PipelineResult
@@ -95,7 +96,8 @@ class EventObserver(RunObserver):
         has it. False: the message must come back, and its redelivery publishes the event again."""
         if self.final is None:  # building it failed (logged by the CompositeObserver)
             return False
-        return await publish_confirmed(self.publisher, self.final)
+        with metrics.EVENT_PUBLISH.time():
+            return await publish_confirmed(self.publisher, self.final)
 
 
 def final_event(request: RunRequest, *, pipeline_id: str | None, status: str, attempt: int | None,

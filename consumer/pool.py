@@ -383,7 +383,9 @@ class SubscriberPool:
         may_hand_off = hand_off_count(message.attributes) < self.max_hand_offs
         disposition: Disposition | None = Disposition.NACK
         try:
+            waiting_since = time.perf_counter()
             async with self.slots.acquire(org, may_hand_off=may_hand_off):
+                metrics.SLOT_WAIT.observe(time.perf_counter() - waiting_since)
                 delivery.state = DeliveryState.RUNNING
                 outcome = await self.handler.handle(
                     message.data, dict(message.attributes), message.message_id, message.delivery_attempt,

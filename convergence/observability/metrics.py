@@ -33,6 +33,8 @@ OTHER_ORG = "_other"
 PUSH = "push"
 
 _RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+# Stages of one run on the consumer: milliseconds on a quiet stack, seconds when BigQuery or Pub/Sub lag.
+_STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 # -- messages ----------------------------------------------------------------------------------------------
@@ -82,6 +84,23 @@ STEP_DURATION = Histogram(
 ROWS = Counter(
     "convergence_rows_processed_total", "Rows processed by steps, by processor.", ["ps_type"],
     registry=REGISTRY)
+
+# -- stages of a run on the consumer (no labels: one series each) -----------------------------------------
+SLOT_WAIT = Histogram(
+    "convergence_slot_wait_seconds", "Time a received run waited for a run slot (global or per-org cap).",
+    buckets=_STAGE_BUCKETS, registry=REGISTRY)
+ADMISSION_WAIT = Histogram(
+    "convergence_admission_wait_seconds",
+    "Time a run waited for admission (its share of a batched succeeded check, org gate and quota count).",
+    buckets=_STAGE_BUCKETS, registry=REGISTRY)
+RUNLOG_COMMIT = Histogram(
+    "convergence_runlog_commit_seconds",
+    "Duration of a run-log group commit (one BigQuery write for the staged rows of many runs).",
+    buckets=_STAGE_BUCKETS, registry=REGISTRY)
+EVENT_PUBLISH = Histogram(
+    "convergence_event_publish_seconds",
+    "Time from publishing a run's pipeline_completed event to Pub/Sub confirming it (or giving up).",
+    buckets=_STAGE_BUCKETS, registry=REGISTRY)
 
 # -- dependencies ------------------------------------------------------------------------------------------
 PROVIDER_HTTP = Counter(
