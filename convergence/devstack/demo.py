@@ -15,6 +15,8 @@ from typing import Any
 
 DEMO_ORG = "acme_demo"
 SUSPENDED_ORG = "paused_demo"
+STALE_ORG = "stale_demo"  # its OpenAI key was found INVALID: the scheduler leaves it out of OpenAI pipelines
+OWN_SCHEDULE_PIPELINE = "openai/cost/usage_cost"  # the demo org runs it at its own time
 FINAL = {"SUCCESS", "FAILED", "TIMEOUT", "REJECTED"}
 
 
@@ -71,6 +73,33 @@ def wait_for_runs(runlog: Any, run_ids: list[str], timeout: float, on_final: Cal
     return final
 
 
+def show_scheduling(echo: Callable[[str], None], services: Any, settings: Any, keys: dict[str, str]) -> None:
+    """Tenants for real: the demo org moves one pipeline to its own time, and a third org whose OpenAI key
+    was found INVALID is left out of the OpenAI pipelines by the scheduler (its Anthropic ones still run)."""
+    from convergence.tenancy import pipeline_configs
+    from convergence.tenancy.central import Central
+    from convergence.tenancy.eligibility import EligibleOrgs
+    from convergence.tenancy.onboarding import onboard_org
+
+    onboard_org(services.bigquery, settings, services.cipher, STALE_ORG, "STARTER")
+    services.credentials.put(STALE_ORG, "OPENAI", "sk-admin-revoked-demo-key", validation_status="INVALID")
+    services.credentials.put(STALE_ORG, "ANTHROPIC", keys["ANTHROPIC"], validation_status="VALID")
+    central = Central(services.bigquery, settings)
+    pipeline_configs.write_schedule(central, DEMO_ORG, OWN_SCHEDULE_PIPELINE, cron="40 5 * * *",
+                                    timezone="Europe/Paris", active=True)
+    own = pipeline_configs.read(central, [OWN_SCHEDULE_PIPELINE], org=DEMO_ORG).get(DEMO_ORG,
+                                                                                   OWN_SCHEDULE_PIPELINE)
+    echo(f"== Org {STALE_ORG} onboarded; its OPENAI credential is INVALID (a revoked key)")
+    echo(f"== Scheduling: {DEMO_ORG} runs {OWN_SCHEDULE_PIPELINE} on its own schedule "
+         f"{own.cron if own else '?'} {own.timezone if own else ''} (the YAML says daily 04:00 UTC)")
+    eligible = EligibleOrgs(services.bigquery, settings)
+    for integration in ("OPENAI", "ANTHROPIC"):
+        orgs = eligible(integration)
+        left_out = [org for org in (DEMO_ORG, STALE_ORG) if org not in orgs]
+        echo(f"   {integration} pipelines are scheduled for: {', '.join(orgs) or 'nobody'}"
+             + (f"; skipped: {', '.join(left_out)} (credential not valid)" if left_out else ""))
+
+
 def run_demo(echo: Callable[[str], None], keep_running: bool = False, verbose: bool = False) -> int:
     from convergence.devstack.background import BackgroundConsumer
     from convergence.devstack.providers.demo import (
@@ -121,6 +150,7 @@ def run_demo(echo: Callable[[str], None], keep_running: bool = False, verbose: b
              f"API key {onboarded.api_key[:len(DEMO_ORG) + 9]}... (shown once); credentials: "
              f"{', '.join(standins.credentials)} (KMS-encrypted)")
         echo(f"== Org {SUSPENDED_ORG} onboarded with subscription SUSPENDED")
+        show_scheduling(echo, services, settings, standins.credentials)
 
         consumer = BackgroundConsumer(settings, Services(settings), notify=None).start()
         echo(f"== Consumer started: {settings.consumer_workers} workers, "
