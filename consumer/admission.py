@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -195,12 +196,13 @@ class AdmissionControl:
         stale = {org for org, _, _ in items if (c := self._standings.get(org)) is None or c.expires <= now}
         stale = {org for org in stale if _valid_slug(org)}
         # The two lookups are independent: run them side by side (latency is the slower one, not the sum).
-        lookups = [asyncio.to_thread(self._succeeded, items)]
+        lookups: list[Awaitable[Any]] = [asyncio.to_thread(self._succeeded, items)]
         if stale:
             lookups.append(asyncio.to_thread(self._read_standings, stale))
         succeeded, *fresh = await asyncio.gather(*lookups)
         if fresh:
-            self._store(*fresh[0], now)
+            standings, read_at = fresh[0]
+            self._store(standings, read_at, now)
         gate = self.services.gate
         out = []
         admitted: Counter[str] = Counter()  # requests of one batch take quota slots one after another
@@ -243,9 +245,10 @@ class AdmissionControl:
         standings = self.services.gate.standings(orgs, mine=mine, since=read_at)
         with self._counts_lock:
             for org, standing in standings.items():
-                runs = self._unlogged.get(org)
-                for run_id in standing.logged & set(runs or ()):
-                    del runs[run_id]
+                unlogged = self._unlogged.get(org)
+                if unlogged:
+                    for run_id in standing.logged & set(unlogged):
+                        del unlogged[run_id]
         self.calls["standings"] += 1
         return standings, read_at
 

@@ -175,9 +175,9 @@ class RunHandler:
             return self._events_unavailable(request.run_id, request.org_slug)
         if result.status is RunStatus.SUCCESS:
             return Outcome(OutcomeKind.SUCCEEDED, request.run_id, request.org_slug)
-        error = result.error
-        code = error.code if error else "UNKNOWN"
-        message = error.message if error else ""
+        failure = result.error
+        code = failure.code if failure else "UNKNOWN"
+        message = failure.message if failure else ""
         if result.retryable:
             return Outcome(OutcomeKind.RETRY, request.run_id, request.org_slug, code=code, message=message)
         kind = OutcomeKind.TIMED_OUT if result.status is RunStatus.TIMEOUT else OutcomeKind.FAILED

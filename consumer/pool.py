@@ -206,8 +206,9 @@ class SubscriberPool:
         self.state = PoolState.DRAINING
         not_started = [d for d in self._deliveries if d.state in (DeliveryState.RECEIVED, DeliveryState.WAITING)]
         for delivery in not_started:
-            delivery.task.cancel()  # held, nacked when the stream shuts down
-        running = [d.task for d in self._deliveries if d.state is DeliveryState.RUNNING]
+            if delivery.task is not None:
+                delivery.task.cancel()  # held, nacked when the stream shuts down
+        running = [d.task for d in self._deliveries if d.state is DeliveryState.RUNNING and d.task is not None]
         log.info("draining", subscription=self._metric, running=len(running), not_started=len(not_started),
                  grace_seconds=self.grace_seconds)
         self._cancel_stream()  # pulling stops now; the client then waits in _ClosingScheduler for the drain

@@ -72,7 +72,7 @@ class PipelineEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Filled from the event's identity when not given (see event_id_for): a repeat has the same id.
-    event_id: str = Field(pattern=_FIELDS["event_id"]["pattern"])
+    event_id: str = Field(default="", pattern=_FIELDS["event_id"]["pattern"])  # "" never stays: _deterministic_id
     schema_version: Literal["1"] = SCHEMA_VERSION
     event_type: EventType
     run_id: str | None = Field(pattern=_FIELDS["run_id"]["pattern"])

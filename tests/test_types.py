@@ -1,4 +1,4 @@
-"""mypy over the typed packages (the pipeline core and the services wiring), in `make test`.
+"""mypy over the typed packages (the pipeline core, the consumer and the services wiring), in `make test`.
 
 mypy does not read setuptools' package-dir mapping (consumer/ installs as convergence.consumer), so the
 check runs on a view of the package as it is installed: a folder of symlinks, built here."""
@@ -15,7 +15,7 @@ import pytest
 
 from tests.paths import REPO_ROOT
 
-TYPED = ("convergence.pipeline", "convergence.runtime")
+TYPED = ("convergence.pipeline", "convergence.consumer", "convergence.runtime")
 MAPPED = ("consumer", "publisher", "processors", "schemas", "configs")
 
 

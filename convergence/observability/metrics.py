@@ -27,6 +27,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from convergence.pipeline.executor import RunObserver
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 OTHER = "other"
 OTHER_ORG = "_other"
@@ -309,8 +311,8 @@ def count_query_calls(runner: Any, component: str) -> Any:
     return runner
 
 
-class MetricsObserver:
-    """Executor observer (duck-typed pipeline.RunObserver): runs, steps, durations and rows.
+class MetricsObserver(RunObserver):
+    """Executor observer: runs, steps, durations and rows.
 
     `pipeline` is the request's pipeline path; the handler adds this observer only after the config
     loaded, so the label is bounded by configs/."""
