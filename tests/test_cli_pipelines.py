@@ -70,3 +70,11 @@ def test_the_pipeline_json_schema_accepts_every_shipped_pipeline_and_refuses_a_t
 def test_format_and_json_cannot_contradict() -> None:
     result = cli("pipelines", "list", "--json", "--format", "table")
     assert result.returncode == 2 and "contradict" in result.stderr
+
+
+def test_shell_completion_offers_pipeline_names() -> None:
+    result = subprocess.run([sys.executable, "-m", "convergence"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "_CONVERGENCE_COMPLETE": "bash_complete",
+                                             "COMP_WORDS": "convergence publish run acme utility/", "COMP_CWORD": "4"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["plain,utility/smoke/noop"]

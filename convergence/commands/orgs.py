@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from convergence.commands.output import output_options
+from convergence.commands.output import complete_pipelines, output_options
 
 
 @click.group()
@@ -251,7 +251,7 @@ def _set_enabled(org: str, pipeline: str, enabled: bool, as_json: bool) -> None:
 
 @pipelines.command()
 @click.argument("org")
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=complete_pipelines)
 @output_options
 def enable(org: str, pipeline: str, as_json: bool) -> None:
     """ORG runs PIPELINE again (scheduled and requested runs)."""
@@ -260,7 +260,7 @@ def enable(org: str, pipeline: str, as_json: bool) -> None:
 
 @pipelines.command()
 @click.argument("org")
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=complete_pipelines)
 @output_options
 def disable(org: str, pipeline: str, as_json: bool) -> None:
     """ORG no longer runs PIPELINE: no scheduled runs, requested runs refused (PIPELINE_DISABLED)."""
@@ -279,7 +279,7 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
 
 @pipelines.command("set")
 @click.argument("org")
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=complete_pipelines)
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="The org's own run parameter, over the YAML's (repeatable; may use {yesterday}, {month}, ...).")
 @click.option("--schedule", "schedule_spec", default=None,

@@ -24,3 +24,28 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, as_json=json_alias or output_format == "json", **kwargs)
 
     return wrapper
+
+
+def complete_pipelines(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of PIPELINE arguments: the pipelines under CONFIGS_DIR (no settings validation, no
+    network: completion must answer at once)."""
+    import os
+    from pathlib import Path
+
+    from click.shell_completion import CompletionItem
+
+    from convergence.paths import bundled_configs_dir
+    from convergence.pipeline.validation import pipeline_files
+
+    try:
+        root = Path(os.environ.get("CONFIGS_DIR") or bundled_configs_dir())
+        refs = []
+        for path in pipeline_files(root):
+            parts = path.relative_to(root).with_suffix("").parts
+            if len(parts) == 3:
+                refs.append("/".join(parts))
+            elif len(parts) == 2:
+                refs.append(f"{parts[0]}//{parts[1]}")
+    except (OSError, RuntimeError):
+        return []
+    return [CompletionItem(ref) for ref in sorted(refs) if ref.startswith(incomplete)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from convergence.commands.output import output_options
+from convergence.commands.output import complete_pipelines, output_options
 
 PIPELINE_SKELETON = """\
 # {ref}: {title}. Run it with `convergence publish run ORG {ref}`; check it with `convergence validate`.
@@ -92,7 +92,7 @@ def list_pipelines(as_json: bool) -> None:
 
 
 @pipelines.command("show")
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=complete_pipelines)
 @output_options
 def show_pipeline(pipeline: str, as_json: bool) -> None:
     """One pipeline as the service reads it (defaults filled in)."""
@@ -112,7 +112,7 @@ def show_pipeline(pipeline: str, as_json: bool) -> None:
 
 
 @pipelines.command("new")
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=complete_pipelines)
 @click.option("--ps-type", default=None, help="Use this existing ps_type instead of writing a processor skeleton.")
 @click.option("--package", default=None,
               help="The processor package to write into (one of PROCESSOR_PACKAGES; default: the first).")

@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 
+from convergence.commands.output import complete_pipelines
+
 EXIT_INVALID = 2
 MAX_BACKFILL_DAYS = 366
 
@@ -74,7 +76,7 @@ def publish() -> None:
 
 @publish.command()
 @click.argument("org")
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=complete_pipelines)
 @click.option("--param", "params", multiple=True, metavar="K=V", help="A run parameter (repeatable).")
 @click.option("--params-file", "json_file", default=None, metavar="FILE",
               help="A JSON object of parameters ('-' for stdin); --param wins on the same key.")

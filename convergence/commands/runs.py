@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from convergence.commands.output import output_options
+from convergence.commands.output import complete_pipelines, output_options
 
 # DEAD_LETTERED is not a run status: the dead-letter drain records FAILED with that reason code.
 STATUSES = ("RUNNING", "SUCCESS", "FAILED", "TIMEOUT", "REJECTED", "DEAD_LETTERED")
@@ -233,7 +233,7 @@ def _day_option(_: click.Context, __: click.Parameter, value: str | None) -> dat
 
 @runs.command("gaps")
 @click.argument("org", callback=_org_option)
-@click.argument("pipeline")
+@click.argument("pipeline", shell_complete=complete_pipelines)
 @click.option("--since", "since", default="90d", show_default=True, callback=_since_option,
               help="First day to check: 90d, 2w or an ISO date.")
 @click.option("--until", "until", default=None, callback=_day_option,
