@@ -89,7 +89,8 @@ ROWS = Counter(
 
 # -- stages of a run on the consumer (no labels: one series each) -----------------------------------------
 SLOT_WAIT = Histogram(
-    "convergence_slot_wait_seconds", "Time a received run waited for a run slot (global or per-org cap).",
+    "convergence_slot_wait_seconds",
+    "Time a received run waited for a run slot (global or per-org cap), reading its org's plan cap included.",
     buckets=_STAGE_BUCKETS, registry=REGISTRY)
 ADMISSION_WAIT = Histogram(
     "convergence_admission_wait_seconds",
