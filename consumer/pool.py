@@ -48,9 +48,10 @@ from convergence.observability import metrics, otel
 
 log = structlog.get_logger(__name__)
 
-# A run is handed off (republished) at most this many times; after that its message waits here for a slot,
-# its lease extended by the client, instead of going round the topic again.
-MAX_HAND_OFFS = 3
+# A run is handed off (republished) at most once: that gives another process with room the chance to take
+# it; after that its message waits here for a slot, its lease extended by the client, instead of going round
+# the topic again (each republish is a paid publish and a trip to the back of the queue).
+MAX_HAND_OFFS = 1
 # After the runs are done, how long the client may take to stop its leaser and sender (an RPC under way).
 STREAM_CLOSE_SECONDS = 2.0
 # How often the pool checks that Pub/Sub answers (a quiet subscription delivers nothing for hours).

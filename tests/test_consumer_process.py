@@ -112,16 +112,13 @@ def test_one_flooding_org_does_not_starve_another(local_stack, tmp_path):
         platform.services.requests.publish_many(flood)
         platform.start_consumer()
         platform.follower.wait_for(flood[0].run_id, "pipeline_started", timeout=60)
-        started = time.monotonic()
         quiet = platform.publish("quiet_org", "testing/consumer/ok", {"seconds": 1})
-        platform.follower.wait_for(quiet, "pipeline_completed", timeout=60)
-        waited = time.monotonic() - started
+        platform.follower.wait_for(quiet, "pipeline_completed", timeout=120)
         flood_done = sum(bool([e for e in platform.follower.of(r.run_id) if e["event_type"] == "pipeline_completed"])
                          for r in flood)
-        # 200 one-second runs at 2 at a time take ~100 s; the quiet org's run went through in seconds,
-        # while most of the flood was still waiting.
-        assert waited < 20, waited
-        assert flood_done < 100
+        # 200 one-second runs at 2 at a time take ~100 s: counted in runs, not seconds (a loaded machine
+        # cannot change it), the quiet org's run went through while most of the flood was still waiting.
+        assert flood_done < 100, flood_done
         assert platform.consumer.service.pools[0].stats.handed_off > 0
     finally:
         platform.close()
