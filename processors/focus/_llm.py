@@ -14,8 +14,10 @@ SubAccountName: the provider's Admin API names the sub-accounts (OpenAI `GET /v1
 Anthropic `GET /v1/organizations/workspaces`, archived ones included), read at every run with the org's
 stored admin key; the step config's `sub_account_names` {id: name} names the ids the API does not (and all
 of them when the org has no credential, the API fails, or `names_from_provider: false`); else the id
-itself. The cost tables carry only ids. A names failure never fails the mapping: the step result says
-where the names came from (`sub_account_names_from`).
+itself. When the API cannot be read, the names the org's `*.names` step last stored (`openai_projects`,
+`anthropic_workspaces`) stand in for it. The cost tables carry only ids (no user or API key id: the FOCUS
+rows have none to name). A names failure never fails the mapping: the step result says where the names
+came from (`sub_account_names_from`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import structlog
 
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import StepError
-from convergence.processors._llm.client import MalformedPage, provider_secret
+from convergence.processors._llm.bq import Warehouse, identifier
+from convergence.processors._llm.client import provider_secret
 from convergence.processors._llm.params import invalid
 from convergence.processors.focus._base import (
     Branch,
@@ -43,7 +46,6 @@ from convergence.processors.focus._base import (
 log = structlog.get_logger(__name__)
 
 AI_CATEGORY = "'AI and Machine Learning'"
-MAX_NAME_PAGES = 1_000
 AI_SUBCATEGORY = "'Generative AI'"
 _MONTH_START = "TIMESTAMP(DATE_TRUNC({d}, MONTH))"
 # No DATE_ADD/DATE_SUB: on the emulator a DATE_ADD anywhere in the statement sends it down a path that
@@ -79,35 +81,12 @@ def day_columns(date_column: str) -> dict[str, str]:
     }
 
 
-async def listed_names(http: Any, url: str, params: Sequence[tuple[str, str]], headers: Mapping[str, str],
-                       cursor_param: str, provider: str) -> dict[str, str]:
-    """{id: name} of every object of an Admin API list (`data`, `has_more`, `last_id` as the next cursor)."""
-    names: dict[str, str] = {}
-    cursor: str | None = None
-    seen: set[str] = set()
-    for number in range(1, MAX_NAME_PAGES + 1):
-        query = [*params, *([(cursor_param, cursor)] if cursor else [])]
-        body, _ = await http.request_json("GET", url, params=query, headers=headers)
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise MalformedPage(f"{provider}: page {number} from {url} has no 'data' list")
-        for item in body["data"]:
-            if isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("name"), str) \
-                    and item["name"].strip():
-                names[item["id"]] = item["name"].strip()[:200]
-        if not body.get("has_more"):
-            return names
-        cursor = body.get("last_id")
-        if not isinstance(cursor, str) or not cursor or cursor in seen:
-            raise MalformedPage(f"{provider}: page {number} from {url} says has_more without a new last_id")
-        seen.add(cursor)
-    raise MalformedPage(f"{provider}: more than {MAX_NAME_PAGES} pages from {url}; refusing to continue")
-
-
 class LlmFocusSource(FocusSource):
     provider = ""
     service = ""
     credential_provider = ""  # as stored in org_integration_credentials
     sub_account: tuple[str, str] = ("project_id", "Project")  # column of both tables, SubAccountType
+    names_table: tuple[str, str] = ("", "")  # the `*.names` step's table of sub-accounts, and its id column
     billed_columns: Sequence[str] = ()      # columns the `billed` CTE keeps
     calculated_columns: Sequence[str] = ()  # columns the `calc` CTE keeps
     token_lines: Sequence[TokenLine] = ()
@@ -131,11 +110,35 @@ class LlmFocusSource(FocusSource):
             secret = await provider_secret(config, context, self.credential_provider)
             listed = await self.provider_names(secret, config, context)
         except StepError as error:
+            stored = await self.stored_names(context)
+            if stored:
+                log.warning("sub-account names not read from the provider; the names table used",
+                            provider=self.provider, code=error.code)
+                return ({**config, "sub_account_names": {**configured, **stored}},
+                        {"sub_account_names_from": f"names table {self.names_table[0]} ({error.code}, "
+                                                   f"{len(stored)} named)"})
             log.warning("sub-account names not read from the provider; configuration used", provider=self.provider,
                         code=error.code)
             return config, {"sub_account_names_from": f"configuration ({error.code})"}
         return ({**config, "sub_account_names": {**configured, **listed}},
                 {"sub_account_names_from": f"provider API ({len(listed)} named)"})
+
+    async def stored_names(self, context: RunContext) -> dict[str, str]:
+        """{id: name} from the org's names table (the `*.names` step's last run), {} when there is none."""
+        table, id_column = self.names_table
+        if not table:
+            return {}
+        try:
+            warehouse = Warehouse(context.services, context.org_slug)
+            if not await warehouse.table_exists(table):
+                return {}
+            rows, _ = await warehouse.query(
+                f"SELECT {identifier(id_column, 'column')} AS id, name FROM {warehouse.ref(table)} "  # noqa: S608
+                "WHERE org_slug = @org_slug AND name IS NOT NULL", {"org_slug": context.org_slug})
+        except StepError as error:
+            log.warning("names table not read", table=table, code=error.code)
+            return {}
+        return {str(r["id"]): str(r["name"]) for r in rows}
 
     def sub_account_name(self, config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """SubAccountName: the names from `prepare` (provider API over the step config's `sub_account_names`),

@@ -13,8 +13,9 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext
 from convergence.processors._llm.client import http_client
+from convergence.processors._llm.names import listed_names
 from convergence.processors.anthropic.usage import admin_headers
-from convergence.processors.focus._llm import LlmFocusSource, TokenLine, listed_names
+from convergence.processors.focus._llm import LlmFocusSource, TokenLine
 
 
 class AnthropicFocus(LlmFocusSource):
@@ -22,6 +23,7 @@ class AnthropicFocus(LlmFocusSource):
     provider = "Anthropic"
     service = "Claude API"
     credential_provider = "ANTHROPIC"
+    names_table = ("anthropic_workspaces", "workspace_id")
     sub_account = ("workspace_id", "Workspace")
     inputs = {
         "billed": ("anthropic_billed_cost_daily_raw", "configs/anthropic/schemas/anthropic_billed_cost_daily_raw.json"),

@@ -15,7 +15,8 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext
 from convergence.processors._llm.client import http_client
-from convergence.processors.focus._llm import LlmFocusSource, TokenLine, listed_names
+from convergence.processors._llm.names import listed_names
+from convergence.processors.focus._llm import LlmFocusSource, TokenLine
 from convergence.processors.openai.usage import bearer_headers
 
 
@@ -24,6 +25,7 @@ class OpenAIFocus(LlmFocusSource):
     provider = "OpenAI"
     service = "OpenAI API"
     credential_provider = "OPENAI"
+    names_table = ("openai_projects", "project_id")
     inputs = {
         "billed": ("openai_billed_cost_daily_raw", "configs/openai/cost/schemas/openai_billed_cost_daily_raw.json"),
         "calculated": ("openai_cost_daily", "configs/openai/cost/schemas/openai_cost_daily.json"),

@@ -15,7 +15,11 @@ documents and serves them:
 - pagination by buckets with `has_more` and `next_page` (`page_` + base64 of the next bucket start);
 - the Admin API's workspace list (`GET /v1/organizations/workspaces`: `limit` 1..1000, default 20,
   `after_id`/`before_id` workspace ids, `include_archived`; `data` of `workspace` objects with
-  `first_id`/`last_id`/`has_more`). The default workspace has no id and is not listed.
+  `first_id`/`last_id`/`has_more`). The default workspace has no id and is not listed;
+- the Admin API's API key list (`GET /v1/organizations/api_keys`: same paging, filters `status`,
+  `workspace_id`, `created_by_user_id`; `api_key` objects with `partial_key_hint`, never the key; a key of
+  the default workspace has `workspace_id: null`). `leak_key_values=True` adds a `key` field, as a response
+  that should not carry one, for tests that check nothing stores it.
 """
 
 from __future__ import annotations
@@ -90,6 +94,13 @@ DEFAULT_MODELS = ("claude-sonnet-4-20250514", "claude-sonnet-4-5-20250929", "cla
 DEFAULT_WORKSPACES = (None, "wrkspc_01StandInAlpha")
 DEFAULT_WORKSPACE_NAMES = {"wrkspc_01StandInAlpha": "Stand-in Alpha"}
 WORKSPACES_LIMIT = (20, 1000)  # (default, max) workspaces per page
+API_KEYS_LIMIT = (20, 1000)  # (default, max) API keys per page
+API_KEY_STATUSES = ("active", "inactive", "archived", "expired")
+# id -> (name, workspace id or None for the default workspace, status)
+DEFAULT_API_KEYS: dict[str, tuple[str, str | None, str]] = {
+    "apikey_01StandIn": ("Stand-in backend", "wrkspc_01StandInAlpha", "active"),
+    "apikey_01StandInDefault": ("Console default", None, "archived"),
+}
 _SNAPSHOT = re.compile(r"-\d{8}$")
 
 
@@ -154,8 +165,11 @@ class AnthropicStandIn(StandInServer):
                  prices: Mapping[str, tuple[str, str, str, str, str]] | None = None,
                  cost_adjustments: Mapping[tuple[str, str | None, str], Decimal | str] | None = None,
                  workspaces: Mapping[str, str] | None = None, archived_workspaces: Sequence[str] = (),
+                 api_keys: Mapping[str, tuple[str, str | None, str]] | None = None, leak_key_values: bool = False,
                  seed: int = 7, host: str = "127.0.0.1", port: int = 0):
         super().__init__(host, port)
+        self.api_keys = dict(DEFAULT_API_KEYS if api_keys is None else api_keys)
+        self.leak_key_values = leak_key_values
         self.admin_keys = frozenset(admin_keys)
         self.workspaces = dict(DEFAULT_WORKSPACE_NAMES if workspaces is None else workspaces)  # id -> name
         self.archived_workspaces = frozenset(archived_workspaces)
@@ -172,6 +186,7 @@ class AnthropicStandIn(StandInServer):
             web.get("/v1/organizations/usage_report/messages", self.usage),
             web.get("/v1/organizations/cost_report", self.cost_report),
             web.get("/v1/organizations/workspaces", self.list_workspaces),
+            web.get("/v1/organizations/api_keys", self.list_api_keys),
         ]
 
     # -- errors and auth ---------------------------------------------------------------------------
@@ -381,6 +396,51 @@ class AnthropicStandIn(StandInServer):
                  "display_color": "#6C5BB9"} for n, w in enumerate(page)]
         return web.json_response({"data": data, "has_more": more, "first_id": page[0] if page else None,
                                   "last_id": page[-1] if page else None})
+
+    # -- API keys (Admin API) ---------------------------------------------------------------------------
+    @staticmethod
+    def secret(key_id: str) -> str:
+        return f"sk-ant-api03-{key_id}-0123456789abcdefSECRET-AA"
+
+    async def list_api_keys(self, request: web.Request) -> web.Response:
+        default, maximum = API_KEYS_LIMIT
+        try:
+            limit = int(request.query.get("limit", default))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= maximum:
+            return self.error(400, f"limit: Input should be between 1 and {maximum}")
+        status = request.query.get("status")
+        if status is not None and status not in API_KEY_STATUSES:
+            return self.error(400, f"status: Input should be {', '.join(repr(s) for s in API_KEY_STATUSES)}")
+        workspace = request.query.get("workspace_id")
+        ids = [k for k in sorted(self.api_keys) if (status is None or self.api_keys[k][2] == status)
+               and (workspace is None or self.api_keys[k][1] == workspace)]
+        after, before = request.query.get("after_id"), request.query.get("before_id")
+        if after and before:
+            return self.error(400, "Only one of after_id and before_id may be given")
+        cursor = after or before
+        if cursor and cursor not in ids:
+            return self.error(400, f"{'after_id' if after else 'before_id'}: unknown API key id")
+        if after:
+            ids = ids[ids.index(after) + 1:]
+            page, more = ids[:limit], len(ids) > limit
+        elif before:
+            ids = ids[:ids.index(before)]
+            page, more = ids[-limit:], len(ids) > limit
+        else:
+            page, more = ids[:limit], len(ids) > limit
+
+        def item(key_id: str, n: int) -> dict[str, Any]:
+            name, workspace_id, key_status = self.api_keys[key_id]
+            value = self.secret(key_id)
+            out = {"id": key_id, "type": "api_key", "name": name, "workspace_id": workspace_id,
+                   "created_at": f"2024-10-30T23:58:{n % 60:02d}.427722Z",
+                   "created_by": {"id": "user_01StandInAdmin", "type": "user"},
+                   "partial_key_hint": f"{value[:16]}...{value[-4:]}", "status": key_status}
+            return {**out, "key": value} if self.leak_key_values else out
+        return web.json_response({"data": [item(k, n) for n, k in enumerate(page)], "has_more": more,
+                                  "first_id": page[0] if page else None, "last_id": page[-1] if page else None})
 
 
 def _description(model: str | None, token_type: str | None, cost_type: str | None) -> str | None:

@@ -1,6 +1,14 @@
 """Stand-in for OpenAI's Organization Usage API and Costs API (`/v1/organization/usage/*`, `/v1/organization/costs`),
-and the Admin API's project list (`GET /v1/organization/projects`: `limit` 1..100, default 20, `after` a
-project id, `include_archived`; a `list` of `organization.project` objects with `first_id`/`last_id`/`has_more`).
+and the Admin API's name lists, each a `list` with `first_id`/`last_id`/`has_more`, paged by `after` (an id
+of the previous page) and `limit` (1..100, default 20; over: 400):
+- projects (`GET /v1/organization/projects`, `include_archived`): `organization.project` objects;
+- users (`GET /v1/organization/users`, `emails` filter): `organization.user` objects;
+- admin keys (`GET /v1/organization/admin_api_keys`, `order` asc/desc): `organization.admin_api_key`
+  objects with `redacted_value` and their owner;
+- project keys (`GET /v1/organization/projects/{project_id}/api_keys`, 404 for an unknown project):
+  `organization.project.api_key` objects, owned by a user or a service account.
+Key values are never served, only `redacted_value` (`leak_key_values=True` adds a `value` field, as a
+response that should not carry one, for tests that check nothing stores it).
 
 Speaks OpenAI's documented wire format, with the behaviour observed on the live API:
 - `Authorization: Bearer sk-admin-...` (admin key) or 401 with OpenAI's `{"error": {...}}` body;
@@ -81,6 +89,15 @@ DEFAULT_MODELS = (
 DEFAULT_PROJECTS = ("proj_standin_alpha", "proj_standin_beta")
 DEFAULT_PROJECT_NAMES = {"proj_standin_alpha": "Stand-in Alpha", "proj_standin_beta": "Stand-in Beta"}
 PROJECTS_LIMIT = (20, 100)  # (default, max) projects per page
+LIST_LIMIT = (20, 100)  # (default, max) users / API keys per page
+DEFAULT_USERS = {"user_standin_ada": "Ada Lovelace", "user_standin_grace": "Grace Hopper"}
+DEFAULT_ADMIN_KEYS = {"key_admin_standin": "Stand-in admin key"}
+# project -> {key id: (name, owner user id, or None for a service account)}
+DEFAULT_PROJECT_KEYS: dict[str, dict[str, tuple[str, str | None]]] = {
+    "proj_standin_alpha": {"key_standin_1": ("Alpha backend", "user_standin_ada"),
+                           "key_standin_svc": ("Alpha batch jobs", None)},
+    "proj_standin_beta": {"key_standin_2": ("Beta prototype", "user_standin_grace")},
+}
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 
@@ -155,8 +172,16 @@ class OpenAIStandIn(StandInServer):
                  extra_costs: Sequence[tuple[str, str | None, str, Decimal | str]] = (),
                  field_set: str = "2026", amount_as_string: bool = False, iso_fields: bool = False,
                  allow_costs_api_key_group: bool = False, projects: Mapping[str, str] | None = None,
-                 archived_projects: Sequence[str] = (), seed: int = 42, host: str = "127.0.0.1", port: int = 0):
+                 archived_projects: Sequence[str] = (), users: Mapping[str, str] | None = None,
+                 admin_api_keys: Mapping[str, str] | None = None,
+                 project_api_keys: Mapping[str, Mapping[str, tuple[str, str | None]]] | None = None,
+                 leak_key_values: bool = False, seed: int = 42, host: str = "127.0.0.1", port: int = 0):
         super().__init__(host, port)
+        self.users = dict(DEFAULT_USERS if users is None else users)  # id -> name
+        self.admin_api_keys = dict(DEFAULT_ADMIN_KEYS if admin_api_keys is None else admin_api_keys)
+        self.project_api_keys = {p: dict(k) for p, k in
+                                 (DEFAULT_PROJECT_KEYS if project_api_keys is None else project_api_keys).items()}
+        self.leak_key_values = leak_key_values
         self.projects = dict(DEFAULT_PROJECT_NAMES if projects is None else projects)  # id -> name
         self.archived_projects = frozenset(archived_projects)
         self.admin_keys = frozenset(admin_keys)
@@ -179,6 +204,9 @@ class OpenAIStandIn(StandInServer):
             web.get("/v1/organization/usage/{kind}", self.usage),
             web.get("/v1/organization/costs", self.costs),
             web.get("/v1/organization/projects", self.list_projects),
+            web.get("/v1/organization/users", self.list_users),
+            web.get("/v1/organization/admin_api_keys", self.list_admin_api_keys),
+            web.get("/v1/organization/projects/{project_id}/api_keys", self.list_project_api_keys),
         ]
 
     # -- errors and auth ---------------------------------------------------------------------------
@@ -416,6 +444,83 @@ class OpenAIStandIn(StandInServer):
                  "status": "archived" if p in self.archived_projects else "active"} for n, p in enumerate(page)]
         return web.json_response({"object": "list", "data": data, "first_id": page[0] if page else None,
                                   "last_id": page[-1] if page else None, "has_more": len(ids) > limit})
+
+    # -- users and API keys (Admin API) ---------------------------------------------------------------
+    def _list(self, request: web.Request, ids: Sequence[str],
+              item: Any) -> web.Response:
+        """One `after`-paged page of `ids` as a `list` object (item(id, n) builds each object)."""
+        default, maximum = LIST_LIMIT
+        try:
+            limit = int(request.query.get("limit", default))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= maximum:
+            return self.error(400, f"Invalid value for 'limit': must be between 1 and {maximum}.", param="limit")
+        ids = list(ids)
+        after = request.query.get("after")
+        if after:
+            if after not in ids:
+                return self.error(400, "Invalid value for 'after'.", param="after")
+            ids = ids[ids.index(after) + 1:]
+        page = ids[:limit]
+        return web.json_response({"object": "list", "data": [item(i, n) for n, i in enumerate(page)],
+                                  "first_id": page[0] if page else None, "last_id": page[-1] if page else None,
+                                  "has_more": len(ids) > limit})
+
+    def _user(self, user_id: str, n: int = 0) -> dict[str, Any]:
+        return {"object": "organization.user", "id": user_id, "name": self.users.get(user_id, user_id),
+                "email": f"{user_id.removeprefix('user_')}@example.com", "role": "owner" if n == 0 else "reader",
+                "added_at": 1711471533 + n}
+
+    @staticmethod
+    def _secret(key_id: str) -> str:
+        return f"sk-proj-{key_id}-0123456789abcdefSECRET"
+
+    def _redacted(self, key_id: str, admin: bool) -> dict[str, Any]:
+        value = f"sk-admin-{key_id}-0123456789abcdefSECRET" if admin else self._secret(key_id)
+        out = {"redacted_value": f"{value[:9]}...{value[-4:]}"}
+        return {**out, "value": value} if self.leak_key_values else out
+
+    async def list_users(self, request: web.Request) -> web.Response:
+        emails = set(query_list(request, "emails"))
+        ids = [u for u in sorted(self.users) if not emails or self._user(u)["email"] in emails]
+        return self._list(request, ids, self._user)
+
+    async def list_admin_api_keys(self, request: web.Request) -> web.Response:
+        order = request.query.get("order", "asc")
+        if order not in ("asc", "desc"):
+            return self.error(400, "Invalid value for 'order': must be 'asc' or 'desc'.", param="order")
+        ids = sorted(self.admin_api_keys, reverse=order == "desc")
+        owner = next(iter(sorted(self.users)), "user_standin_owner")
+
+        def item(key_id: str, n: int) -> dict[str, Any]:
+            return {"object": "organization.admin_api_key", "id": key_id, "name": self.admin_api_keys[key_id],
+                    **self._redacted(key_id, admin=True), "created_at": 1711471533 + n, "expires_at": None,
+                    "last_used_at": 1711471534 + n,
+                    "owner": {"type": "user", "object": "organization.user", "id": owner,
+                              "name": self.users.get(owner, owner), "created_at": 1711471533, "role": "owner"}}
+        return self._list(request, ids, item)
+
+    async def list_project_api_keys(self, request: web.Request) -> web.Response:
+        project = request.match_info["project_id"]
+        if project not in self.projects and project not in self.project_api_keys:
+            return self.error(404, f"No such project: {project}", kind="invalid_request_error")
+        keys = self.project_api_keys.get(project, {})
+
+        def item(key_id: str, n: int) -> dict[str, Any]:
+            name, user = keys[key_id]
+            if user is None:
+                owner = {"type": "service_account", "service_account": {
+                    "id": f"svc_acct_{key_id}", "name": f"{name} (service account)", "created_at": 1711471533,
+                    "role": "member"}}
+            else:
+                owner = {"type": "user", "user": {**{k: v for k, v in self._user(user).items()
+                                                      if k in ("id", "name", "email")},
+                                                   "role": "owner", "created_at": 1711471533}}
+            return {"object": "organization.project.api_key", "id": key_id, "name": name,
+                    **self._redacted(key_id, admin=False), "created_at": 1711471533 + n,
+                    "last_used_at": 1711471600 + n, "owner": owner}
+        return self._list(request, sorted(keys), item)
 
     def _amount(self, amount: Decimal) -> float | str:
         if self.amount_as_string:  # observed: strings with 39 decimals, and "0E-6176" for zero
