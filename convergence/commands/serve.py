@@ -14,6 +14,7 @@ def serve(host: str | None, port: int | None) -> None:
     """Serve Pub/Sub push deliveries and the HTTP API."""
     from convergence.api import ApiDoor
     from convergence.cli import load_settings_or_exit
+    from convergence.console import Console
     from convergence.consumer.http_app import PushConfigError, run_server
     from convergence.consumer.serving import build_push_app
     from convergence.runtime import Services
@@ -30,4 +31,5 @@ def serve(host: str | None, port: int | None) -> None:
     # Pub/Sub and BigQuery answer, credentials work: else exit 2 now, not a traceback at the first request.
     check_startup(settings, subscription=None, topic=settings.events_topic)
     ApiDoor(settings, services).register(app)  # the HTTP run door: /api/v1/... (convergence/api/door.py)
+    Console(settings, services).register(app)  # the read-only web console: /console (convergence/console)
     asyncio.run(run_server(app, host, port))
