@@ -35,7 +35,7 @@ OPENAI_USAGE = "configs/openai/cost/schemas/openai_usage_daily_raw.json"
 ANTHROPIC_USAGE = "configs/anthropic/schemas/anthropic_usage_daily_raw.json"
 # 106 projects (two pages of at most 100); proj_a is archived and still has costs.
 PROJECTS = {**{f"proj_{i:03d}": f"Project {i}" for i in range(105)}, "proj_a": "Research"}
-USERS = {f"user_{i:03d}": f"User {i}" for i in range(130)}  # two pages
+USERS = {**{f"user_{i:03d}": f"User {i}" for i in range(129)}, "user_nameless": ""}  # two pages
 PROJECT_KEYS = {
     "proj_a": {"key_a_user": ("Research notebook", "user_007"), "key_a_svc": ("Research batch", None)},
     "proj_000": {f"key_000_{i:03d}": (f"Key {i}", "user_001") for i in range(120)},  # two pages
@@ -110,7 +110,7 @@ async def test_openai_names_tables_views_and_focus(env, bq):
     assert {p: r["name"] for p, r in projects.items()} == PROJECTS  # archived one included
     assert projects["proj_a"]["status"] == "archived" and projects["proj_a"]["archived_at"] is not None
     users = by_id(rows(bq, settings, org, "openai_users"), "user_id")
-    assert {u: r["name"] for u, r in users.items()} == USERS
+    assert {u: r["name"] for u, r in users.items()} == {u: n or None for u, n in USERS.items()}
     assert users["user_007"]["email"] == "007@example.com"
     keys = by_id(rows(bq, settings, org, "openai_api_keys"), "api_key_id")
     assert set(keys) == {*ADMIN_KEYS, *PROJECT_KEYS["proj_a"], *PROJECT_KEYS["proj_000"]}
@@ -138,18 +138,19 @@ async def test_openai_names_tables_views_and_focus(env, bq):
            {**openai_cost(D1, "gpt-4o-2024-08-06", input_cost="2", total_cost="2"), "project_id": "proj_gone"}])
     write(services, org, "openai_usage_daily_raw", OPENAI_USAGE,
           [openai_usage("proj_a", "user_007", "key_a_user"), openai_usage("proj_000", None, "key_admin_1"),
-           openai_usage("proj_000", "user_999", "key_unknown")])
+           openai_usage("proj_000", "user_999", "key_unknown"), openai_usage("proj_001", "user_nameless", None)])
     cost = rows(bq, settings, org, "openai_cost_daily_named", order="project_id")
     assert [(r["project_id"], r["project_name"], str(r["total_cost"])) for r in cost] == [
         ("proj_a", "Research", "1.000000000"), ("proj_gone", None, "2.000000000")]
     usage = rows(bq, settings, org, "openai_usage_daily_raw_named", order="project_id, user_id")
     assert [(r["project_name"], r["user_name"], r["api_key_name"]) for r in usage] == [
-        ("Project 0", None, "Ops admin"), ("Project 0", None, None), ("Research", "User 7", "Research notebook")]
+        ("Project 0", None, "Ops admin"), ("Project 0", None, None), ("Project 1", "nameless@example.com", None),
+        ("Research", "User 7", "Research notebook")]
     assert len(rows(bq, settings, org, "openai_billed_cost_daily_raw_named")) == 0  # resolves with no rows
 
     # A rerun replaces the org's rows: renamed, removed and added objects, no second copy.
     openai.projects["proj_a"] = "Research (renamed)"
-    del openai.users["user_129"]
+    del openai.users["user_128"]
     openai.project_api_keys["proj_a"]["key_a_new"] = ("New key", "user_002")
     result, _, _ = await run_pipeline("openai/admin/names", org, services)
     assert result.status is RunStatus.SUCCESS, result.error

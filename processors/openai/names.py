@@ -1,7 +1,8 @@
 """ps_type `openai.names`: the OpenAI organization's names, from its Admin API, into `openai_projects`,
 `openai_users` and `openai_api_keys` (the org's rows replaced at every run), and the views
 `openai_usage_daily_raw_named`, `openai_cost_daily_named` and `openai_billed_cost_daily_raw_named`: those
-tables with `project_name` (and in usage `user_name`, `api_key_name`) next to the ids.
+tables with `project_name` (and in usage `user_name`, the email when the user has no name, and
+`api_key_name`) next to the ids.
 
 Lists read (all `after`-paged, at most 100 per page): `GET /v1/organization/projects` (archived included:
 they still have costs), `GET /v1/organization/users`, `GET /v1/organization/admin_api_keys` and, per
@@ -67,8 +68,10 @@ class OpenAINames(AdminNamesStep):
     )
     views = (
         NamedView("openai_usage_daily_raw", "configs/openai/cost/schemas/openai_usage_daily_raw.json",
-                  (("projects", "project_id", "name", "project_name"), ("users", "user_id", "name", "user_name"),
-                   ("api_keys", "api_key_id", "name", "api_key_name"))),
+                  (("projects", "project_id", "name", "project_name"), ("users", "user_id", "name", None),
+                   ("api_keys", "api_key_id", "name", "api_key_name")),
+                  # A user without a name reads as their email.
+                  {"user_name": "IFNULL(n1.name, n1.email)"}),
         NamedView("openai_cost_daily", "configs/openai/cost/schemas/openai_cost_daily.json",
                   (("projects", "project_id", "name", "project_name"),)),
         NamedView("openai_billed_cost_daily_raw", "configs/openai/cost/schemas/openai_billed_cost_daily_raw.json",
