@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint validate bench clean
+.PHONY: run test install lint validate bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Debian's chromium for the console's browser tests: installed only when missing and only as root (apt);
+# elsewhere, or if apt fails, those tests skip and say why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (Debian package) for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "chromium install failed: the browser tests will skip"; \
+	else echo "chromium missing and not root: the browser tests will skip"; fi
+
 run: install
 	$(BIN)/convergence dev demo
 
-test: install
+test: install chromium
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/convergence validate
 	$(BIN)/pytest -q

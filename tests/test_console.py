@@ -9,6 +9,7 @@ import asyncio
 import base64
 import http.client
 import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -386,17 +387,21 @@ async def in_browser(browser: Browser, steps: Any) -> Any:
             cdp.reader.cancel()
 
 
+NO_CHROMIUM = "chromium is not installed (Debian package chromium: `make test` as root installs it)"
+
+
 @pytest.fixture
 def browser(tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (Debian package chromium; `make install` as root installs it)")
     browser = Browser(tmp_path / "profile")
     yield browser
     browser.close()
 
 
 @pytest.mark.emulator
-def test_the_pages_in_chromium(stack, browser):
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_the_pages_in_chromium(stack, browser, tmp_path):
+    """CONSOLE_SCREENSHOTS=docs writes the screenshots the README shows (else they stay in tmp_path)."""
+    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path)
     base = f"http://127.0.0.1:{stack.server.port}"
     dead = dead_letter(stack)
     login = ("(function (kind, key) { document.querySelector('select[name=kind]').value = kind;"
@@ -414,7 +419,7 @@ def test_the_pages_in_chromium(stack, browser):
         seen["cookie_visible"] = await org.eval("document.cookie")  # HttpOnly: scripts never see it
         await org.goto(f"{base}/console/runs/{stack.runs['ok']}")
         seen["bars"] = await org.eval("[...document.querySelectorAll('#gantt rect')].map(r => r.dataset.step)")
-        await org.screenshot(REPO / "docs" / "console-run.png")
+        await org.screenshot(shots / "console-run.png")
         await org.goto(f"{base}/console/runs/{stack.runs['other']}")
         seen["other_run"] = await org.eval("document.getElementById('message').textContent")
         await org.goto(f"{base}/console/dlq")
@@ -423,7 +428,7 @@ def test_the_pages_in_chromium(stack, browser):
         await org.goto(f"{base}/console/costs?days=30")
         seen["chart"] = await org.eval("(c => c && Object.assign({}, c.dataset, {w: c.width, h: c.height}))"
                                        "(document.getElementById('cost-chart'))")
-        await org.screenshot(REPO / "docs" / "console.png")
+        await org.screenshot(shots / "console.png")
 
         root = await Page.open(cdp)
         await root.goto(base + "/console/login")
@@ -449,5 +454,7 @@ def test_the_pages_in_chromium(stack, browser):
     assert seen["chart"]["chartReady"] == "1" and seen["chart"]["datasets"] == "2"
     assert seen["chart"]["barsDrawn"] == "4" and seen["chart"]["w"] > 0
     assert {ORG, OTHER} <= set(seen["root_runs"])
+    for name in ("console.png", "console-run.png"):
+        assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert seen["root_other_run"].startswith(f"Run {stack.runs['other']}")
     assert dead in seen["root_replay"]
