@@ -65,6 +65,38 @@ def test_chart_data_fills_every_day_and_keeps_currencies_apart():
         ("DeepSeek", "CNY", [7.0, 0.0, 0.0]), ("OpenAI", "USD", [1.5, 0.0, 2.0])]
 
 
+def test_sign_in_attempts_are_rate_limited_per_client_address():
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from convergence.api.ratelimit import RateLimiter
+    from convergence.settings.model import load_settings
+
+    now = [0.0]
+    settings = load_settings(ca_root_api_key=ROOT_KEY)
+    console = Console(settings, services=None, sign_ins=RateLimiter(2, clock=lambda: now[0]))
+    app = web.Application()
+    console.register(app)
+
+    async def attempts() -> list[tuple[int, str | None, str]]:
+        async with TestClient(TestServer(app)) as client:
+            seen = []
+            for key in ("wrong", "wrong", ROOT_KEY):
+                response = await client.post("/console/login", data={"kind": "root", "key": key},
+                                              allow_redirects=False)
+                seen.append((response.status, response.headers.get("Retry-After"), await response.text()))
+            now[0] = 30.0  # a token back (2 a minute)
+            response = await client.post("/console/login", data={"kind": "root", "key": ROOT_KEY},
+                                         allow_redirects=False)
+            seen.append((response.status, response.headers.get("Location"), ""))
+            return seen
+
+    seen = asyncio.run(attempts())
+    assert [(status, header) for status, header, _ in seen] == [(403, None), (403, None), (429, "30"),
+                                                                (303, "/console/runs")]
+    assert "too many sign-in attempts" in seen[2][2]
+
+
 def test_the_cost_query_passes_googles_sql_analyzer():
     from convergence.warehouse.googlesql import GoogleSql, Statement, TableSchema, index_tables
 

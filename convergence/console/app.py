@@ -33,6 +33,7 @@ import structlog
 from aiohttp import web
 
 from convergence.api.auth import AuthError, OrgKeyAuth, bigquery_verifier, check_root_key
+from convergence.api.ratelimit import RateLimiter
 from convergence.console import views
 from convergence.console.session import ROOT, Session, Sessions
 from convergence.settings import Settings
@@ -48,6 +49,7 @@ FORM_KEY = web.RequestKey("console_form", dict)
 MAX_FORM_BYTES = 8 * 1024
 LIST_LIMIT = 200
 COST_PERIODS = (30, 90)
+SIGN_INS_PER_MINUTE = 20  # per client address: guessing keys through the form stays slow
 # same-origin, not no-referrer: under no-referrer browsers post forms with `Origin: null`, refused here.
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -107,12 +109,13 @@ def session_secret(settings: Settings) -> bytes:
 
 class Console:
     def __init__(self, settings: Settings, services: Any, *, auth: OrgKeyAuth | None = None,
-                 sessions: Sessions | None = None):
+                 sessions: Sessions | None = None, sign_ins: RateLimiter | None = None):
         self.settings = settings
         self.services = services
         self.auth = auth or OrgKeyAuth(lambda org, key: bigquery_verifier(services.bigquery, settings)(org, key),
                                        cache_seconds=settings.api_key_cache_seconds)
         self.sessions = sessions or Sessions(session_secret(settings))
+        self.sign_ins = sign_ins or RateLimiter(SIGN_INS_PER_MINUTE)
 
     def register(self, app: web.Application) -> None:
         r = app.router
@@ -227,6 +230,11 @@ class Console:
         return self._html(views.login())
 
     async def login(self, request: web.Request) -> web.StreamResponse:
+        wait = self.sign_ins.take(request.remote or "unknown")
+        if wait:
+            response = self._html(views.login(f"too many sign-in attempts: retry in {int(wait)} s"), 429)
+            response.headers["Retry-After"] = str(int(wait))
+            return response
         form = await self._form(request)
         kind, key = form.get("kind", "org"), form.get("key", "").strip()
         try:

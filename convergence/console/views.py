@@ -127,7 +127,9 @@ def run_detail(session: Session, csrf: str, record: Any, steps: Sequence[Any]) -
     labels = "".join(f'<div class="label">{e(s.step_id)}</div>' for s in steps)
     gantt = (f'<div class="gantt"><div class="labels">{labels}</div>'
              f'<svg id="gantt" width="100%" height="{height}" role="img" aria-label="step timeline">'
-             f'{"".join(bars)}</svg></div>') if steps else "<p>No step logs for this run.</p>"
+             f'{"".join(bars)}</svg></div><div class="axis"><span>0 ms</span>'
+             f'<span id="gantt-span">{span * 1000:,.0f} ms</span></div>') if steps \
+        else "<p>No step logs for this run.</p>"
     table = ('<table id="steps"><thead><tr><th>Attempt</th><th>#</th><th>Step</th><th>Type</th><th>Status</th>'
              "<th>Started</th><th>ms</th><th>Rows</th><th>Error</th><th>Message</th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
