@@ -490,3 +490,23 @@ def test_the_pages_in_chromium(stack, browser, tmp_path):
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert seen["root_other_run"].startswith(f"Run {stack.runs['other']}")
     assert dead in seen["root_replay"]
+
+
+@pytest.mark.emulator
+def test_convergence_serve_registers_the_console(stack, monkeypatch):
+    from click.testing import CliRunner
+
+    from convergence.commands.serve import serve
+
+    served = []
+
+    async def run_server(app, host, port):
+        served.append({route.resource.canonical for route in app.router.routes() if route.resource})
+
+    settings = stack.settings.model_copy(update={"push_verify_token": False, "ca_root_api_key": SecretStr(ROOT_KEY)})
+    monkeypatch.setattr("convergence.cli.load_settings_or_exit", lambda: settings)
+    monkeypatch.setattr("convergence.consumer.http_app.run_server", run_server)
+    result = CliRunner().invoke(serve, [])
+    assert result.exit_code == 0, result.output
+    assert {"/console/login", "/console/runs", "/console/runs/{run_id}", "/console/dlq/replay",
+            "/console/costs", "/api/v1/pipelines/runs/{run_id}"} <= served[0]
