@@ -119,7 +119,10 @@ def test_one_flooding_org_does_not_starve_another(local_stack, tmp_path):
         # 200 one-second runs at 2 at a time take ~100 s: counted in runs, not seconds (a loaded machine
         # cannot change it), the quiet org's run went through while most of the flood was still waiting.
         assert flood_done < 100, flood_done
+        from convergence.consumer.pool import MAX_HAND_OFFS
+
         handed_off = platform.consumer.service.pools[0].stats.handed_off
-        assert 0 < handed_off <= len(flood) + 1  # at most one republish per run (each paid, each requeued)
+        print(f"republishes per run: {handed_off} / {len(flood) + 1} = {handed_off / (len(flood) + 1):.2f}")
+        assert 0 < handed_off <= MAX_HAND_OFFS * (len(flood) + 1)  # bounded per run, never a republish loop
     finally:
         platform.close()

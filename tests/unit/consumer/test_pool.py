@@ -202,7 +202,7 @@ async def test_hand_off_is_bounded_and_a_bad_deferrals_attribute_counts_as_zero(
     bad = stream.deliver("bad", attributes={"org_slug": "org_a", "deferrals": "NaN"})
     assert (await settled(stream, fresh)).kind == "ack"
     assert (await settled(stream, bad)).kind == "ack"
-    # ...but one already handed off waits here for the slot, its lease kept by the client.
+    # ...but one handed off 3 times already waits here for the slot, its lease kept by the client.
     worn = stream.deliver("worn", attributes={"org_slug": "org_a", "deferrals": "3"})
     handler.release["first"].set()
     await handler.started["worn"].wait()
