@@ -99,7 +99,7 @@ def tenancy_env(local_stack: Any, tmp_path_factory: Any) -> tuple[Any, Any, Any]
     from convergence.kms.local import LocalKeyring
     from convergence.warehouse.bootstrap import bootstrap
     from convergence.warehouse.client import make_client
-    from tests.test_warehouse_support import emulator_settings
+    from tests.support.warehouse import emulator_settings
 
     settings = emulator_settings(local_stack, local_keyring_path=tmp_path_factory.mktemp("keys") / "keyring.key")
     client = make_client(settings)

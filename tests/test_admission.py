@@ -17,7 +17,7 @@ from convergence.tenancy.gate import OrgGate
 from convergence.tenancy.onboarding import onboard_org
 from convergence.tenancy.plans import load_plans
 from convergence.tenancy.subscriptions import Subscriptions
-from tests.test_warehouse_support import unique
+from tests.support.warehouse import unique
 
 pytestmark = pytest.mark.emulator
 

@@ -12,7 +12,7 @@ import pytest
 from convergence.devstack.providers.anthropic_server import ADMIN_KEY, AnthropicStandIn, generated_usage, message_usage
 from convergence.devstack.providers.common import to_epoch
 from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus, StepStatus
-from tests.test_llm_support import CONFIGS, DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
+from tests.support.llm import CONFIGS, DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
 
 pytestmark = [pytest.mark.emulator]
 

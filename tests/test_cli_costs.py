@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from convergence.commands.costs import costs
 from convergence.warehouse.writer import Writer
-from tests.test_llm_support import make_settings, new_org
+from tests.support.llm import make_settings, new_org
 
 pytestmark = [pytest.mark.emulator]
 FOCUS_SCHEMA = "configs/focus/schemas/focus_cost_daily.json"

@@ -21,7 +21,7 @@ from convergence.devstack.providers.slack_server import SlackStandIn
 from convergence.tenancy.providers import ProviderRegistryError, parse_registry, provider_registry_problems
 from tests import harness
 from tests.harness import Platform
-from tests.test_llm_support import CONFIGS
+from tests.support.llm import CONFIGS
 
 OPENAI_KEY = "sk-admin-lifecycle-5f0e9d8c7b6a5948"
 ANTHROPIC_KEY = "sk-ant-admin01-lifecycle-a1b2c3d4e5f6"

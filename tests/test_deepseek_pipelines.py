@@ -14,7 +14,7 @@ import pytest
 from convergence.devstack.providers.deepseek_server import API_KEY, DeepSeekStandIn
 from convergence.pipeline import RunStatus, StepStatus
 from convergence.processors.deepseek import balance as balance_step
-from tests.test_llm_support import DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
+from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
 
 pytestmark = [pytest.mark.emulator]
 

@@ -25,7 +25,7 @@ from convergence.tenancy.onboarding import onboard_org
 from convergence.warehouse.bootstrap import bootstrap
 from tests.conftest import PUBSUB_NAME_FIELDS
 from tests.harness import Platform, make_configs_dir
-from tests.test_warehouse_support import emulator_settings, unique
+from tests.support.warehouse import emulator_settings, unique
 
 pytestmark = pytest.mark.emulator
 

@@ -15,7 +15,7 @@ from google.cloud import bigquery
 
 from convergence.pipeline import RunStatus
 from convergence.processors.focus.conformance import RULES, check, format_report
-from tests.test_llm_support import (
+from tests.support.llm import (
     DictCredentials,
     LlmTestServices,
     make_settings,

@@ -14,6 +14,7 @@ from convergence.devstack.demo import FOCUS_PIPELINES
 from convergence.devstack.providers.demo import DEMO_PIPELINES, LlmStandIns, demo_parameters
 from convergence.pipeline import RunStatus
 from convergence.processors.focus.conformance import check, format_report
+from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
 from tests.test_focus import focus_rows
 from tests.test_focus_validator import (
     REALISTIC_CRITERIA,
@@ -22,7 +23,6 @@ from tests.test_focus_validator import (
     run_validator,
     unexpected_failures,
 )
-from tests.test_llm_support import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
 
 pytestmark = [pytest.mark.emulator]
 

@@ -16,8 +16,8 @@ from convergence.pipeline import RunStatus
 from convergence.processors.focus.conformance import DQ_TABLE, RULES
 from convergence.warehouse.bootstrap import bootstrap
 from convergence.warehouse.runlog import pipeline_logging_id
+from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
 from tests.test_focus import D1, D2, map_llm, seed_sources
-from tests.test_llm_support import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
 
 pytestmark = [pytest.mark.emulator]
 

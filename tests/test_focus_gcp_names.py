@@ -18,8 +18,8 @@ import pytest
 from convergence.devstack.providers.gcp_server import GcpStandIn, account_resource, make_service_account_key
 from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
 from convergence.processors.focus.conformance import check, format_report
+from tests.support.llm import CONFIGS, DictCredentials, LlmTestServices, RecordingObserver, make_settings, new_org
 from tests.test_focus import GCP_SCHEMA, focus_rows, gcp_row, write
-from tests.test_llm_support import CONFIGS, DictCredentials, LlmTestServices, RecordingObserver, make_settings, new_org
 
 pytestmark = [pytest.mark.emulator]
 

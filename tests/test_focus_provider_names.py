@@ -17,8 +17,8 @@ from convergence.devstack.providers.openai_server import ADMIN_KEY as OPENAI_KEY
 from convergence.devstack.providers.openai_server import OpenAIStandIn
 from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
 from convergence.processors.focus.conformance import check, format_report
+from tests.support.llm import CONFIGS, DictCredentials, LlmTestServices, RecordingObserver, make_settings, new_org
 from tests.test_focus import D1, D2, OPENAI_BILLED, focus_rows, openai_billed, seed_sources, write
-from tests.test_llm_support import CONFIGS, DictCredentials, LlmTestServices, RecordingObserver, make_settings, new_org
 
 pytestmark = [pytest.mark.emulator]
 

@@ -13,6 +13,7 @@ import pytest
 
 from convergence.pipeline import RunStatus
 from convergence.processors.focus.conformance import check, format_report
+from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
 from tests.test_focus import (
     ANTHROPIC_BILLED_D1,
     GCP_SCHEMA,
@@ -23,7 +24,6 @@ from tests.test_focus import (
     seed_sources,
     write,
 )
-from tests.test_llm_support import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
 
 pytestmark = [pytest.mark.emulator]
 

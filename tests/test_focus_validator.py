@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, repo_path
 from tests.test_focus import focus_rows
 from tests.test_focus_saas import map_four_sources
-from tests.test_llm_support import DictCredentials, LlmTestServices, make_settings, new_org, repo_path
 
 pytestmark = [pytest.mark.emulator]
 

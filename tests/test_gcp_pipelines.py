@@ -17,7 +17,7 @@ import pytest
 
 from convergence.devstack.providers.gcp_server import BILLING_EXPORT_SCHEMA, GcpStandIn, billing_export_row
 from convergence.pipeline import RunStatus
-from tests.test_generic_support import DictCredentials, TestServices, make_settings, new_org, query, run, table_rows
+from tests.support.generic import DictCredentials, TestServices, make_settings, new_org, query, run, table_rows
 
 pytestmark = [pytest.mark.emulator]
 

@@ -20,7 +20,7 @@ import pytest
 from convergence.devstack.providers.rest_server import ExpectedAuth, RestStandIn
 from convergence.pipeline import RunStatus
 from convergence.warehouse.writer import Writer
-from tests.test_generic_support import (
+from tests.support.generic import (
     DictCredentials,
     TestServices,
     make_settings,

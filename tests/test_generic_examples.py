@@ -12,7 +12,7 @@ import pytest
 
 from convergence.devstack.providers.rest_server import ExpectedAuth, RestStandIn
 from convergence.pipeline import RunStatus
-from tests.test_generic_support import DictCredentials, TestServices, make_settings, new_org, pipeline, run, table_rows
+from tests.support.generic import DictCredentials, TestServices, make_settings, new_org, pipeline, run, table_rows
 
 pytestmark = [pytest.mark.emulator]
 TOKEN = "vendor-token-0042"

@@ -16,7 +16,7 @@ from convergence.runtime.services import Services
 from convergence.schemas import RunRequest
 from convergence.tenancy.onboarding import onboard_org
 from convergence.warehouse.bootstrap import bootstrap
-from tests.test_warehouse_support import emulator_settings, unique
+from tests.support.warehouse import emulator_settings, unique
 
 pytestmark = pytest.mark.emulator
 

@@ -13,7 +13,7 @@ from convergence.devstack.providers.anthropic_server import AnthropicStandIn, me
 from convergence.devstack.providers.openai_server import OpenAIStandIn, completion
 from tests import harness
 from tests.harness import Platform
-from tests.test_llm_support import CONFIGS, rows
+from tests.support.llm import CONFIGS, rows
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 OPENAI_KEY = "sk-admin-e2e-3c9f0a5b7d1e2f40"

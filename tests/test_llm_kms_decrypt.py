@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from convergence.pipeline import Executor, PipelineConfig, ProcessorRegistry, RunContext, RunStatus
-from tests.test_llm_support import DictCredentials, RecordingObserver
+from tests.support.llm import DictCredentials, RecordingObserver
 
 SECRET = "sk-admin-plaintext-7f3a9c1e55d2"
 

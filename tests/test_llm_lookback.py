@@ -18,7 +18,7 @@ from convergence.pipeline import PipelineLoader, RunStatus
 from convergence.pipeline.errors import PermanentStepError
 from convergence.processors._llm.params import date_range
 from convergence.publisher.schedule import schedule_parameters
-from tests.test_llm_support import CONFIGS, DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
+from tests.support.llm import CONFIGS, DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
 
 TODAY = date(2026, 3, 10)
 D1, D2, D3, D4 = "2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05"

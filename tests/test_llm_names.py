@@ -16,6 +16,7 @@ from convergence.devstack.providers.anthropic_server import AnthropicStandIn
 from convergence.devstack.providers.openai_server import ADMIN_KEY as OPENAI_KEY
 from convergence.devstack.providers.openai_server import OpenAIStandIn
 from convergence.pipeline import RunStatus
+from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
 from tests.test_focus import (
     ANTHROPIC_COST,
     D1,
@@ -27,7 +28,6 @@ from tests.test_focus import (
     openai_cost,
     write,
 )
-from tests.test_llm_support import DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
 
 pytestmark = [pytest.mark.emulator]
 

@@ -19,7 +19,7 @@ from convergence.runtime.services import Services
 from convergence.schemas import RunRequest
 from convergence.warehouse.bootstrap import bootstrap
 from convergence.warehouse.writer import Writer
-from tests.test_llm_support import CONFIGS, make_settings, new_org
+from tests.support.llm import CONFIGS, make_settings, new_org
 
 pytestmark = [pytest.mark.emulator]
 GOOD = "sk-admin-hygiene-0123456789abcdef-GOOD"

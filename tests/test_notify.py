@@ -29,7 +29,7 @@ from convergence.devstack.ports import free_port
 from convergence.devstack.providers.slack_server import SlackStandIn
 from convergence.notifications import FailureNotifier, NotificationObserver, Notifier, RunSummary
 from convergence.pipeline import RunStatus, StepStatus
-from tests.test_generic_support import TestServices, make_settings, new_org, pipeline, run
+from tests.support.generic import TestServices, make_settings, new_org, pipeline, run
 
 SMTP_USER, SMTP_PASSWORD = "pipelines@convergence.test", "app-password-7731"
 

@@ -11,8 +11,8 @@ import pytest
 from convergence.tenancy.api_keys import OrgApiKeys
 from convergence.tenancy.gate import OrgGate
 from convergence.tenancy.onboarding import OrgAlreadyExists, OrgSpec, onboard_org, onboard_orgs
+from tests.support.warehouse import count_rows, unique
 from tests.test_admission import dml, recorded
-from tests.test_warehouse_support import count_rows, unique
 
 pytestmark = pytest.mark.emulator
 

@@ -20,7 +20,7 @@ from convergence.devstack.providers.openai_server import (
     generated_completions,
 )
 from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus, StepStatus
-from tests.test_llm_support import (
+from tests.support.llm import (
     CONFIGS,
     DictCredentials,
     LlmTestServices,

@@ -14,7 +14,7 @@ from convergence.tenancy.gate import MONTHLY_QUOTA_EXCEEDED, OrgGate
 from convergence.tenancy.onboarding import onboard_org
 from convergence.tenancy.plans import parse_plans
 from convergence.warehouse.runlog import RunLog
-from tests.test_warehouse_support import unique
+from tests.support.warehouse import unique
 
 pytestmark = pytest.mark.emulator
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from convergence.pipeline import PermanentStepError, RunStatus
 from convergence.processors.sql.procedures import ProcedureCatalog
-from tests.test_generic_support import TestServices, make_settings, new_org, query, run
+from tests.support.generic import TestServices, make_settings, new_org, query, run
 
 pytestmark = [pytest.mark.emulator]
 
@@ -213,7 +213,7 @@ async def test_saas_pipeline_defaults_to_the_current_month(saas):
 
 
 async def test_procedure_arguments_are_checked_before_bigquery(saas):
-    from tests.test_generic_support import pipeline
+    from tests.support.generic import pipeline
 
     services = saas
     org = new_org("saas")

@@ -69,7 +69,7 @@ def seeded(local_stack):
     from convergence.warehouse.bootstrap import bootstrap
     from convergence.warehouse.client import make_client
     from convergence.warehouse.runlog import RunLog
-    from tests.test_warehouse_support import emulator_settings, unique
+    from tests.support.warehouse import emulator_settings, unique
 
     # capture_logs: never depend on how an earlier test left structlog (log lines are not under test).
     with capture_logs(), pytest.MonkeyPatch.context() as patch:

@@ -14,7 +14,7 @@ from convergence.tenancy.onboarding import OrgAlreadyExists, onboard_org
 from convergence.tenancy.plans import load_plans
 from convergence.tenancy.subscriptions import Subscriptions
 from convergence.warehouse.runlog import RunLog
-from tests.test_warehouse_support import count_rows, unique
+from tests.support.warehouse import count_rows, unique
 
 pytestmark = pytest.mark.emulator
 

@@ -21,7 +21,7 @@ from convergence.warehouse.bootstrap import bootstrap
 from convergence.warehouse.client import make_client
 from convergence.warehouse.identifiers import InvalidIdentifier
 from convergence.warehouse.writer import Writer
-from tests.test_warehouse_support import ExplodingClient, emulator_settings, unique
+from tests.support.warehouse import ExplodingClient, emulator_settings, unique
 
 pytestmark = pytest.mark.emulator
 

@@ -16,8 +16,8 @@ from convergence.consumer.outcome import OutcomeKind
 from convergence.consumer.ticks import TickHandler, UsageRefresh
 from convergence.runtime.services import Services
 from convergence.tenancy.onboarding import onboard_org
+from tests.support.warehouse import unique
 from tests.test_admission import dml, recorded, succeed, usage_today
-from tests.test_warehouse_support import unique
 
 pytestmark = pytest.mark.emulator
 

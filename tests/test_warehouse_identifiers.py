@@ -20,7 +20,7 @@ from convergence.warehouse.identifiers import (
 from convergence.warehouse.procedures import execute_procedure, render_literal
 from convergence.warehouse.runlog import RunLog
 from convergence.warehouse.writer import Writer
-from tests.test_warehouse_support import ExplodingClient
+from tests.support.warehouse import ExplodingClient
 
 HOSTILE = [
     "a'b", 'a"b', "a`b", "acme`; DROP TABLE x; --", "a..b", "a.b", "../etc", "a b", "a-b", "", "x" * 200,

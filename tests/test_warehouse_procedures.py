@@ -9,7 +9,7 @@ import pytest
 from convergence.warehouse.client import make_client
 from convergence.warehouse.procedures import create_or_replace_from_sql_file, execute_procedure, list_procedures
 from convergence.warehouse.tables import ensure_dataset
-from tests.test_warehouse_support import emulator_settings, unique
+from tests.support.warehouse import emulator_settings, unique
 
 pytestmark = pytest.mark.emulator
 

@@ -12,7 +12,7 @@ from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, S
 from convergence.warehouse.bootstrap import bootstrap
 from convergence.warehouse.client import make_client
 from convergence.warehouse.runlog import RunLog, pipeline_logging_id
-from tests.test_warehouse_support import CountingClient, emulator_settings, unique
+from tests.support.warehouse import CountingClient, emulator_settings, unique
 
 pytestmark = pytest.mark.emulator
 

@@ -12,7 +12,7 @@ from convergence.warehouse.bootstrap import CENTRAL_TABLES, bootstrap, load_boot
 from convergence.warehouse.client import make_client
 from convergence.warehouse.tables import SchemaFileError, ensure_dataset, ensure_table, load_schema
 from tests.paths import REPO_ROOT
-from tests.test_warehouse_support import count_rows, emulator_settings, unique
+from tests.support.warehouse import count_rows, emulator_settings, unique
 
 pytestmark = pytest.mark.emulator
 

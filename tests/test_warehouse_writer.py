@@ -13,7 +13,7 @@ from google.api_core import exceptions as gexc
 from convergence.pipeline.errors import PermanentStepError, TransientStepError
 from convergence.warehouse.client import make_client
 from convergence.warehouse.writer import Writer
-from tests.test_warehouse_support import CountingClient, count_rows, emulator_settings, unique
+from tests.support.warehouse import CountingClient, count_rows, emulator_settings, unique
 
 pytestmark = pytest.mark.emulator
 
