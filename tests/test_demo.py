@@ -27,4 +27,5 @@ def test_make_run_tells_the_whole_story():
     assert "acme_demo runs openai/cost/usage_cost on its own schedule 40 5 * * * Europe/Paris" in out
     assert "OPENAI pipelines are scheduled for: acme_demo; skipped: stale_demo (credential not valid)" in out
     assert "ANTHROPIC pipelines are scheduled for: acme_demo, stale_demo" in out
+    assert "== Console: http://127.0.0.1:" in out and "/console (sign in with the root key" in out
     assert "Traceback" not in out + result.stderr

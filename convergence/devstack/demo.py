@@ -8,7 +8,11 @@ every run to end and prints the run log and the results."""
 from __future__ import annotations
 
 import asyncio
+import secrets
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,6 +104,50 @@ def show_scheduling(echo: Callable[[str], None], services: Any, settings: Any, k
              + (f"; skipped: {', '.join(left_out)} (credential not valid)" if left_out else ""))
 
 
+def start_console(settings: Any) -> tuple[str, Callable[[], None]]:
+    """`convergence serve`'s app (push, run door, console) on a free loopback port, in a thread."""
+    from convergence.api import ApiDoor
+    from convergence.console import Console
+    from convergence.consumer.http_app import run_server
+    from convergence.consumer.serving import build_push_app
+    from convergence.devstack.ports import LOOPBACK, free_port
+    from convergence.runtime import Services
+
+    services = Services(settings)
+    app = build_push_app(settings, services)
+    ApiDoor(settings, services).register(app)
+    Console(settings, services).register(app)
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    started = threading.Event()
+
+    async def main() -> None:
+        loop.call_soon(started.set)
+        await run_server(app, LOOPBACK, port, stop=stop, handle_signals=False)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True, name="console")
+    thread.start()
+    started.wait(10)
+    url = f"http://{LOOPBACK}:{port}/console"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the page answers before the demo says where it is
+        try:
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{url}/login", timeout=2):
+                break
+        except urllib.error.HTTPError:  # an HTTP answer: the server is up
+            break
+        except OSError:
+            time.sleep(0.1)
+
+    def close() -> None:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+        services.close()
+
+    return url, close
+
+
 def run_demo(echo: Callable[[str], None], keep_running: bool = False, verbose: bool = False) -> int:
     from convergence.devstack.background import BackgroundConsumer
     from convergence.devstack.providers.demo import (
@@ -126,10 +174,12 @@ def run_demo(echo: Callable[[str], None], keep_running: bool = False, verbose: b
     openai_url = standins.openai.start_in_thread()
     anthropic_url = standins.anthropic.start_in_thread()
     consumer = None
+    stop_console: Callable[[], None] | None = None
     try:
         stack.apply_env()
         reset_settings()
-        settings = load_settings(environment="local", openai_base_url=openai_url, anthropic_base_url=anthropic_url)
+        settings = load_settings(environment="local", openai_base_url=openai_url, anthropic_base_url=anthropic_url,
+                                 ca_root_api_key=f"demo-root-{secrets.token_hex(16)}", push_verify_token=False)
         for name, value in {**stack.env, "OPENAI_BASE_URL": openai_url, "ANTHROPIC_BASE_URL": anthropic_url}.items():
             echo(f"   {name}={value}")
         services = Services(settings)
@@ -152,6 +202,9 @@ def run_demo(echo: Callable[[str], None], keep_running: bool = False, verbose: b
         echo(f"== Org {SUSPENDED_ORG} onboarded with subscription SUSPENDED")
         show_scheduling(echo, services, settings, standins.credentials)
 
+        console_url, stop_console = start_console(settings)
+        echo(f"== Console: {console_url} (sign in with the root key {settings.ca_root_api_key.get_secret_value()}"
+             " or the org's API key; --keep-running leaves it up)")
         consumer = BackgroundConsumer(settings, Services(settings), notify=None).start()
         echo(f"== Consumer started: {settings.consumer_workers} workers, "
              f"{settings.per_org_concurrency} concurrent runs per org")
@@ -209,6 +262,8 @@ def run_demo(echo: Callable[[str], None], keep_running: bool = False, verbose: b
         services.close()
         return 0 if ok else 1
     finally:
+        if stop_console is not None:
+            stop_console()
         if consumer is not None:
             consumer.stop()
         standins.openai.stop_thread()
