@@ -191,6 +191,20 @@ def test_both_identities_may_write_metrics(tf):
 
 # -- alert policies -------------------------------------------------------------------------------------------
 
+def test_both_roles_export_traces_to_cloud_trace(tf):
+    assert "roles/cloudtrace.agent" in tf.locals["project_roles"]  # for both identities (role_members)
+    assert tf.locals["common_env"].count("TRACING_EXPORTER") == 1 and "var.tracing_exporter" in tf.locals[
+        "common_env"]
+    assert tf.variables["tracing_exporter"]["default"] == "cloud_trace"
+    assert settings_field_default("tracing_exporter") == "none"  # local default: off
+
+
+def settings_field_default(name: str) -> Any:
+    from convergence.settings.model import Settings as Model
+
+    return Model.model_fields[name].default
+
+
 def test_dead_letter_backlog_alert_watches_both_dead_letter_subscriptions(tf, settings):
     found = {tf.resolve(c["condition_threshold"][0]["filter"]): c["condition_threshold"][0]
              for c in conditions(tf, "dead_letters")}

@@ -56,11 +56,13 @@ locals {
 
   # Project-level roles of both roles. BigQuery: the central dataset and one dataset per org (created at
   # onboarding). metricWriter: the Managed Prometheus sidecar writes with the revision's identity.
+  # cloudtrace.agent: the service exports its run and step spans to Cloud Trace (TRACING_EXPORTER).
   project_roles = {
     for pair in setproduct(keys(local.role_members), [
       "roles/bigquery.dataEditor",
       "roles/bigquery.jobUser",
       "roles/monitoring.metricWriter",
+      "roles/cloudtrace.agent",
     ]) : "${pair[0]}-${pair[1]}" => { member = local.role_members[pair[0]], role = pair[1] }
   }
 }

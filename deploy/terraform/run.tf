@@ -21,6 +21,7 @@ locals {
     DEAD_LETTER_SUBSCRIPTION       = var.dead_letter_subscription
     TICKS_DEAD_LETTER_TOPIC        = var.ticks_dead_letter_topic
     TICKS_DEAD_LETTER_SUBSCRIPTION = var.ticks_dead_letter_subscription
+    TRACING_EXPORTER               = var.tracing_exporter
     HANDOFF_TOPIC                  = var.handoff_topic
     PUSH_SUBSCRIPTION              = var.push_subscription
     MAX_DELIVERY_ATTEMPTS          = tostring(var.max_delivery_attempts)

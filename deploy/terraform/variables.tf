@@ -258,3 +258,13 @@ variable "failed_run_min_count" {
   type        = number
   default     = 3
 }
+
+variable "tracing_exporter" {
+  description = "OpenTelemetry traces of runs and steps: cloud_trace (Cloud Trace, needs roles/cloudtrace.agent, granted in iam.tf) or none."
+  type        = string
+  default     = "cloud_trace"
+  validation {
+    condition     = contains(["cloud_trace", "none"], var.tracing_exporter)
+    error_message = "tracing_exporter is cloud_trace or none."
+  }
+}
