@@ -12,7 +12,12 @@ import pytest
 from convergence.devstack.providers.anthropic_server import ADMIN_KEY, AnthropicStandIn, generated_usage, message_usage
 from convergence.devstack.providers.common import to_epoch
 from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus, StepStatus
-from tests.support.llm import CONFIGS, DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
+from tests.support.llm import (
+    CONFIGS,
+    rows,
+    run_pipeline,
+    standin_stacks,
+)
 
 pytestmark = [pytest.mark.emulator]
 
@@ -28,20 +33,9 @@ def bq(bq_client):
 
 @pytest.fixture
 async def stack(bq):
-    opened = []
-
-    async def start(server: AnthropicStandIn, key: str = ADMIN_KEY):
-        await server.start()
-        settings = make_settings(bq.project, anthropic_url=server.base_url)
-        org = new_org(bq, settings, "ant")
-        services = LlmTestServices(settings, bq, DictCredentials({(org, "ANTHROPIC"): key}))
-        opened.append((server, services))
-        return services, org
-
-    yield start
-    for server, services in opened:
-        await services.aclose()
-        await server.stop()
+    """start(stand-in) -> (services on it, a fresh org); everything closed at the end."""
+    async with standin_stacks(bq, "ANTHROPIC", "anthropic_url", "ant", ADMIN_KEY) as start:
+        yield start
 
 
 def known_usage():

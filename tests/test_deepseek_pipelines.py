@@ -14,7 +14,11 @@ import pytest
 from convergence.devstack.providers.deepseek_server import API_KEY, DeepSeekStandIn
 from convergence.pipeline import RunStatus, StepStatus
 from convergence.processors.deepseek import balance as balance_step
-from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
+from tests.support.llm import (
+    rows,
+    run_pipeline,
+    standin_stacks,
+)
 
 pytestmark = [pytest.mark.emulator]
 
@@ -30,20 +34,9 @@ def bq(bq_client):
 
 @pytest.fixture
 async def stack(bq):
-    opened = []
-
-    async def start(server: DeepSeekStandIn, key: str = API_KEY):
-        await server.start()
-        settings = make_settings(bq.project, deepseek_base_url=server.base_url)
-        org = new_org(bq, settings, "dsk")
-        services = LlmTestServices(settings, bq, DictCredentials({(org, "DEEPSEEK"): key}))
-        opened.append((server, services))
-        return services, org
-
-    yield start
-    for server, services in opened:
-        await services.aclose()
-        await server.stop()
+    """start(stand-in) -> (services on it, a fresh org); everything closed at the end."""
+    async with standin_stacks(bq, "DEEPSEEK", "deepseek_base_url", "dsk", API_KEY) as start:
+        yield start
 
 
 @pytest.fixture

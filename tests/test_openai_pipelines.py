@@ -22,13 +22,10 @@ from convergence.devstack.providers.openai_server import (
 from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus, StepStatus
 from tests.support.llm import (
     CONFIGS,
-    DictCredentials,
-    LlmTestServices,
     RecordingObserver,
-    make_settings,
-    new_org,
     rows,
     run_pipeline,
+    standin_stacks,
 )
 
 pytestmark = [pytest.mark.emulator]
@@ -45,21 +42,9 @@ def bq(bq_client):
 
 @pytest.fixture
 async def stack(bq):
-    """(start a stand-in, services on it, a fresh org); everything closed at the end."""
-    opened = []
-
-    async def start(server: OpenAIStandIn, key: str = ADMIN_KEY):
-        await server.start()
-        settings = make_settings(bq.project, openai_url=server.base_url)
-        org = new_org(bq, settings, "oai")
-        services = LlmTestServices(settings, bq, DictCredentials({(org, "OPENAI"): key}))
-        opened.append((server, services))
-        return services, org
-
-    yield start
-    for server, services in opened:
-        await services.aclose()
-        await server.stop()
+    """start(stand-in) -> (services on it, a fresh org); everything closed at the end."""
+    async with standin_stacks(bq, "OPENAI", "openai_url", "oai", ADMIN_KEY) as start:
+        yield start
 
 
 def known_usage():

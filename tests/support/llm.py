@@ -6,8 +6,9 @@ CredentialStore's `get(org, provider)` call.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,26 @@ def scalar(client: bigquery.Client, sql: str) -> Any:
 
 def repo_path(relative: str) -> Path:
     return REPO_ROOT / relative
+
+
+@contextlib.asynccontextmanager
+async def standin_stacks(bq: bigquery.Client, provider: str, url_setting: str, org_prefix: str,
+                         default_key: str) -> AsyncIterator[Callable[..., Awaitable[tuple[Any, str]]]]:
+    """start(stand-in, key=default_key) -> (services on that stand-in, a fresh org holding the key);
+    every stand-in started and its services are closed at the end."""
+    opened: list[tuple[Any, Any]] = []
+
+    async def start(server: Any, key: str = default_key) -> tuple[Any, str]:
+        await server.start()
+        settings = make_settings(bq.project, **{url_setting: server.base_url})
+        org = new_org(bq, settings, org_prefix)
+        services = LlmTestServices(settings, bq, DictCredentials({(org, provider): key}))
+        opened.append((server, services))
+        return services, org
+
+    try:
+        yield start
+    finally:
+        for server, services in opened:
+            await services.aclose()
+            await server.stop()
