@@ -17,10 +17,11 @@ from convergence.pipeline.loader import PipelineLoader, PipelineRef
 from convergence.pipeline.models import PipelineConfig, StepConfig
 from convergence.pipeline.registry import ProcessorRegistry
 from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
+from convergence.pipeline.services import RunServices
 
 __all__ = [
     "ConfigError", "ConfigProblem", "ErrorInfo", "Executor", "PermanentStepError", "PipelineConfig",
     "PipelineLoader", "PipelineNotFound", "PipelineRef", "PipelineResult", "PlaceholderError",
-    "ProcessorRegistry", "RunContext", "RunObserver", "RunStatus", "StepConfig", "StepError",
+    "ProcessorRegistry", "RunContext", "RunObserver", "RunServices", "RunStatus", "StepConfig", "StepError",
     "StepResult", "StepStatus", "TransientStepError",
 ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convergence.pipeline.errors import ErrorCode
+from convergence.pipeline.services import RunServices
 
 # `{name}` or `{step_id.field}`; `{{` and `}}` are literal braces.
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -37,8 +38,9 @@ class RunContext:
     # Stored credentials this run read, by canonical provider: when they were read (a provider's 401 then
     # marks that credential INVALID, not one rotated since).
     credentials_read: dict[str, Any] = field(default_factory=dict, repr=False)
-    # Adapters (warehouse, kms, http...) provided by the runtime; the core never imports them.
-    services: Any = field(default=None, repr=False)
+    # Adapters (warehouse, credentials, http...) provided by the runtime; the core never imports them.
+    # None in a context built without a runtime (tests of steps that need no adapter).
+    services: RunServices | None = field(default=None, repr=False)
 
     def lookup(self) -> dict[str, Any]:
         """Names a placeholder may use. Parameters override variables (runtime beats defaults); the run's
