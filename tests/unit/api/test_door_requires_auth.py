@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_http_door import platform, run_path, server  # noqa: F401 - the door's fixtures
+from tests.unit.api.test_http_door import platform, run_path, server  # noqa: F401 - the door's fixtures
 
 pytestmark = [pytest.mark.emulator]
 PUBLIC = "testing/consumer/public"
@@ -27,7 +27,7 @@ def test_a_pipeline_that_requires_no_auth_runs_without_an_org_key(platform, serv
 
 
 def test_a_run_once_pipeline_answers_409_at_the_door_once_it_ran_unless_forced(platform, server):  # noqa: F811
-    from tests.test_http_door import key_of
+    from tests.unit.api.test_http_door import key_of
 
     once = run_path("other_door", "testing/consumer/once")
     got, _, answer = server.call("POST", once, {}, key_of(platform, "other_door"))
