@@ -316,7 +316,7 @@ def _key_id(token: str) -> str | None:
 
 # google-auth raises the same exception types for different checks; only the message tells them apart.
 # A message that changes in a google-auth upgrade only degrades the reason to INVALID (still 401):
-# tests/test_oidc.py pins each reason.
+# tests/unit/consumer/test_oidc.py pins each reason.
 _MESSAGES = (
     ("token expired", AuthFailure.EXPIRED, "token expired"),
     ("used too early", AuthFailure.NOT_YET_VALID, "token not valid yet (iat in the future)"),

@@ -19,7 +19,7 @@ from google.cloud import pubsub_v1
 from convergence.consumer.http_app import create_app
 from convergence.consumer.outcome import Outcome, OutcomeKind
 from convergence.settings.model import load_settings
-from tests.test_push_endpoint import RecordingHandler
+from tests.unit.consumer.test_push_endpoint import RecordingHandler
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from convergence.consumer.ticks import TickHandler, UsageRefresh
 from convergence.runtime.services import Services
 from convergence.tenancy.onboarding import onboard_org
 from tests.support.warehouse import unique
-from tests.test_admission import dml, recorded, succeed, usage_today
+from tests.unit.consumer.test_admission import dml, recorded, succeed, usage_today
 
 pytestmark = pytest.mark.emulator
 

@@ -22,7 +22,7 @@ from convergence.consumer.http_app import PUSH, Lifecycle, PushConfigError, crea
 from convergence.consumer.outcome import Outcome, OutcomeKind
 from convergence.consumer.push import EnvelopeError, parse_envelope, push_budget_seconds
 from convergence.settings.model import Settings, load_settings
-from tests.test_oidc import AUDIENCE, SERVICE_ACCOUNT, OidcKit
+from tests.unit.consumer.test_oidc import AUDIENCE, SERVICE_ACCOUNT, OidcKit
 
 
 @dataclass
