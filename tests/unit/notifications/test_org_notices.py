@@ -26,7 +26,7 @@ from convergence.tenancy.central import Central
 from convergence.tenancy.contacts import SLACK_PROVIDER, OrgContacts, read_contacts, set_failure_notices
 from convergence.tenancy.onboarding import onboard_org
 from tests.harness import Platform
-from tests.test_notify import SMTP_PASSWORD, SMTP_USER, slack, smtp  # noqa: F401 - fixtures
+from tests.unit.notifications.test_notify import SMTP_PASSWORD, SMTP_USER, slack, smtp  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.emulator]
 PLATFORM_ADMIN = "oncall@platform.test"
