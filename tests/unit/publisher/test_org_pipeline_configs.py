@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from convergence.pipeline import PipelineLoader
 from convergence.publisher.fanout import TickFanOut, scheduled_run_id
 from convergence.tenancy import pipeline_configs as pc
-from tests.test_fanout import TICK, FakeLedger, FakePublisher, write_configs
+from tests.unit.publisher.test_fanout import TICK, FakeLedger, FakePublisher, write_configs
 
 PARIS_0540 = datetime(2026, 3, 1, 4, 40, tzinfo=UTC)  # 05:40 in Paris (UTC+1 in March)
 
@@ -261,7 +261,7 @@ def test_bad_input_is_a_clear_error(cli, args, message):
 def test_the_orgs_billing_export_reaches_its_gcp_billing_run():
     """The repo's own gcp/cost/billing (daily 06:00 UTC, integration GCP_SA): the org's export project and
     table ride in its run request; another org gets the YAML's defaults (no parameters)."""
-    from tests.test_fanout import REPO
+    from tests.unit.publisher.test_fanout import REPO
 
     rows = [row("config", "org_acme", "gcp/cost/billing", parameters={
         "billing_export_project": "acme-billing", "billing_export_table": "gcp_billing_export_v1_0A1B2C"})]

@@ -17,8 +17,9 @@ import pytest
 from convergence.pipeline import PipelineLoader
 from convergence.publisher.fanout import TickFanOut, scheduled_run_id
 from convergence.publisher.requests import PublishError
+from tests.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 TICK = datetime(2026, 3, 1, 5, 0, tzinfo=UTC)  # window (04:00, 05:00]
 
 PIPELINES = {
