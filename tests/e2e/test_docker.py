@@ -40,7 +40,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 IMAGE = "convergence:test"
 

@@ -210,7 +210,7 @@ def test_a_push_delivery_joins_the_publishers_trace(traced, local_stack, tmp_pat
     from convergence.consumer.serving import build_push_app
     from convergence.devstack.ports import free_port
     from convergence.runtime import Services
-    from tests.test_push_e2e import PushServer
+    from tests.e2e.test_push_e2e import PushServer
 
     _, spans = traced
     port = free_port()
@@ -242,7 +242,7 @@ def test_a_push_delivery_joins_the_publishers_trace(traced, local_stack, tmp_pat
 def test_the_http_callers_span_parents_the_publish(traced, local_stack, tmp_path):
     """POST to the run door with a `traceparent`: the run request's publish span is a child of the
     caller's span, and the run's spans follow in the same trace."""
-    from tests.test_http_door import Server, door_app
+    from tests.unit.api.test_http_door import Server, door_app
 
     _, spans = traced
     platform = Platform(local_stack, tmp_path)

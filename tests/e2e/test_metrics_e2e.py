@@ -202,7 +202,8 @@ def test_metrics_show_the_workload(observed):
     # BigQuery: the run log's inserts and queries, the demo.rows write (load + MERGE), bytes sent.
     assert d("convergence_bigquery_calls_total", component="writer") >= 3
     assert d("convergence_bigquery_bytes_written_total", component="writer") > 150 * 50
-    # Counted as they happen (lookups and inserts; concurrent runs share them: tests/test_handler_batching.py).
+    # Counted as they happen (lookups and inserts; concurrent runs share them:
+    # tests/unit/consumer/test_handler_batching.py).
     assert d("convergence_bigquery_calls_total", component="runlog") >= 2
     assert d("convergence_bigquery_bytes_written_total", component="runlog") > 0
 
