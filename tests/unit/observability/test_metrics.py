@@ -22,6 +22,7 @@ from convergence.consumer.slots import RunSlots
 from convergence.observability import metrics
 from convergence.observability.metrics import REGISTRY, MetricsObserver, sample
 from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
+from tests.paths import REPO_ROOT
 
 ALLOWED_LABELS = {"subscription", "outcome", "code", "status", "pipeline", "ps_type", "provider", "component",
                   "org", "le"}
@@ -44,9 +45,8 @@ def test_labels_are_only_bounded_ones():
 
 
 def test_every_metric_is_documented():
-    from pathlib import Path
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    doc = (REPO_ROOT / "docs" / "observability.md").read_text()
     section = doc.split("## Metrics", 1)[1]
     families = {family.name for family in REGISTRY.collect()}
     families |= {"convergence_org_runs_running", "convergence_org_runs_waiting"}  # only with the org limit
