@@ -7,6 +7,7 @@ import pytest
 from convergence.pipeline import ConfigError, PipelineLoader, PipelineNotFound, PipelineRef
 from convergence.pipeline.errors import InvalidPipelineRef
 from convergence.pipeline.loader import parse_pipeline
+from tests.paths import REPO_ROOT
 
 GOOD = """\
 pipeline_id: demo-pipe
@@ -58,7 +59,7 @@ def test_unknown_pipeline_is_its_own_error(configs):
 @pytest.mark.parametrize("ref", ["setup/bootstrap/config", "setup//plans"])
 def test_platform_data_files_are_not_pipelines(ref):
     # The repository's own configs: these files exist, hold platform data and must never load as a pipeline.
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = REPO_ROOT / "configs"
     loader = PipelineLoader(configs)
     assert loader.path_for(ref).is_file()
     with pytest.raises(PipelineNotFound, match="platform data, not a pipeline"):
