@@ -12,7 +12,7 @@ from convergence.tenancy.api_keys import OrgApiKeys
 from convergence.tenancy.gate import OrgGate
 from convergence.tenancy.onboarding import OrgAlreadyExists, OrgSpec, onboard_org, onboard_orgs
 from tests.support.warehouse import count_rows, unique
-from tests.test_admission import dml, recorded
+from tests.unit.consumer.test_admission import dml, recorded
 
 pytestmark = pytest.mark.emulator
 
