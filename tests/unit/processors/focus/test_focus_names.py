@@ -12,7 +12,7 @@ import pytest
 from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
 from convergence.processors.focus.conformance import check, format_report
 from tests.support.llm import CONFIGS, DictCredentials, LlmTestServices, RecordingObserver, make_settings, new_org
-from tests.test_focus import D1, D2, GCP_SCHEMA, focus_rows, gcp_row, seed_sources, write
+from tests.unit.processors.focus.test_focus import D1, D2, GCP_SCHEMA, focus_rows, gcp_row, seed_sources, write
 
 pytestmark = [pytest.mark.emulator]
 

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, repo_path
-from tests.test_focus import focus_rows
-from tests.test_focus_saas import map_four_sources
+from tests.unit.processors.focus.test_focus import focus_rows
+from tests.unit.processors.focus.test_focus_saas import map_four_sources
 
 pytestmark = [pytest.mark.emulator]
 

@@ -19,7 +19,7 @@ from convergence.devstack.providers.gcp_server import GcpStandIn, account_resour
 from convergence.pipeline import Executor, PipelineLoader, ProcessorRegistry, RunContext, RunStatus
 from convergence.processors.focus.conformance import check, format_report
 from tests.support.llm import CONFIGS, DictCredentials, LlmTestServices, RecordingObserver, make_settings, new_org
-from tests.test_focus import GCP_SCHEMA, focus_rows, gcp_row, write
+from tests.unit.processors.focus.test_focus import GCP_SCHEMA, focus_rows, gcp_row, write
 
 pytestmark = [pytest.mark.emulator]
 

@@ -14,7 +14,7 @@ import pytest
 from convergence.pipeline import RunStatus
 from convergence.processors.focus.conformance import check, format_report
 from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
-from tests.test_focus import (
+from tests.unit.processors.focus.test_focus import (
     ANTHROPIC_BILLED_D1,
     GCP_SCHEMA,
     OPENAI_BILLED_D1,

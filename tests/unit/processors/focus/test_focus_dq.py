@@ -17,7 +17,7 @@ from convergence.processors.focus.conformance import DQ_TABLE, RULES
 from convergence.warehouse.bootstrap import bootstrap
 from convergence.warehouse.runlog import pipeline_logging_id
 from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
-from tests.test_focus import D1, D2, map_llm, seed_sources
+from tests.unit.processors.focus.test_focus import D1, D2, map_llm, seed_sources
 
 pytestmark = [pytest.mark.emulator]
 

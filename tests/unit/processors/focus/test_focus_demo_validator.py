@@ -1,8 +1,8 @@
 """The official FOCUS validator on the `make run` org's data: the demo's own build (convergence/devstack/demo.py)
 for one org on the local stack — the provider stand-ins with the demo's seeded usage, the demo's LLM
 pipelines, then its FOCUS pipelines — exported and validated like the four-source fixture
-(tests/test_focus_validator.py: same venv, same known validator faults). Skipped, with the reason, where no
-Python 3.12+ is found."""
+(tests/unit/processors/focus/test_focus_validator.py: same venv, same known validator faults). Skipped, with
+the reason, where no Python 3.12+ is found."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from convergence.devstack.providers.demo import DEMO_PIPELINES, LlmStandIns, dem
 from convergence.pipeline import RunStatus
 from convergence.processors.focus.conformance import check, format_report
 from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, run_pipeline
-from tests.test_focus import focus_rows
-from tests.test_focus_validator import (
+from tests.unit.processors.focus.test_focus import focus_rows
+from tests.unit.processors.focus.test_focus_validator import (
     REALISTIC_CRITERIA,
     _validator_venv,
     export_parquet,

@@ -319,7 +319,7 @@ async def test_conformance_catches_a_planted_violation_of_every_rule(env, bq, mo
     assert presence.violations[0].sample == "BilledCost, ServiceProviderName, HostProviderName"
 
     # The CLI: exit 0 on the conforming table, 1 (every violated rule listed) on the planted one. Recording the
-    # results in org_meta_dq_results is tests/test_focus_dq.py's (this central dataset is not bootstrapped).
+    # results in org_meta_dq_results is test_focus_dq.py's (this central dataset is not bootstrapped).
     from convergence.commands.focus import focus
     from convergence.settings import reset_settings
 
