@@ -17,7 +17,7 @@ from convergence.devstack.providers.openai_server import ADMIN_KEY as OPENAI_KEY
 from convergence.devstack.providers.openai_server import OpenAIStandIn
 from convergence.pipeline import RunStatus
 from tests.support.llm import DictCredentials, LlmTestServices, make_settings, new_org, rows, run_pipeline
-from tests.test_focus import (
+from tests.unit.processors.focus.test_focus import (
     ANTHROPIC_COST,
     D1,
     D2,
