@@ -59,7 +59,7 @@ async def test_example_elt_pipeline_extracts_then_transforms(services):
 async def test_example_finance_pipeline_rolls_up_per_provider_and_month(services):
     import uuid
 
-    from tests.test_procedures import EXPECTED, SUBSCRIPTIONS, _seed_subscriptions
+    from tests.unit.processors.sql.test_procedures import EXPECTED, SUBSCRIPTIONS, _seed_subscriptions
 
     svc = services(central_dataset=f"organizations_{uuid.uuid4().hex[:8]}")
     org = new_org("fin")
