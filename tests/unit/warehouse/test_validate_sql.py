@@ -16,8 +16,9 @@ from click.testing import CliRunner
 from convergence.cli import _add_command_groups, cli
 from convergence.warehouse.config_sql import SqlNames, check_sql
 from convergence.warehouse.googlesql import GoogleSql
+from tests.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 NAMES = SqlNames(project_id="p-test", org_dataset="acme_test", central_dataset="organizations")
 COSTS_SCHEMA = [{"name": "org_slug", "type": "STRING", "mode": "REQUIRED"},
                 {"name": "cost_date", "type": "DATE"}, {"name": "provider", "type": "STRING"},
