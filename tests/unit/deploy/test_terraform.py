@@ -3,7 +3,7 @@ policies and their metric filters resolved to the real subscription names, the d
 its backlog autoscaler, and who may publish run requests. Values are checked against the service itself: the
 settings' names, the consumer's lease and flow control, and the metrics a finished run really exports.
 `terraform fmt -check` runs where a terraform binary is installed; `terraform validate` needs the provider
-download (tests/test_docker_deploy.py)."""
+download (tests/unit/deploy/test_docker_deploy.py)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from convergence.observability.metrics import MetricsObserver, exposition
 from convergence.pipeline.loader import PipelineLoader
 from convergence.pipeline.results import PipelineResult, RunStatus
 from convergence.settings.model import Settings
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 TERRAFORM = ROOT / "deploy" / "terraform"
 SIDECAR_IMAGE = "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar"
 

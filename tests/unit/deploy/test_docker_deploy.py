@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from convergence.settings.model import Settings
+from tests.paths import REPO_ROOT
 
-TERRAFORM = Path(__file__).resolve().parent.parent / "deploy" / "terraform"
+TERRAFORM = REPO_ROOT / "deploy" / "terraform"
 # Terraform variable -> setting with the same meaning (and the same default).
 SAME_AS_SETTINGS = [
     "requests_topic", "requests_subscription", "events_topic", "ticks_topic", "ticks_subscription",
