@@ -24,8 +24,9 @@ from pydantic import SecretStr
 from convergence.console import Console
 from convergence.console.app import COOKIE, chart_data, cost_query
 from convergence.console.session import ROOT, Sessions
+from tests.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 ROOT_KEY = "root-" + "c" * 40
 FOCUS_SCHEMA = "configs/focus/schemas/focus_cost_daily.json"
 ORG, OTHER = "acme_console", "other_console"
@@ -131,8 +132,8 @@ def stack(local_stack, tmp_path_factory):
     from convergence.runtime import Services
     from convergence.warehouse.writer import Writer
     from tests.harness import Platform
-    from tests.test_cli_costs import focus_row
-    from tests.test_http_door import Server
+    from tests.unit.api.test_http_door import Server
+    from tests.unit.commands.test_cli_costs import focus_row
 
     platform = Platform(local_stack, tmp_path_factory.mktemp("console"))
     platform.keys = {org: platform.onboard(org).api_key for org in (ORG, OTHER)}
