@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
+from tests.e2e.test_docker import setuptools_table, source_dir
 from tests.paths import REPO_ROOT
-from tests.test_docker import setuptools_table, source_dir
 
 # Run from the repository root, where the bare folders (consumer/, schemas/, ...) are on sys.path.
 PROBE = r"""
