@@ -179,7 +179,6 @@ class RunLog:
         self._queries = metrics.count_query_calls(QueryRunner(client, settings), "runlog")
         self._lock = threading.Lock()
         self._pending: dict[str, list[tuple[str, dict[str, Any]]]] = {self.runs_table: [], self.steps_table: []}
-        self._steps: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._insert_calls = 0
 
     @property
@@ -200,14 +199,6 @@ class RunLog:
         self._stage_or_insert(self.runs_table, [(f"{plog}:RUNNING", row)], write)
         return plog
 
-    def step_finished(self, result: StepResult, *, run_id: str, org_slug: str, attempt: int = 1,
-                      pipeline_id: str | None = None, step_index: int | None = None) -> None:
-        """Buffered: step rows go out with the run's final row (or at flush)."""
-        plog = pipeline_logging_id(run_id, attempt)
-        row = self._step_row(plog, run_id, org_slug, attempt, pipeline_id, result, step_index)
-        with self._lock:
-            self._steps.setdefault(plog, []).append((row["step_logging_id"], row))
-
     def run_finished(self, result: PipelineResult, *, pipeline: str | None = None, trigger: Any = None,
                      attempt: int = 1, parameters: Mapping[str, Any] | None = None,
                      trace_id: str | None = None, write: bool = True) -> None:
@@ -215,8 +206,6 @@ class RunLog:
         steps = [(f"{plog}:{s.step_id}",
                   self._step_row(plog, result.run_id, result.org_slug, attempt, result.pipeline_id, s, index))
                  for index, s in enumerate(result.steps)]
-        with self._lock:
-            self._steps.pop(plog, None)  # the result's steps are authoritative
         failed = sum(1 for s in result.steps if s.status in (StepStatus.FAILED, StepStatus.TIMEOUT))
         row = self._run_row(
             plog, result.run_id, result.org_slug, result.status.value, _RANK_FINAL, attempt=attempt,
@@ -260,15 +249,14 @@ class RunLog:
         self._insert(self.runs_table, [(f"{plog}:DEAD_LETTERED", row)])
 
     def flush(self) -> bool:
-        """Write whatever is buffered or pending (steps of unfinished runs, failed inserts). True if all went.
+        """Write whatever is pending (staged rows, failed inserts). True if all went.
 
         Takes one snapshot of both tables' rows, then writes step rows first and run rows only after them:
         a final run row (SUCCESS) is what makes a redelivery a duplicate, so it must never be written while
         its steps' rows are missing. Concurrent flushes are safe (each writes its own snapshot)."""
         with self._lock:
-            steps = [item for rows in self._steps.values() for item in rows] + self._pending[self.steps_table]
+            steps = self._pending[self.steps_table]
             runs = self._pending[self.runs_table]
-            self._steps.clear()
             self._pending[self.steps_table], self._pending[self.runs_table] = [], []
         if steps and not self._write(self.steps_table, steps):
             if runs:

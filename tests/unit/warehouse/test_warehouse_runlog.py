@@ -144,12 +144,11 @@ def test_failed_inserts_are_kept_and_flushed(runlog):
     assert runlog.flush() is True
 
 
-def test_steps_reported_one_by_one_are_buffered_until_the_end(runlog):
+def test_staged_step_rows_wait_for_the_group_commit(runlog):
     org, run_id = unique("acme"), unique("run")
     start(runlog, run_id, org)
     before = runlog.counting.total
-    for step in result(run_id, org).steps:
-        runlog.step_finished(step, run_id=run_id, org_slug=org, attempt=1)
+    runlog.run_finished(result(run_id, org), attempt=1, write=False)  # as the consumer's RunLogObserver does
     assert runlog.counting.total == before  # no call per step
-    runlog.flush()  # e.g. shutdown before the run finished: the steps are not lost
+    runlog.flush()  # the group commit (or shutdown): the steps are not lost
     assert len(runlog.step_logs(run_id, org)) == 5
