@@ -31,6 +31,15 @@ class FlowPlan:
         lease = int(2 * longest_timeout_seconds + 300)
         return cls(max_messages, max_bytes, lease, max_lease_extension, backlog_per_org)
 
+    def for_overflow(self, *, per_org: int, longest_timeout_seconds: float) -> FlowPlan:
+        """The overflow subscription's plan: its messages were handed off once already and only wait here
+        (never handed off again), so a message can wait behind up to `max_messages` runs of its own org,
+        `per_org` at a time; the lease covers that wait plus its own run."""
+        max_messages = max(self.max_messages // 2, per_org)
+        runs_ahead = -(-max_messages // per_org)  # ceiling
+        lease = int((runs_ahead + 1) * longest_timeout_seconds + 300)
+        return FlowPlan(max_messages, self.max_bytes, lease, self.max_lease_extension, backlog_per_org=max_messages)
+
     def flow_control(self) -> FlowControl:
         return FlowControl(
             max_messages=self.max_messages,

@@ -48,11 +48,11 @@ from convergence.observability import metrics, otel
 
 log = structlog.get_logger(__name__)
 
-# A run is handed off (republished) at most this many times; after that its message waits here for a slot,
-# its lease extended by the client, instead of going round the topic again (each republish is a paid
-# publish). Not 1: a handed-off message waiting here holds one of the flow-control slots, and a flood that
-# holds them all would keep another org's message from being delivered (tests/test_consumer_process.py).
-MAX_HAND_OFFS = 3
+# A run is handed off at most once: republished to the overflow topic, whose subscription (a pool built with
+# max_hand_offs=0) waits for the org's slot by the lease. Each republish is a paid publish; the waiting
+# copies hold the overflow subscription's flow control, never the requests one, so another org's runs keep
+# being delivered during a flood.
+MAX_HAND_OFFS = 1
 # After the runs are done, how long the client may take to stop its leaser and sender (an RPC under way).
 STREAM_CLOSE_SECONDS = 2.0
 # How often the pool checks that Pub/Sub answers (a quiet subscription delivers nothing for hours).

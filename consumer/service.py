@@ -1,5 +1,5 @@
-"""`convergence consume`: the worker process. Assembles one pool per subscription (run requests, dead
-letters, scheduler ticks) on one event loop, and closes everything in order on the way out.
+"""`convergence consume`: the worker process. Assembles one pool per subscription (run requests, their
+overflow, dead letters, scheduler ticks) on one event loop, and closes everything in order on the way out.
 
 Supervision: a pool whose stream ends other than by shutdown (subscription deleted, permission denied,
 ...) cannot recover by itself. The other pools are then drained like on SIGTERM and `run()` returns 1,
@@ -48,15 +48,16 @@ def longest_timeout_seconds(loader: PipelineLoader) -> float:
 
 class ConsumerService:
     def __init__(self, settings: Settings, services: Any, *, notify=None, with_dead_letters: bool = True,
-                 extra_pools: list[SubscriberPool] | None = None, with_ticks: bool = True):
+                 with_overflow: bool = True, extra_pools: list[SubscriberPool] | None = None, with_ticks: bool = True):
         self.settings = settings
         self.services = services
         metrics.configure(settings)  # metrics_org_label_limit
         self.metrics_server: metrics.MetricsServer | None = None
         self.loader = PipelineLoader(settings.configs_dir)
+        longest = longest_timeout_seconds(self.loader)
         self.plan = FlowPlan.derive(
             workers=settings.consumer_workers, per_org=settings.per_org_concurrency,
-            longest_timeout_seconds=longest_timeout_seconds(self.loader),
+            longest_timeout_seconds=longest,
             max_lease_extension=settings.max_lease_extension_seconds,
         )
         self.handler = RunHandler(services=services, loader=self.loader, notify=notify, hand_off=self.republish)
@@ -68,6 +69,15 @@ class ConsumerService:
             hand_off=self.republish, grace_seconds=settings.shutdown_grace_seconds,
             subscriber=subscriber_client(settings),
         )]
+        if with_overflow:
+            # Runs handed off once wait here by the lease for their org's slots (the same slots), never
+            # handed off again: a flooding org fills this subscription's flow control, not the requests one.
+            self.pools.append(SubscriberPool(
+                settings.subscription_path(settings.overflow_subscription), self.handler, self.slots,
+                self.plan.for_overflow(per_org=settings.per_org_concurrency, longest_timeout_seconds=longest),
+                grace_seconds=settings.shutdown_grace_seconds, subscriber=subscriber_client(settings),
+                max_hand_offs=0,
+            ))
         if with_dead_letters:
             dead_letter_slots = RunSlots(2, 2, 1000)
             self.pools.append(SubscriberPool(
@@ -82,9 +92,9 @@ class ConsumerService:
         self.pools.extend(extra_pools or [])
 
     async def republish(self, data: bytes, attributes: Mapping[str, str]) -> None:
-        """Hand a request back to the requests topic (same run_id): used when an org is over its cap here,
-        and by push delivery for runs longer than a push request may last."""
-        publisher = self.services.requests
+        """Hand a request to the overflow topic (same run_id, byte-identical body) when its org is over its
+        cap here: once per run (`deferrals` counts it), then it waits on the overflow subscription."""
+        publisher = self.services.overflow
         deferrals = hand_off_count(attributes) + 1  # untrusted attribute: a bad value counts as 0
         future = publisher.publish_raw(data, {**attributes, "deferrals": str(deferrals)})
         await asyncio.wrap_future(future)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from convergence.settings.model import pubsub_resource_fields
+
 # ---- The local stack: both emulators, started once per session ----
 
 
@@ -34,11 +36,7 @@ def bq_client(local_stack: Any) -> Any:
 
 # ---- Pub/Sub helpers (schemas/publisher/infra tests; usable by consumer tests) ----
 
-PUBSUB_NAME_FIELDS = (
-    "requests_topic", "requests_subscription", "events_topic", "ticks_topic", "ticks_subscription",
-    "dead_letter_topic", "dead_letter_subscription", "ticks_dead_letter_topic",
-    "ticks_dead_letter_subscription", "push_subscription", "handoff_topic",
-)  # fmt: skip
+PUBSUB_NAME_FIELDS = pubsub_resource_fields()
 
 
 @pytest.fixture

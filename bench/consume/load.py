@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.consume import PIPELINE, PLAN, ROOT
+from convergence.settings.model import pubsub_resource_fields
 
-PUBSUB_NAME_FIELDS = (
-    "requests_topic", "requests_subscription", "events_topic", "ticks_topic", "ticks_subscription",
-    "dead_letter_topic", "dead_letter_subscription", "ticks_dead_letter_topic",
-    "ticks_dead_letter_subscription", "push_subscription", "handoff_topic",
-)
+PUBSUB_NAME_FIELDS = pubsub_resource_fields()
 
 
 def make_configs_dir(root: Path) -> Path:

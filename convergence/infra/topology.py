@@ -147,10 +147,11 @@ class _TopologyBuilder:
         push = self._push()
         worker_topic = s.handoff_topic if push else s.requests_topic
         topic_names = [s.requests_topic, s.events_topic, s.ticks_topic, s.dead_letter_topic,
-                       s.ticks_dead_letter_topic] + ([s.handoff_topic] if push else [])  # fmt: skip
+                       s.ticks_dead_letter_topic, s.overflow_topic] + ([s.handoff_topic] if push else [])  # fmt: skip
         deadline = s.ack_deadline_seconds
         subscriptions = [
             SubscriptionSpec(s.requests_subscription, worker_topic, deadline, retry, requests_dlq),
+            SubscriptionSpec(s.overflow_subscription, s.overflow_topic, deadline, retry, requests_dlq),
             SubscriptionSpec(s.ticks_subscription, s.ticks_topic, deadline, retry, ticks_dlq),
             SubscriptionSpec(s.dead_letter_subscription, s.dead_letter_topic, deadline, retry),
             SubscriptionSpec(s.ticks_dead_letter_subscription, s.ticks_dead_letter_topic, deadline, retry),

@@ -34,6 +34,12 @@ class PlatformServices(RunServices, Protocol):
     """RunServices plus what the consumer, the HTTP door, the console and the CLI use around runs."""
 
     @property
+    def writer(self) -> Writer: ...
+
+    @property
+    def credentials(self) -> CredentialStore: ...
+
+    @property
     def cipher(self) -> Cipher: ...
 
     @property
@@ -50,6 +56,9 @@ class PlatformServices(RunServices, Protocol):
 
     @property
     def handoff(self) -> RequestPublisher: ...
+
+    @property
+    def overflow(self) -> RequestPublisher: ...
 
     @property
     def notifier(self) -> FailureNotifier: ...
@@ -135,6 +144,13 @@ class Services:
         from convergence.publisher.requests import RequestPublisher
 
         return RequestPublisher(self.settings, topic=self.settings.handoff_topic)
+
+    @cached_property
+    def overflow(self) -> RequestPublisher:
+        """Publisher to the overflow topic: runs of an org over its cap, handed off once (consumer/slots.py)."""
+        from convergence.publisher.requests import RequestPublisher
+
+        return RequestPublisher(self.settings, topic=self.settings.overflow_topic)
 
     @cached_property
     def notifier(self) -> FailureNotifier:

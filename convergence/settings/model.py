@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     push_subscription: str = "pipeline-requests-push"
     push_ack_deadline_seconds: int = Field(default=600, ge=10, le=600)
     handoff_topic: str = "pipeline-requests-handoff"
+    # Runs of an org over its cap are handed off here once; their own subscription waits for the org's
+    # slots by the lease, so they never fill the flow control of the requests subscription.
+    overflow_topic: str = "pipeline-requests-overflow"
+    overflow_subscription: str = "pipeline-requests-overflow-worker"
 
     # Consumer: concurrency and flow control.
     consumer_workers: int = Field(default=8, ge=1, le=256)
@@ -183,7 +187,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "ticks_dead_letter_topic", "ticks_dead_letter_subscription", "push_subscription", "handoff_topic"
+        "ticks_dead_letter_topic", "ticks_dead_letter_subscription", "push_subscription", "handoff_topic",
+        "overflow_topic", "overflow_subscription",
     )
     @classmethod
     def _more_pubsub_names(cls, value: str) -> str:
@@ -222,6 +227,11 @@ class Settings(BaseSettings):
 
     def subscription_path(self, subscription: str) -> str:
         return f"projects/{self.gcp_project_id}/subscriptions/{subscription}"
+
+
+def pubsub_resource_fields() -> tuple[str, ...]:
+    """The settings naming a Pub/Sub topic or subscription (tests and benchmarks give each a unique name)."""
+    return tuple(name for name in Settings.model_fields if name.endswith(("_topic", "_subscription")))
 
 
 def _format_validation_error(error: ValidationError) -> str:

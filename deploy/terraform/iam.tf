@@ -32,12 +32,19 @@ locals {
     worker = local.worker_member
   }
 
-  # Other topics: events from both roles (each runs runs), the hand-off topic from `serve` in push mode.
+  # Other topics: events from both roles (each runs runs), the overflow topic from the worker (it acts for
+  # any tenant too: only the worker hands runs off), the hand-off topic from `serve` in push mode.
   other_publishers = merge(
     {
       for role, member in local.role_members : "events-${role}" => {
         topic  = google_pubsub_topic.events.id
         member = member
+      }
+    },
+    {
+      overflow-worker = {
+        topic  = google_pubsub_topic.overflow.id
+        member = local.worker_member
       }
     },
     local.push_mode ? {
@@ -50,6 +57,7 @@ locals {
 
   pulled_subscriptions = {
     worker      = google_pubsub_subscription.worker.id
+    overflow    = google_pubsub_subscription.overflow.id
     dead_letter = google_pubsub_subscription.dead_letter.id
     ticks       = google_pubsub_subscription.ticks.id
   }
@@ -126,8 +134,9 @@ resource "google_pubsub_topic_iam_member" "agent_publishes_dead_letters" {
 resource "google_pubsub_subscription_iam_member" "agent_acks_sources" {
   for_each = merge(
     {
-      worker = google_pubsub_subscription.worker.id
-      ticks  = google_pubsub_subscription.ticks.id
+      worker   = google_pubsub_subscription.worker.id
+      overflow = google_pubsub_subscription.overflow.id
+      ticks    = google_pubsub_subscription.ticks.id
     },
     local.push_mode ? { push = google_pubsub_subscription.push[0].id } : {},
   )

@@ -28,6 +28,7 @@ output "push_service_account" {
 output "topics" {
   value = {
     requests          = google_pubsub_topic.requests.id
+    overflow          = google_pubsub_topic.overflow.id
     events            = google_pubsub_topic.events.id
     ticks             = google_pubsub_topic.ticks.id
     dead_letter       = google_pubsub_topic.dead_letter.id

@@ -27,6 +27,12 @@ resource "google_pubsub_topic" "ticks_dead_letter" {
   labels = local.labels
 }
 
+# Runs of an org over its cap, handed off once by `consume`; their subscription waits for the org's slots.
+resource "google_pubsub_topic" "overflow" {
+  name   = var.overflow_topic
+  labels = local.labels
+}
+
 resource "google_pubsub_topic" "handoff" {
   count  = local.push_mode ? 1 : 0
   name   = var.handoff_topic
@@ -56,6 +62,31 @@ resource "google_pubsub_subscription" "worker" {
   }
 
   # The service agent must be allowed to forward to the dead-letter topic before messages start failing.
+  depends_on = [google_pubsub_topic_iam_member.agent_publishes_dead_letters]
+}
+
+# Pulled by `consume` with the requests' delivery policy: a flooding org's copies wait here by the lease, so
+# they never hold the flow control of the requests subscription.
+resource "google_pubsub_subscription" "overflow" {
+  name                 = var.overflow_subscription
+  topic                = google_pubsub_topic.overflow.id
+  ack_deadline_seconds = var.ack_deadline_seconds
+  labels               = local.labels
+
+  retry_policy {
+    minimum_backoff = "${var.retry_min_backoff_seconds}s"
+    maximum_backoff = "${var.retry_max_backoff_seconds}s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
   depends_on = [google_pubsub_topic_iam_member.agent_publishes_dead_letters]
 }
 

@@ -23,6 +23,8 @@ locals {
     TICKS_DEAD_LETTER_SUBSCRIPTION = var.ticks_dead_letter_subscription
     TRACING_EXPORTER               = var.tracing_exporter
     HANDOFF_TOPIC                  = var.handoff_topic
+    OVERFLOW_TOPIC                 = var.overflow_topic
+    OVERFLOW_SUBSCRIPTION          = var.overflow_subscription
     PUSH_SUBSCRIPTION              = var.push_subscription
     MAX_DELIVERY_ATTEMPTS          = tostring(var.max_delivery_attempts)
     RETRY_MIN_BACKOFF_SECONDS      = tostring(var.retry_min_backoff_seconds)

@@ -90,6 +90,16 @@ variable "push_subscription" {
   default = "pipeline-requests-push"
 }
 
+variable "overflow_topic" {
+  type    = string
+  default = "pipeline-requests-overflow"
+}
+
+variable "overflow_subscription" {
+  type    = string
+  default = "pipeline-requests-overflow-worker"
+}
+
 variable "handoff_topic" {
   type    = string
   default = "pipeline-requests-handoff"

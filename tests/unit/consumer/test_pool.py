@@ -13,7 +13,7 @@ from google.api_core import exceptions
 
 from convergence.consumer.flow import FlowPlan
 from convergence.consumer.outcome import Outcome, OutcomeKind
-from convergence.consumer.pool import DeliveryState, PoolState, StreamState, SubscriberPool
+from convergence.consumer.pool import MAX_HAND_OFFS, DeliveryState, PoolState, StreamState, SubscriberPool
 from convergence.consumer.service import ConsumerService
 from convergence.consumer.slots import RunSlots
 from tests.unit.consumer.fake_pubsub import FakeSubscriber
@@ -54,13 +54,14 @@ class ObservedSlots(RunSlots):
         return super().acquire(org, **kwargs)
 
 
-def make_pool(handler, *, total=1, per_org=1, backlog=10, grace=30.0, hand_off=None, subscription=SUBSCRIPTION):
+def make_pool(handler, *, total=1, per_org=1, backlog=10, grace=30.0, hand_off=None, subscription=SUBSCRIPTION,
+              max_hand_offs=MAX_HAND_OFFS):
     subscriber = FakeSubscriber()
     plan = FlowPlan(max_messages=10, max_bytes=1 << 20, max_lease_duration=600, max_lease_extension=60,
                     backlog_per_org=backlog)
     slots = ObservedSlots(total, per_org, backlog)
     pool = SubscriberPool(subscription, handler, slots, plan, hand_off=hand_off, grace_seconds=grace,
-                          subscriber=subscriber, probe_seconds=3600)
+                          subscriber=subscriber, probe_seconds=3600, max_hand_offs=max_hand_offs)
     return pool, subscriber, slots
 
 
@@ -185,7 +186,7 @@ async def test_a_redelivery_of_a_held_message_is_its_own_delivery_and_both_copie
     assert (stats.received, stats.acked, stats.nacked) == (3, 1, 2)
 
 
-async def test_hand_off_is_bounded_and_a_bad_deferrals_attribute_counts_as_zero():
+async def test_a_run_is_handed_off_at_most_once_and_a_bad_deferrals_attribute_counts_as_zero():
     handed: list[dict] = []
 
     async def hand_off(data, attributes):
@@ -202,8 +203,8 @@ async def test_hand_off_is_bounded_and_a_bad_deferrals_attribute_counts_as_zero(
     bad = stream.deliver("bad", attributes={"org_slug": "org_a", "deferrals": "NaN"})
     assert (await settled(stream, fresh)).kind == "ack"
     assert (await settled(stream, bad)).kind == "ack"
-    # ...but one handed off 3 times already waits here for the slot, its lease kept by the client.
-    worn = stream.deliver("worn", attributes={"org_slug": "org_a", "deferrals": "3"})
+    # ...but one handed off once already waits here for the slot, its lease kept by the client.
+    worn = stream.deliver("worn", attributes={"org_slug": "org_a", "deferrals": "1"})
     handler.release["first"].set()
     await handler.started["worn"].wait()
     handler.release["worn"].set()
@@ -213,6 +214,32 @@ async def test_hand_off_is_bounded_and_a_bad_deferrals_attribute_counts_as_zero(
     assert [a.get("deferrals") for a in handed] == [None, "NaN"]  # the republisher counts (see below)
     assert handler.calls == ["first", "worn"]
     assert stats.handed_off == 2 and stats.acked == 4
+
+
+async def test_the_overflow_pool_never_hands_off_its_runs_wait_for_the_slot():
+    handed: list[dict] = []
+
+    async def hand_off(data, attributes):
+        handed.append(dict(attributes))
+
+    handler = GatedHandler()
+    pool, subscriber, slots = make_pool(handler, total=2, per_org=1, backlog=0, hand_off=hand_off, max_hand_offs=0)
+    task = await start(pool, subscriber)
+    stream = subscriber.stream
+    stream.deliver("first", attributes={"org_slug": "org_a"})
+    await handler.started["first"].wait()
+    # Over the org's cap and backlog, and never handed off before: still it waits, leased.
+    second = stream.deliver("second", attributes={"org_slug": "org_a"})
+    while slots.waiting("org_a") == 0:
+        await asyncio.sleep(0.01)
+    assert [d.state.value for d in pool.deliveries()].count("waiting") == 1
+    handler.release["first"].set()
+    await handler.started["second"].wait()
+    handler.release["second"].set()
+    assert (await settled(stream, second)).kind == "ack"
+    pool.stop()
+    stats = await task
+    assert handed == [] and stats.handed_off == 0 and handler.calls == ["first", "second"]
 
 
 @pytest.mark.parametrize("error", [exceptions.NotFound("Resource not found (resource=requests)."), None])
@@ -344,7 +371,7 @@ async def test_republish_counts_a_bad_deferrals_attribute_as_zero(value, expecte
             return future
 
     service = ConsumerService.__new__(ConsumerService)
-    service.services = type("S", (), {"requests": Requests()})()
+    service.services = type("S", (), {"overflow": Requests()})()  # handed off to the overflow topic
     attributes = {"org_slug": "org_a"} if value is None else {"org_slug": "org_a", "deferrals": value}
     await service.republish(b"{}", attributes)
     assert published == [{"org_slug": "org_a", "deferrals": str(expected)}]

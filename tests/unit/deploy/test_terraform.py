@@ -368,3 +368,25 @@ def test_no_project_wide_publish_right(tf):
     granted += json.dumps(tf.locals["project_roles"])
     assert "roles/bigquery.dataEditor" in granted  # the lists were found
     assert not [role for role in broad if role in granted]
+
+
+# -- the overflow subscription ---------------------------------------------------------------------------------
+
+def test_overflow_subscription_keeps_the_requests_delivery_policy_and_only_the_worker_uses_it(tf, settings):
+    worker, overflow = (tf.resource("google_pubsub_subscription", name) for name in ("worker", "overflow"))
+    assert overflow["topic"] == "${google_pubsub_topic.overflow.id}"
+    assert tf.default("overflow_topic") == settings.overflow_topic
+    assert tf.default("overflow_subscription") == settings.overflow_subscription
+    # handed-off runs are still run requests: same retry and dead-letter topic, never expiring
+    for block in ("retry_policy", "dead_letter_policy", "expiration_policy"):
+        assert overflow[block] == worker[block], block
+    assert tf.locals["pulled_subscriptions"]["overflow"] == "${google_pubsub_subscription.overflow.id}"
+    # publishing there is acting for any tenant, like the requests topic: the worker only
+    publishers = tf.locals["other_publishers"]  # a merge(...) expression: read as text
+    assert publishers.count("google_pubsub_topic.overflow.id") == 1
+    grant = re.search(r"overflow-worker\s*=\s*\{([^}]*)\}", publishers).group(1)
+    assert "google_pubsub_topic.overflow.id" in grant and "local.worker_member" in grant
+    assert "overflow" not in json.dumps(tf.locals["requests_publishers"])
+    env = tf.locals["common_env"]  # merge({...}, var.extra_env): read as text
+    assert re.search(r"OVERFLOW_TOPIC\W+var\.overflow_topic\b", env)
+    assert re.search(r"OVERFLOW_SUBSCRIPTION\W+var\.overflow_subscription\b", env)

@@ -41,7 +41,7 @@ def test_default_topology_is_pull_mode_with_policies_everywhere_they_matter() ->
     topology = Topology.from_settings(settings)
     assert [t.name for t in topology.topics] == [
         "pipeline-requests", "pipeline-events", "scheduler-ticks", "pipeline-requests-dead-letter",
-        "scheduler-ticks-dead-letter",
+        "scheduler-ticks-dead-letter", "pipeline-requests-overflow",
     ]  # fmt: skip
     requests = topology.subscription("pipeline-requests-worker")
     assert requests.topic == "pipeline-requests" and requests.push is None
@@ -50,6 +50,12 @@ def test_default_topology_is_pull_mode_with_policies_everywhere_they_matter() ->
     )  # fmt: skip
     assert (requests.retry.min_backoff_seconds, requests.retry.max_backoff_seconds) == (5, 300)
     assert requests.ack_deadline_seconds == settings.ack_deadline_seconds
+    # Runs handed off over their org's cap are still run requests: the same delivery policy.
+    overflow = topology.subscription("pipeline-requests-overflow-worker")
+    assert overflow.topic == "pipeline-requests-overflow" and overflow.push is None
+    assert (overflow.dead_letter, overflow.retry, overflow.ack_deadline_seconds) == (
+        requests.dead_letter, requests.retry, requests.ack_deadline_seconds,
+    )  # fmt: skip
     ticks = topology.subscription("scheduler-ticks-worker")
     assert ticks.dead_letter.topic == "scheduler-ticks-dead-letter" and ticks.retry is not None
     for name in ("pipeline-requests-dead-letter-worker", "scheduler-ticks-dead-letter-hold"):
@@ -124,7 +130,7 @@ def test_apply_twice_creates_then_reports_unchanged(pubsub_settings: Callable[..
     topology = Topology.from_settings(settings)
     first = apply(topology, settings)
     assert {item.action for item in first.items} == {Action.CREATED}
-    assert len(first.items) == len(topology.topics) + len(topology.subscriptions) == 9
+    assert len(first.items) == len(topology.topics) + len(topology.subscriptions) == 11  # 6 topics, 5 subscriptions
     started = time.perf_counter()
     second = apply(topology, settings)
     assert time.perf_counter() - started < 5
