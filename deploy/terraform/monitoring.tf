@@ -17,138 +17,183 @@ locals {
   failed_run_share = "sum(rate(${local.failed_runs}[15m])) / sum(rate(${local.all_runs}[15m]))"
 }
 
-resource "google_monitoring_alert_policy" "dead_letters" {
-  display_name          = "Convergence: dead letters waiting"
-  combiner              = "OR"
-  notification_channels = var.alert_notification_channels
-  severity              = "ERROR"
-  user_labels           = local.labels
-
-  # `consume` drains this subscription within seconds (each request recorded DEAD_LETTERED): a backlog that
-  # stays means the drain is failing.
-  conditions {
-    display_name = "requests dead-letter backlog > 0 for 10 min"
-    condition_threshold {
-      filter          = format(local.subscription_filter, google_pubsub_subscription.dead_letter.name, "num_undelivered_messages")
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "600s"
-      aggregations {
-        alignment_period   = "60s"
-        per_series_aligner = "ALIGN_MAX"
-      }
+locals {
+  # One entry an alert policy, keyed by the name its resource had before for_each (see the moved blocks).
+  # A condition holds one of the provider's condition kinds, as a one-element list: the resource renders each
+  # kind with a dynamic block, so a kind a condition does not name is left out.
+  alert_policies = {
+    dead_letters = {
+      display_name = "Convergence: dead letters waiting"
+      combiner     = "OR"
+      severity     = "ERROR"
+      conditions = [
+        {
+          # `consume` drains this subscription within seconds (each request recorded DEAD_LETTERED): a backlog
+          # that stays means the drain is failing.
+          display_name = "requests dead-letter backlog > 0 for 10 min"
+          condition_threshold = [{
+            filter             = format(local.subscription_filter, google_pubsub_subscription.dead_letter.name, "num_undelivered_messages")
+            comparison         = "COMPARISON_GT"
+            threshold_value    = 0
+            duration           = "600s"
+            per_series_aligner = "ALIGN_MAX"
+          }]
+        },
+        {
+          # Nothing drains the ticks hold: any message there is a tick that failed every attempt.
+          display_name = "ticks dead-letter backlog > 0"
+          condition_threshold = [{
+            filter             = format(local.subscription_filter, google_pubsub_subscription.ticks_dead_letter.name, "num_undelivered_messages")
+            comparison         = "COMPARISON_GT"
+            threshold_value    = 0
+            duration           = "0s"
+            per_series_aligner = "ALIGN_MAX"
+          }]
+        },
+      ]
+      documentation = "Run requests Pub/Sub gave up on: `convergence dlq list`, then `convergence dlq replay` after a fix. Ticks on ${var.ticks_dead_letter_subscription} are kept 7 days for inspection."
     }
-  }
 
-  # Nothing drains the ticks hold: any message there is a tick that failed every attempt.
-  conditions {
-    display_name = "ticks dead-letter backlog > 0"
-    condition_threshold {
-      filter          = format(local.subscription_filter, google_pubsub_subscription.ticks_dead_letter.name, "num_undelivered_messages")
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "0s"
-      aggregations {
-        alignment_period   = "60s"
-        per_series_aligner = "ALIGN_MAX"
-      }
+    oldest_unacked = {
+      display_name = "Convergence: run request unacked past the lease"
+      combiner     = "OR"
+      severity     = "WARNING"
+      conditions = [{
+        display_name = "oldest unacked run request older than max_lease_seconds"
+        condition_threshold = [{
+          filter             = format(local.subscription_filter, google_pubsub_subscription.worker.name, "oldest_unacked_message_age")
+          comparison         = "COMPARISON_GT"
+          threshold_value    = var.max_lease_seconds
+          duration           = "300s"
+          per_series_aligner = "ALIGN_MAX"
+        }]
+      }]
+      documentation = "A run request has waited longer than any worker keeps a lease: it is being redelivered over and over (each attempt failing or timing out), or no worker holds it. Check the worker pool's instances and `convergence runs list --status FAILED`."
     }
-  }
 
-  documentation {
-    mime_type = "text/markdown"
-    content   = "Run requests Pub/Sub gave up on: `convergence dlq list`, then `convergence dlq replay` after a fix. Ticks on ${var.ticks_dead_letter_subscription} are kept 7 days for inspection."
+    failed_runs = {
+      display_name = "Convergence: failed-run rate"
+      combiner     = "OR"
+      severity     = "ERROR"
+      conditions = [{
+        display_name = "FAILED or TIMEOUT share of finished runs over 15 min"
+        condition_prometheus_query_language = [{
+          query               = "(${local.failed_run_share} > ${var.failed_run_ratio}) and (sum(increase(${local.failed_runs}[15m])) >= ${var.failed_run_min_count})"
+          duration            = "300s"
+          evaluation_interval = "60s"
+          # The series exist only once a sidecar has written a run: validation would refuse the first apply.
+          disable_metric_validation = true
+        }]
+      }]
+      documentation = "`sum by (pipeline, status) (rate(convergence_runs_total[15m]))` shows which pipelines fail; `convergence runs list --status FAILED --since 1h` shows why."
+    }
+
+    worker_not_pulling = {
+      display_name = "Convergence: worker not pulling"
+      combiner     = "AND"
+      severity     = "CRITICAL"
+      conditions = [
+        {
+          display_name = "worker subscription backlog > 0 for 10 min"
+          condition_threshold = [{
+            filter             = format(local.subscription_filter, google_pubsub_subscription.worker.name, "num_undelivered_messages")
+            comparison         = "COMPARISON_GT"
+            threshold_value    = 0
+            duration           = "600s"
+            per_series_aligner = "ALIGN_MAX"
+          }]
+        },
+        {
+          display_name = "no streaming pull responses on the worker subscription for 10 min"
+          condition_absent = [{
+            filter             = format(local.subscription_filter, google_pubsub_subscription.worker.name, "streaming_pull_response_count")
+            duration           = "600s"
+            per_series_aligner = "ALIGN_SUM"
+          }]
+        },
+      ]
+      documentation = "Run requests wait and no worker receives them: check that convergence-worker has instances (the autoscaler, convergence-autoscaler) and its logs for a lost stream (PERMISSION_DENIED, NOT_FOUND)."
+    }
   }
 }
 
-resource "google_monitoring_alert_policy" "oldest_unacked" {
-  display_name          = "Convergence: run request unacked past the lease"
-  combiner              = "OR"
+resource "google_monitoring_alert_policy" "convergence" {
+  for_each = local.alert_policies
+
+  display_name          = each.value.display_name
+  combiner              = each.value.combiner
   notification_channels = var.alert_notification_channels
-  severity              = "WARNING"
+  severity              = each.value.severity
   user_labels           = local.labels
 
-  conditions {
-    display_name = "oldest unacked run request older than max_lease_seconds"
-    condition_threshold {
-      filter          = format(local.subscription_filter, google_pubsub_subscription.worker.name, "oldest_unacked_message_age")
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.max_lease_seconds
-      duration        = "300s"
-      aggregations {
-        alignment_period   = "60s"
-        per_series_aligner = "ALIGN_MAX"
+  dynamic "conditions" {
+    for_each = each.value.conditions
+    content {
+      display_name = conditions.value.display_name
+
+      dynamic "condition_threshold" {
+        for_each = lookup(conditions.value, "condition_threshold", [])
+        content {
+          filter          = condition_threshold.value.filter
+          comparison      = condition_threshold.value.comparison
+          threshold_value = condition_threshold.value.threshold_value
+          duration        = condition_threshold.value.duration
+          aggregations {
+            alignment_period   = "60s"
+            per_series_aligner = condition_threshold.value.per_series_aligner
+          }
+        }
+      }
+
+      dynamic "condition_absent" {
+        for_each = lookup(conditions.value, "condition_absent", [])
+        content {
+          filter   = condition_absent.value.filter
+          duration = condition_absent.value.duration
+          aggregations {
+            alignment_period   = "60s"
+            per_series_aligner = condition_absent.value.per_series_aligner
+          }
+        }
+      }
+
+      dynamic "condition_prometheus_query_language" {
+        for_each = lookup(conditions.value, "condition_prometheus_query_language", [])
+        content {
+          query                     = condition_prometheus_query_language.value.query
+          duration                  = condition_prometheus_query_language.value.duration
+          evaluation_interval       = condition_prometheus_query_language.value.evaluation_interval
+          disable_metric_validation = condition_prometheus_query_language.value.disable_metric_validation
+        }
       }
     }
   }
 
   documentation {
     mime_type = "text/markdown"
-    content   = "A run request has waited longer than any worker keeps a lease: it is being redelivered over and over (each attempt failing or timing out), or no worker holds it. Check the worker pool's instances and `convergence runs list --status FAILED`."
+    content   = each.value.documentation
   }
 }
 
-resource "google_monitoring_alert_policy" "failed_runs" {
-  display_name          = "Convergence: failed-run rate"
-  combiner              = "OR"
-  notification_channels = var.alert_notification_channels
-  severity              = "ERROR"
-  user_labels           = local.labels
-
-  conditions {
-    display_name = "FAILED or TIMEOUT share of finished runs over 15 min"
-    condition_prometheus_query_language {
-      query               = "(${local.failed_run_share} > ${var.failed_run_ratio}) and (sum(increase(${local.failed_runs}[15m])) >= ${var.failed_run_min_count})"
-      duration            = "300s"
-      evaluation_interval = "60s"
-      # The series exist only once a sidecar has written a run: validation would refuse the first apply.
-      disable_metric_validation = true
-    }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = "`sum by (pipeline, status) (rate(convergence_runs_total[15m]))` shows which pipelines fail; `convergence runs list --status FAILED --since 1h` shows why."
-  }
+# The policies were one resource each: keep them in state under their for_each keys instead of replacing them.
+moved {
+  from = google_monitoring_alert_policy.dead_letters
+  to   = google_monitoring_alert_policy.convergence["dead_letters"]
 }
 
-resource "google_monitoring_alert_policy" "worker_not_pulling" {
-  display_name          = "Convergence: worker not pulling"
-  combiner              = "AND"
-  notification_channels = var.alert_notification_channels
-  severity              = "CRITICAL"
-  user_labels           = local.labels
+moved {
+  from = google_monitoring_alert_policy.oldest_unacked
+  to   = google_monitoring_alert_policy.convergence["oldest_unacked"]
+}
 
-  conditions {
-    display_name = "worker subscription backlog > 0 for 10 min"
-    condition_threshold {
-      filter          = format(local.subscription_filter, google_pubsub_subscription.worker.name, "num_undelivered_messages")
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "600s"
-      aggregations {
-        alignment_period   = "60s"
-        per_series_aligner = "ALIGN_MAX"
-      }
-    }
-  }
+moved {
+  from = google_monitoring_alert_policy.failed_runs
+  to   = google_monitoring_alert_policy.convergence["failed_runs"]
+}
 
-  conditions {
-    display_name = "no streaming pull responses on the worker subscription for 10 min"
-    condition_absent {
-      filter   = format(local.subscription_filter, google_pubsub_subscription.worker.name, "streaming_pull_response_count")
-      duration = "600s"
-      aggregations {
-        alignment_period   = "60s"
-        per_series_aligner = "ALIGN_SUM"
-      }
-    }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = "Run requests wait and no worker receives them: check that convergence-worker has instances (the autoscaler, convergence-autoscaler) and its logs for a lost stream (PERMISSION_DENIED, NOT_FOUND)."
-  }
+moved {
+  from = google_monitoring_alert_policy.worker_not_pulling
+  to   = google_monitoring_alert_policy.convergence["worker_not_pulling"]
 }
 
 resource "google_monitoring_dashboard" "convergence" {

@@ -55,6 +55,7 @@ class Config:
         self.resources: dict[str, dict[str, dict[str, Any]]] = {}
         self.locals: dict[str, Any] = {}
         self.variables: dict[str, dict[str, Any]] = {}
+        self.moved: dict[str, str] = {}
         self.text = ""
         for path in sorted(directory.glob("*.tf")):
             self.text += path.read_text()
@@ -69,10 +70,20 @@ class Config:
                 self.locals.update(block)
             for block in parsed.get("variable", []):
                 self.variables.update(block)
+            for block in parsed.get("moved", []):
+                self.moved[block["from"]] = block["to"]
 
     def resource(self, kind: str, name: str) -> dict[str, Any]:
         assert name in self.resources.get(kind, {}), f"no {kind}.{name}"
         return self.resources[kind][name]
+
+    def instances(self, kind: str, name: str) -> dict[str, dict[str, Any]]:
+        """A resource with `for_each = local.<map>`, one body a key as terraform expands it: `each.value.<field>`
+        and dynamic blocks rendered from the map's entry."""
+        body = self.resource(kind, name)
+        source = re.fullmatch(r"\$\{local\.(\w+)\}", body["for_each"])
+        assert source, f"{kind}.{name}: for_each is not a local: {body['for_each']}"
+        return {key: _render(body, {"each": entry}) for key, entry in self.locals[source.group(1)].items()}
 
     def default(self, variable: str) -> Any:
         """A variable's default; a required one (no default) stands for itself."""
@@ -105,6 +116,30 @@ class Config:
             account = self.resolve(self.resource("google_service_account", ref.group(1))["account_id"])
             return f"{account}@PROJECT.iam.gserviceaccount.com"
         raise AssertionError(f"expression not understood by this test: {expression}")
+
+
+def _render(value: Any, scope: dict[str, Any]) -> Any:
+    """Substitute `<iterator>.value.<field>` (and `lookup(<iterator>.value, "<field>", [])`) from scope, and expand
+    `dynamic "<block>"` into the blocks it writes, left out when it writes none, as a static config reads."""
+    if isinstance(value, list):
+        return [_render(item, scope) for item in value]
+    if isinstance(value, dict):
+        body = {key: _render(item, scope) for key, item in value.items() if key not in ("dynamic", "for_each")}
+        for block in value.get("dynamic", []):
+            [(label, dynamic)] = block.items()
+            blocks = [_render(dynamic["content"][0], scope | {label: item})
+                      for item in _render(dynamic["for_each"], scope)]
+            if blocks:
+                body[label] = blocks
+        return body
+    if isinstance(value, str):
+        if ref := re.fullmatch(r"\$\{(\w+)\.value\.(\w+)\}", value):
+            return scope[ref.group(1)][ref.group(2)]
+        if ref := re.fullmatch(r'\$\{lookup\((\w+)\.value, "(\w+)", \[\]\)\}', value):
+            return scope[ref.group(1)].get(ref.group(2), [])
+        iterators = "|".join(["each", *scope])
+        assert not re.search(rf"\b({iterators})\.value\b", value), f"not rendered: {value}"
+    return value
 
 
 def _balanced(expression: str) -> bool:
@@ -146,8 +181,12 @@ def subscription_filter(subscription: str, metric: str) -> str:
             f'AND metric.type = "pubsub.googleapis.com/subscription/{metric}"')
 
 
+def alert_policies(tf: Config) -> dict[str, dict[str, Any]]:
+    return tf.instances("google_monitoring_alert_policy", "convergence")
+
+
 def conditions(tf: Config, policy: str) -> list[dict[str, Any]]:
-    return tf.resource("google_monitoring_alert_policy", policy)["conditions"]
+    return alert_policies(tf)[policy]["conditions"]
 
 
 # -- terraform fmt --------------------------------------------------------------------------------------------
@@ -262,7 +301,7 @@ def test_failed_run_alert_queries_the_counter_a_failed_run_increments(tf):
 
 
 def test_worker_not_pulling_is_a_backlog_with_no_streaming_pull_responses(tf, settings):
-    policy = tf.resource("google_monitoring_alert_policy", "worker_not_pulling")
+    policy = alert_policies(tf)["worker_not_pulling"]
     assert policy["combiner"] == "AND"
     backlog, silent = policy["conditions"]
     assert tf.resolve(backlog["condition_threshold"][0]["filter"]) == subscription_filter(
@@ -276,10 +315,30 @@ def test_worker_not_pulling_is_a_backlog_with_no_streaming_pull_responses(tf, se
 
 
 def test_every_alert_policy_notifies_the_configured_channels(tf):
-    policies = tf.resources["google_monitoring_alert_policy"]
+    assert set(tf.resources["google_monitoring_alert_policy"]) == {"convergence"}
+    policies = alert_policies(tf)
     assert set(policies) == {"dead_letters", "oldest_unacked", "failed_runs", "worker_not_pulling"}
     for policy in policies.values():
         assert policy["notification_channels"] == "${var.alert_notification_channels}"
+        assert policy["display_name"].startswith("Convergence: ") and policy["severity"] in ("WARNING", "ERROR",
+                                                                                               "CRITICAL")
+        assert policy["documentation"][0]["content"] and all(c["display_name"] for c in policy["conditions"])
+
+
+def test_alert_policies_keep_their_state_under_the_for_each_keys(tf):
+    # each policy was a resource of its own: without a moved block, apply would replace it
+    old, new = "google_monitoring_alert_policy.{}", 'google_monitoring_alert_policy.convergence["{}"]'
+    assert tf.moved == {f"${{{old.format(key)}}}": f"${{{new.format(key)}}}" for key in alert_policies(tf)}
+
+
+def test_every_metric_condition_is_aligned_per_minute(tf):
+    for policy in alert_policies(tf).values():
+        for condition in policy["conditions"]:
+            kinds = [kind for kind in condition if kind.startswith("condition_")]
+            assert len(kinds) == 1, condition
+            for block in condition.get("condition_threshold", []) + condition.get("condition_absent", []):
+                [aggregation] = block["aggregations"]
+                assert aggregation["alignment_period"] == "60s" and aggregation["per_series_aligner"], block
 
 
 # -- dashboard ------------------------------------------------------------------------------------------------
