@@ -37,7 +37,6 @@ from aiohttp import web
 
 from convergence.devstack.providers.common import (
     WIDTH_SECONDS,
-    FixedUsage,
     GeneratedUsage,
     StandInServer,
     UsageRecord,
@@ -49,7 +48,9 @@ from convergence.devstack.providers.common import (
     iso,
     run_forever,
     to_epoch,
+    usage_source,
 )
+from convergence.devstack.providers.paging import BadRequest, id_page, page_ends, page_limit
 
 ADMIN_KEY = "sk-ant-admin01-standin-0123456789abcdef"
 MILLION = Decimal(1_000_000)
@@ -173,9 +174,7 @@ class AnthropicStandIn(StandInServer):
         self.admin_keys = frozenset(admin_keys)
         self.workspaces = dict(DEFAULT_WORKSPACE_NAMES if workspaces is None else workspaces)  # id -> name
         self.archived_workspaces = frozenset(archived_workspaces)
-        if usage is None:
-            usage = generated_usage(seed)
-        self.usage_source = usage if isinstance(usage, UsageSource) else FixedUsage(usage)
+        self.usage_source = usage_source(usage, lambda: generated_usage(seed))
         self.prices = {k: tuple(Decimal(x) for x in v) for k, v in {**LIST_PRICES, **(prices or {})}.items()}
         self.long_prices = {k: tuple(Decimal(x) for x in v) for k, v in LONG_CONTEXT_PRICES.items()}
         # (day, model or None, token_type or "web_search") -> USD added to that billed line.
@@ -213,24 +212,19 @@ class AnthropicStandIn(StandInServer):
     def _window(self, request: web.Request, limits: Mapping[str, tuple[int, int]]):
         query = request.query
         if "starting_at" not in query:
-            raise _Bad(self.error(400, "starting_at: Field required"))
+            raise BadRequest(self.error(400, "starting_at: Field required"))
         try:
             start = to_epoch(_rfc3339(query["starting_at"]))
             end = to_epoch(_rfc3339(query["ending_at"])) if "ending_at" in query else int(time.time())
         except ValueError:
-            raise _Bad(self.error(400, "starting_at/ending_at must be RFC 3339 timestamps")) from None
+            raise BadRequest(self.error(400, "starting_at/ending_at must be RFC 3339 timestamps")) from None
         width_name = query.get("bucket_width", "1d")
         if width_name not in limits:
-            raise _Bad(self.error(400, f"bucket_width: Input should be {' or '.join(repr(w) for w in limits)}"))
-        default, maximum = limits[width_name]
-        try:
-            limit = int(query.get("limit", default))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= maximum:
-            raise _Bad(self.error(400, f"limit: must be between 1 and {maximum} for bucket_width {width_name}"))
+            raise BadRequest(self.error(400, f"bucket_width: Input should be {' or '.join(repr(w) for w in limits)}"))
+        limit = page_limit(query, limits[width_name], lambda maximum: self.error(
+            400, f"limit: must be between 1 and {maximum} for bucket_width {width_name}"))
         if end <= start:
-            raise _Bad(self.error(400, "Invalid date range: ending date must be after starting date"))
+            raise BadRequest(self.error(400, "Invalid date range: ending date must be after starting date"))
         width = WIDTH_SECONDS[width_name]
         first = -(-start // width) * width  # buckets that start on or after starting_at
         cursor = query.get("page")
@@ -239,12 +233,12 @@ class AnthropicStandIn(StandInServer):
             try:
                 first = to_epoch(_rfc3339(decoded or ""))
             except ValueError:
-                raise _Bad(self.error(400, "page: invalid page token")) from None
+                raise BadRequest(self.error(400, "page: invalid page token")) from None
         if "group_by" in query:
-            raise _Bad(self.error(400, "group_by: use the array form group_by[]"))
+            raise BadRequest(self.error(400, "group_by: use the array form group_by[]"))
         group_by = list(dict.fromkeys(query.getall("group_by[]", [])))
         if len(query.getall("group_by[]", [])) > 5:
-            raise _Bad(self.error(400, "Cannot specify more than 5 group_by[] dimensions."))
+            raise BadRequest(self.error(400, "Cannot specify more than 5 group_by[] dimensions."))
         buckets: list[tuple[int, int]] = []
         bucket = first
         while bucket + width <= end and len(buckets) < limit:
@@ -260,10 +254,7 @@ class AnthropicStandIn(StandInServer):
 
     # -- usage report ----------------------------------------------------------------------------------
     async def usage(self, request: web.Request) -> web.Response:
-        try:
-            spans, next_start, group_by = self._window(request, USAGE_LIMITS)
-        except _Bad as bad:
-            return bad.response
+        spans, next_start, group_by = self._window(request, USAGE_LIMITS)
         for value in group_by:
             if value not in DIMENSIONS:
                 return self.error(400, f"group_by[]: Input should be one of {', '.join(DIMENSIONS)}")
@@ -331,10 +322,7 @@ class AnthropicStandIn(StandInServer):
         return lines
 
     async def cost_report(self, request: web.Request) -> web.Response:
-        try:
-            spans, next_start, group_by = self._window(request, COST_LIMITS)
-        except _Bad as bad:
-            return bad.response
+        spans, next_start, group_by = self._window(request, COST_LIMITS)
         for value in group_by:
             if value not in COST_GROUPS:
                 return self.error(400, f"group_by[]: Input should be one of {', '.join(COST_GROUPS)}")
@@ -366,36 +354,28 @@ class AnthropicStandIn(StandInServer):
 
 
     # -- workspaces (Admin API) -------------------------------------------------------------------------
-    async def list_workspaces(self, request: web.Request) -> web.Response:
-        default, maximum = WORKSPACES_LIMIT
-        try:
-            limit = int(request.query.get("limit", default))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= maximum:
-            return self.error(400, f"limit: Input should be between 1 and {maximum}")
-        archived = request.query.get("include_archived", "false").lower() == "true"
-        ids = [w for w in sorted(self.workspaces) if archived or w not in self.archived_workspaces]
+    def _list_limit(self, request: web.Request, bounds: tuple[int, int]) -> int:
+        return page_limit(request.query, bounds,
+                          lambda maximum: self.error(400, f"limit: Input should be between 1 and {maximum}"))
+
+    def _id_page(self, request: web.Request, ids: Sequence[str], limit: int, noun: str) -> tuple[list[str], bool]:
+        """The page `after_id` or `before_id` asks for (at most one of them); `noun` names the ids in errors."""
         after, before = request.query.get("after_id"), request.query.get("before_id")
         if after and before:
-            return self.error(400, "Only one of after_id and before_id may be given")
-        cursor = after or before
-        if cursor and cursor not in ids:
-            return self.error(400, f"{'after_id' if after else 'before_id'}: unknown workspace id")
-        if after:
-            ids = ids[ids.index(after) + 1:]
-            page, more = ids[:limit], len(ids) > limit
-        elif before:
-            ids = ids[:ids.index(before)]
-            page, more = ids[-limit:], len(ids) > limit
-        else:
-            page, more = ids[:limit], len(ids) > limit
+            raise BadRequest(self.error(400, "Only one of after_id and before_id may be given"))
+        return id_page(ids, limit, lambda: self.error(400, f"{'after_id' if after else 'before_id'}: unknown {noun}"),
+                       after=after, before=before)
+
+    async def list_workspaces(self, request: web.Request) -> web.Response:
+        limit = self._list_limit(request, WORKSPACES_LIMIT)
+        archived = request.query.get("include_archived", "false").lower() == "true"
+        ids = [w for w in sorted(self.workspaces) if archived or w not in self.archived_workspaces]
+        page, more = self._id_page(request, ids, limit, "workspace id")
         data = [{"id": w, "type": "workspace", "name": self.workspaces[w],
                  "created_at": f"2024-10-30T23:58:{n % 60:02d}.427722Z",
                  "archived_at": "2024-11-01T23:59:27.427722Z" if w in self.archived_workspaces else None,
                  "display_color": "#6C5BB9"} for n, w in enumerate(page)]
-        return web.json_response({"data": data, "has_more": more, "first_id": page[0] if page else None,
-                                  "last_id": page[-1] if page else None})
+        return web.json_response({"data": data, "has_more": more, **page_ends(page)})
 
     # -- API keys (Admin API) ---------------------------------------------------------------------------
     @staticmethod
@@ -403,33 +383,14 @@ class AnthropicStandIn(StandInServer):
         return f"sk-ant-api03-{key_id}-0123456789abcdefSECRET-AA"
 
     async def list_api_keys(self, request: web.Request) -> web.Response:
-        default, maximum = API_KEYS_LIMIT
-        try:
-            limit = int(request.query.get("limit", default))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= maximum:
-            return self.error(400, f"limit: Input should be between 1 and {maximum}")
+        limit = self._list_limit(request, API_KEYS_LIMIT)
         status = request.query.get("status")
         if status is not None and status not in API_KEY_STATUSES:
             return self.error(400, f"status: Input should be {', '.join(repr(s) for s in API_KEY_STATUSES)}")
         workspace = request.query.get("workspace_id")
         ids = [k for k in sorted(self.api_keys) if (status is None or self.api_keys[k][2] == status)
                and (workspace is None or self.api_keys[k][1] == workspace)]
-        after, before = request.query.get("after_id"), request.query.get("before_id")
-        if after and before:
-            return self.error(400, "Only one of after_id and before_id may be given")
-        cursor = after or before
-        if cursor and cursor not in ids:
-            return self.error(400, f"{'after_id' if after else 'before_id'}: unknown API key id")
-        if after:
-            ids = ids[ids.index(after) + 1:]
-            page, more = ids[:limit], len(ids) > limit
-        elif before:
-            ids = ids[:ids.index(before)]
-            page, more = ids[-limit:], len(ids) > limit
-        else:
-            page, more = ids[:limit], len(ids) > limit
+        page, more = self._id_page(request, ids, limit, "API key id")
 
         def item(key_id: str, n: int) -> dict[str, Any]:
             name, workspace_id, key_status = self.api_keys[key_id]
@@ -440,7 +401,7 @@ class AnthropicStandIn(StandInServer):
                    "partial_key_hint": f"{value[:16]}...{value[-4:]}", "status": key_status}
             return {**out, "key": value} if self.leak_key_values else out
         return web.json_response({"data": [item(k, n) for n, k in enumerate(page)], "has_more": more,
-                                  "first_id": page[0] if page else None, "last_id": page[-1] if page else None})
+                                  **page_ends(page)})
 
 
 def _description(model: str | None, token_type: str | None, cost_type: str | None) -> str | None:
@@ -461,11 +422,6 @@ def _rfc3339(text: str) -> datetime:
     if "T" not in text:
         raise ValueError(text)
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-class _Bad(Exception):
-    def __init__(self, response: web.Response):
-        self.response = response
 
 
 def main(argv: Sequence[str] | None = None) -> None:

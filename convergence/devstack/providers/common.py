@@ -19,6 +19,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from convergence.devstack.providers.paging import BadRequest
+
 WIDTH_SECONDS = {"1m": 60, "1h": 3600, "1d": 86400}
 HOUR = 3600
 
@@ -78,6 +80,13 @@ class FixedUsage(UsageSource):
 
     def add(self, record: UsageRecord) -> None:
         self.__init__([*self._records, record])  # type: ignore[misc]
+
+
+def usage_source(value: UsageSource | Iterable[UsageRecord] | None, default: Callable[[], UsageSource]) -> UsageSource:
+    """A server's usage as its caller gave it, a source or a list of records; `default()` when not given."""
+    if value is None:
+        return default()
+    return value if isinstance(value, UsageSource) else FixedUsage(value)
 
 
 MetricsFn = Callable[[int, Mapping[str, Any]], dict[str, int]]
@@ -311,6 +320,8 @@ class StandInServer(LoopbackServer):
             return response
         try:
             response = await handler(request)
+        except BadRequest as bad:
+            response = bad.response
         except web.HTTPException as http_error:
             entry.status = http_error.status
             raise

@@ -50,7 +50,9 @@ from convergence.devstack.providers.common import (
     iso,
     query_list,
     run_forever,
+    usage_source,
 )
+from convergence.devstack.providers.paging import BadRequest, id_page, page_ends, page_limit
 
 ADMIN_KEY = "sk-admin-standin-0123456789abcdef"
 MILLION = Decimal(1_000_000)
@@ -185,9 +187,9 @@ class OpenAIStandIn(StandInServer):
         self.projects = dict(DEFAULT_PROJECT_NAMES if projects is None else projects)  # id -> name
         self.archived_projects = frozenset(archived_projects)
         self.admin_keys = frozenset(admin_keys)
-        self.completions = _source(completions) or generated_completions(seed)
-        self.embeddings = _source(embeddings) or (generated_embeddings(seed) if completions is None
-                                                  else FixedUsage([]))
+        self.completions = usage_source(completions, lambda: generated_completions(seed))
+        self.embeddings = usage_source(embeddings, lambda: generated_embeddings(seed) if completions is None
+                                       else FixedUsage([]))
         self.prices = {k: tuple(Decimal(x) for x in v) for k, v in {**LIST_PRICES, **(prices or {})}.items()}
         # (day, line_item) -> amount added to that day's line (seeds a billed-vs-calculated difference).
         self.cost_adjustments = {k: Decimal(str(v)) for k, v in (cost_adjustments or {}).items()}
@@ -238,34 +240,29 @@ class OpenAIStandIn(StandInServer):
     def _window(self, request: web.Request, limits: Mapping[str, tuple[int, int]]):
         query = request.query
         if "start_time" not in query:
-            raise _Bad(self.error(400, "Missing required parameter: 'start_time'.", param="start_time",
+            raise BadRequest(self.error(400, "Missing required parameter: 'start_time'.", param="start_time",
                                   code="missing_required_parameter"))
         try:
             start = int(query["start_time"])
             end = int(query.get("end_time", int(time.time())))
         except ValueError:
-            raise _Bad(self.error(400, "start_time and end_time must be integers (Unix seconds).",
+            raise BadRequest(self.error(400, "start_time and end_time must be integers (Unix seconds).",
                                   param="start_time")) from None
         width = query.get("bucket_width", "1d")
         if width not in limits:
-            raise _Bad(self.error(400, f"Invalid value for 'bucket_width': {width!r}; expected one of "
+            raise BadRequest(self.error(400, f"Invalid value for 'bucket_width': {width!r}; expected one of "
                                        f"{', '.join(limits)}.", param="bucket_width"))
-        default, maximum = limits[width]
-        try:
-            limit = int(query.get("limit", default))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= maximum:
-            raise _Bad(self.error(400, f"Invalid value for 'limit': must be between 1 and {maximum} for "
-                                       f"bucket_width={width}.", param="limit"))
+        limit = page_limit(query, limits[width], lambda maximum: self.error(
+            400, f"Invalid value for 'limit': must be between 1 and {maximum} for bucket_width={width}.",
+            param="limit"))
         if end <= start:
-            raise _Bad(self.error(400, "end_time must be after start_time.", param="end_time"))
+            raise BadRequest(self.error(400, "end_time must be after start_time.", param="end_time"))
         cursor = query.get("page")
         first = start
         if cursor:
             decoded = decode_cursor(cursor)
             if decoded is None or not decoded.isdigit() or not start <= int(decoded) <= end:
-                raise _Bad(self.error(400, "Invalid value for 'page'.", param="page"))
+                raise BadRequest(self.error(400, "Invalid value for 'page'.", param="page"))
             first = int(decoded)
         return start, end, first, WIDTH_SECONDS[width], limit
 
@@ -300,11 +297,8 @@ class OpenAIStandIn(StandInServer):
             return self.error(404, f"Usage endpoint {kind!r} is not served by this stand-in.",
                               code="unknown_url")
         dimensions = COMPLETIONS_DIMENSIONS if kind == "completions" else EMBEDDINGS_DIMENSIONS
-        try:
-            _, end, first, width, limit = self._window(request, USAGE_LIMITS)
-            group_by = self._group_by(request, dimensions)
-        except _Bad as bad:
-            return bad.response
+        _, end, first, width, limit = self._window(request, USAGE_LIMITS)
+        group_by = self._group_by(request, dimensions)
         filters: dict[str, set[Any]] = {}
         for param, dim in (("project_ids", "project_id"), ("user_ids", "user_id"),
                            ("api_key_ids", "api_key_id"), ("models", "model")):
@@ -326,7 +320,7 @@ class OpenAIStandIn(StandInServer):
         group_by = query_list(request, "group_by")
         for value in group_by:
             if value not in allowed:
-                raise _Bad(self.error(400, f"Invalid value for 'group_by': {value!r}; expected one of "
+                raise BadRequest(self.error(400, f"Invalid value for 'group_by': {value!r}; expected one of "
                                            f"{', '.join(allowed)}.", param="group_by"))
         return list(dict.fromkeys(group_by))
 
@@ -391,11 +385,8 @@ class OpenAIStandIn(StandInServer):
         return lines
 
     async def costs(self, request: web.Request) -> web.Response:
-        try:
-            _, end, first, width, limit = self._window(request, {"1d": COSTS_LIMIT})
-            group_by = self._group_by(request, COSTS_GROUPS)
-        except _Bad as bad:
-            return bad.response
+        _, end, first, width, limit = self._window(request, {"1d": COSTS_LIMIT})
+        group_by = self._group_by(request, COSTS_GROUPS)
         if "api_key_id" in group_by and not self.allow_costs_api_key_group:
             # Observed on the live API in July 2026 although OpenAI's API reference lists it.
             return self.error(400, "Invalid value for 'group_by': 'api_key_id' is not supported.", param="group_by")
@@ -424,48 +415,26 @@ class OpenAIStandIn(StandInServer):
 
     # -- projects (Admin API) ---------------------------------------------------------------------------
     async def list_projects(self, request: web.Request) -> web.Response:
-        default, maximum = PROJECTS_LIMIT
-        try:
-            limit = int(request.query.get("limit", default))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= maximum:
-            return self.error(400, f"Invalid value for 'limit': must be between 1 and {maximum}.", param="limit")
         archived = request.query.get("include_archived", "false").lower() == "true"
         ids = [p for p in sorted(self.projects) if archived or p not in self.archived_projects]
-        after = request.query.get("after")
-        if after:
-            if after not in ids:
-                return self.error(400, "Invalid value for 'after'.", param="after")
-            ids = ids[ids.index(after) + 1:]
-        page = ids[:limit]
-        data = [{"id": p, "object": "organization.project", "name": self.projects[p],
-                 "created_at": 1711471533 + n, "archived_at": 1730419200 if p in self.archived_projects else None,
-                 "status": "archived" if p in self.archived_projects else "active"} for n, p in enumerate(page)]
-        return web.json_response({"object": "list", "data": data, "first_id": page[0] if page else None,
-                                  "last_id": page[-1] if page else None, "has_more": len(ids) > limit})
+
+        def item(project: str, n: int) -> dict[str, Any]:
+            return {"id": project, "object": "organization.project", "name": self.projects[project],
+                    "created_at": 1711471533 + n,
+                    "archived_at": 1730419200 if project in self.archived_projects else None,
+                    "status": "archived" if project in self.archived_projects else "active"}
+        return self._list(request, ids, item, PROJECTS_LIMIT)
 
     # -- users and API keys (Admin API) ---------------------------------------------------------------
-    def _list(self, request: web.Request, ids: Sequence[str],
-              item: Any) -> web.Response:
+    def _list(self, request: web.Request, ids: Sequence[str], item: Any,
+              bounds: tuple[int, int] = LIST_LIMIT) -> web.Response:
         """One `after`-paged page of `ids` as a `list` object (item(id, n) builds each object)."""
-        default, maximum = LIST_LIMIT
-        try:
-            limit = int(request.query.get("limit", default))
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= maximum:
-            return self.error(400, f"Invalid value for 'limit': must be between 1 and {maximum}.", param="limit")
-        ids = list(ids)
-        after = request.query.get("after")
-        if after:
-            if after not in ids:
-                return self.error(400, "Invalid value for 'after'.", param="after")
-            ids = ids[ids.index(after) + 1:]
-        page = ids[:limit]
+        limit = page_limit(request.query, bounds, lambda maximum: self.error(
+            400, f"Invalid value for 'limit': must be between 1 and {maximum}.", param="limit"))
+        page, more = id_page(ids, limit, lambda: self.error(400, "Invalid value for 'after'.", param="after"),
+                             after=request.query.get("after"))
         return web.json_response({"object": "list", "data": [item(i, n) for n, i in enumerate(page)],
-                                  "first_id": page[0] if page else None, "last_id": page[-1] if page else None,
-                                  "has_more": len(ids) > limit})
+                                  **page_ends(page), "has_more": more})
 
     def _user(self, user_id: str, n: int = 0) -> dict[str, Any]:
         return {"object": "organization.user", "id": user_id, "name": self.users.get(user_id, user_id),
@@ -526,17 +495,6 @@ class OpenAIStandIn(StandInServer):
         if self.amount_as_string:  # observed: strings with 39 decimals, and "0E-6176" for zero
             return "0E-6176" if amount == 0 else f"{amount:.39f}"
         return float(amount)
-
-
-class _Bad(Exception):
-    def __init__(self, response: web.Response):
-        self.response = response
-
-
-def _source(value: UsageSource | Sequence[UsageRecord] | None) -> UsageSource | None:
-    if value is None or isinstance(value, UsageSource):
-        return value
-    return FixedUsage(value)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -139,3 +139,53 @@ async def test_anthropic_headers_grouping_buckets_and_cents(http):
         assert status == 400 and "Invalid date range" in body["error"]["message"]
         status, body, _ = await get(http, cost_url, day + [("bucket_width", "1h")], ANT)
         assert status == 400
+
+
+async def test_openai_lists_page_after_an_id_and_refuse_bad_pages_in_openai_errors(http):
+    users = {f"user_{n}": f"User {n}" for n in range(3)}
+    async with OpenAIStandIn(completions=[], users=users) as server:
+        url = f"{server.base_url}/v1/organization/users"
+        status, page, _ = await get(http, url, [("limit", "2")], OAI)
+        assert status == 200 and [u["id"] for u in page["data"]] == ["user_0", "user_1"]
+        assert (page["object"], page["first_id"], page["last_id"], page["has_more"]) == ("list", "user_0", "user_1",
+                                                                                        True)
+        status, page, _ = await get(http, url, [("limit", "2"), ("after", "user_1")], OAI)
+        assert [u["id"] for u in page["data"]] == ["user_2"] and page["has_more"] is False
+        status, page, _ = await get(http, url, [("after", "user_2")], OAI)
+        assert (page["data"], page["first_id"], page["last_id"], page["has_more"]) == ([], None, None, False)
+        for params, param in (([("limit", "0")], "limit"), ([("limit", "101")], "limit"),
+                              ([("limit", "many")], "limit"), ([("after", "user_9")], "after")):
+            status, body, _ = await get(http, url, params, OAI)
+            assert status == 400 and body["error"]["param"] == param, params
+            assert body["error"]["type"] == "invalid_request_error" and param in body["error"]["message"]
+        assert [r.status for r in server.calls(url.removeprefix(server.base_url))][-4:] == [400] * 4
+
+
+async def test_anthropic_lists_page_by_after_or_before_id_and_refuse_bad_pages_in_anthropic_errors(http):
+    workspaces = {f"wrkspc_{n}": f"Workspace {n}" for n in range(3)}
+    async with AnthropicStandIn(usage=[], workspaces=workspaces) as server:
+        url = f"{server.base_url}/v1/organizations/workspaces"
+        status, page, _ = await get(http, url, [("limit", "2")], ANT)
+        assert [w["id"] for w in page["data"]] == ["wrkspc_0", "wrkspc_1"] and page["has_more"] is True
+        assert (page["first_id"], page["last_id"]) == ("wrkspc_0", "wrkspc_1") and "object" not in page
+        status, page, _ = await get(http, url, [("limit", "1"), ("after_id", "wrkspc_0")], ANT)
+        assert [w["id"] for w in page["data"]] == ["wrkspc_1"] and page["has_more"] is True
+        # before_id: the last `limit` ids before it
+        status, page, _ = await get(http, url, [("limit", "1"), ("before_id", "wrkspc_2")], ANT)
+        assert [w["id"] for w in page["data"]] == ["wrkspc_1"] and page["has_more"] is True
+        status, page, _ = await get(http, url, [("before_id", "wrkspc_0")], ANT)
+        assert (page["data"], page["first_id"], page["has_more"]) == ([], None, False)
+        for params, message in (
+                ([("limit", "0")], "limit: Input should be between 1 and 1000"),
+                ([("limit", "many")], "limit: Input should be between 1 and 1000"),
+                ([("after_id", "wrkspc_0"), ("before_id", "wrkspc_2")],
+                 "Only one of after_id and before_id may be given"),
+                ([("after_id", "wrkspc_9")], "after_id: unknown workspace id"),
+                ([("before_id", "wrkspc_9")], "before_id: unknown workspace id")):
+            status, body, headers = await get(http, url, params, ANT)
+            assert status == 400 and body["type"] == "error", params
+            assert body["error"] == {"type": "invalid_request_error", "message": message}
+            assert body["request_id"] == headers["request-id"]
+        keys_url = f"{server.base_url}/v1/organizations/api_keys"
+        status, body, _ = await get(http, keys_url, [("after_id", "apikey_nope")], ANT)
+        assert status == 400 and body["error"]["message"] == "after_id: unknown API key id"
