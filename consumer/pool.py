@@ -25,7 +25,6 @@ the pool cancels and nacks its deliveries, and `lost` tells the service to stop 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +44,7 @@ from convergence.consumer.flow import FlowPlan
 from convergence.consumer.outcome import Disposition, Outcome, OutcomeKind
 from convergence.consumer.slots import OrgBacklogFull, RunSlots, hand_off_count
 from convergence.observability import metrics, otel
+from convergence.runtime.threads import in_daemon_thread
 
 log = structlog.get_logger(__name__)
 
@@ -317,8 +317,8 @@ class SubscriberPool:
         which ends the pool like a lost stream."""
         try:
             # One attempt (the client would retry for a minute): the next probe is the retry.
-            await _in_daemon_thread(self._subscriber.get_subscription,
-                                    request={"subscription": self.subscription_path}, retry=None, timeout=10)
+            await in_daemon_thread(self._subscriber.get_subscription, name="pubsub-probe",
+                                   request={"subscription": self.subscription_path}, retry=None, timeout=10)
         except _UNREACHABLE as error:
             if self.reachable is not False:
                 log.error("Pub/Sub unreachable", subscription=self.subscription_path, error=_describe(error))
@@ -444,30 +444,6 @@ def _pull_thread(stream: Any) -> threading.Thread | None:
     consumer = getattr(getattr(stream, "_manager", None), "_consumer", None)
     thread = getattr(consumer, "_thread", None)
     return thread if isinstance(thread, threading.Thread) else None
-
-
-def _in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-    """fn(*args, **kwargs) on a daemon thread: unlike asyncio.to_thread, a call still under way at exit
-    (a probe of an unreachable Pub/Sub) does not hold the process past Cloud Run's SIGKILL."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def deliver(set_outcome: Callable[[Any], None], value: Any) -> None:
-        if not future.done():
-            set_outcome(value)
-
-    def call() -> None:
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as error:  # noqa: BLE001 - handed to the awaiting coroutine
-            outcome = (future.set_exception, error)
-        else:
-            outcome = (future.set_result, result)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(deliver, *outcome)
-
-    threading.Thread(target=call, name="pubsub-probe", daemon=True).start()
-    return future
 
 
 def _describe(error: BaseException) -> str:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -30,9 +30,14 @@ from convergence.infra.clients import subscriber_client
 from convergence.observability import metrics
 from convergence.pipeline import PipelineLoader
 from convergence.pipeline.validation import pipeline_files
+from convergence.runtime.threads import in_daemon_thread
 from convergence.settings import Settings
+from convergence.settings.model import EXIT_MARGIN_SECONDS, PLATFORM_STOP_SECONDS
 
 log = structlog.get_logger(__name__)
+
+# Each closing step gets at least this long, even when the drain used the whole window.
+MIN_CLOSE_SECONDS = 0.5
 
 
 def longest_timeout_seconds(loader: PipelineLoader) -> float:
@@ -47,6 +52,8 @@ def longest_timeout_seconds(loader: PipelineLoader) -> float:
 
 
 class ConsumerService:
+    _stop_requested_at: float | None = None  # monotonic time of SIGTERM / stop()
+
     def __init__(self, settings: Settings, services: Any, *, notify=None, with_dead_letters: bool = True,
                  with_overflow: bool = True, extra_pools: list[SubscriberPool] | None = None, with_ticks: bool = True):
         self.settings = settings
@@ -112,10 +119,14 @@ class ConsumerService:
         started = 0.0
         # Opened in order, closed in reverse: the probes go first, then the handler's buffered run-log rows
         # and counters, then the clients they were written with.
+        # Each closing step is bounded by what is left of the platform's stop window: a BigQuery or Pub/Sub that
+        # hangs at shutdown costs rows still in memory (their runs were not acked: they come back), never the
+        # SIGKILL of a process that is still flushing.
         async with contextlib.AsyncExitStack() as resources:
-            resources.push_async_callback(self.services.aclose)
-            resources.push_async_callback(asyncio.to_thread, self.services.close)
-            resources.push_async_callback(self.handler.aclose)
+            resources.push_async_callback(self._bounded, "HTTP sessions", self.services.aclose)
+            resources.push_async_callback(self._bounded, "run-log rows and events",
+                                          lambda: in_daemon_thread(self.services.close, name="flush"))
+            resources.push_async_callback(self._bounded, "run-log commits and counters", self.handler.aclose)
             if self.settings.metrics_port is not None:  # /metrics, /health and /ready for Prometheus, probes
                 self.metrics_server = await start_probe_server(self, self.settings.metrics_port,
                                                                self.settings.http_host)
@@ -148,8 +159,25 @@ class ConsumerService:
                 task.cancel()
 
     def stop(self) -> None:
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         for pool in self.pools:
             pool.stop()
+
+    def close_deadline(self) -> float:
+        """When closing must be over: the platform's window after SIGTERM, less the exit margin."""
+        stopped = self._stop_requested_at if self._stop_requested_at is not None else time.monotonic()
+        return stopped + PLATFORM_STOP_SECONDS - EXIT_MARGIN_SECONDS
+
+    async def _bounded(self, what: str, close: Callable[[], Awaitable[Any]]) -> None:
+        seconds = max(MIN_CLOSE_SECONDS, self.close_deadline() - time.monotonic())
+        try:
+            await asyncio.wait_for(close(), timeout=seconds)
+        except TimeoutError:
+            log.error("shutdown: gave up waiting to close; unacknowledged runs will be redelivered", what=what,
+                      seconds=round(seconds, 2))
+        except Exception as error:  # noqa: BLE001 - closing the rest matters more than this step's error
+            log.error("shutdown: closing failed", what=what, error=f"{type(error).__name__}: {error}")
 
     def health(self, *, ready: bool = False) -> dict[str, Any]:
         """Liveness (no stream lost, Pub/Sub answering) or, with `ready`, readiness (also still pulling)."""

@@ -21,6 +21,15 @@ _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9
 _RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
 
 
+# Cloud Run sends SIGKILL this long after SIGTERM (Cloud Run docs, "Container runtime contract"); `docker stop`
+# defaults to the same 10 s.
+PLATFORM_STOP_SECONDS = 10.0
+# Kept free at the end of that window for the interpreter's own exit.
+EXIT_MARGIN_SECONDS = 1.0
+# Kept for flushing run-log rows and events after the runs' grace: production refuses a longer grace.
+MIN_FLUSH_SECONDS = 2.0
+
+
 class Environment(StrEnum):
     LOCAL = "local"
     DEVELOPMENT = "development"

@@ -6,7 +6,13 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from convergence.settings.model import Settings, SettingsError
+from convergence.settings.model import (
+    EXIT_MARGIN_SECONDS,
+    MIN_FLUSH_SECONDS,
+    PLATFORM_STOP_SECONDS,
+    Settings,
+    SettingsError,
+)
 
 MIN_ROOT_KEY_LENGTH = 32
 _KMS_KEY = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+")
@@ -51,6 +57,11 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("PUBSUB_EMULATOR_HOST must not be set in production")
     if settings.bigquery_emulator_host:
         problems.append("BIGQUERY_EMULATOR_HOST must not be set in production")
+    longest_grace = PLATFORM_STOP_SECONDS - EXIT_MARGIN_SECONDS - MIN_FLUSH_SECONDS
+    if settings.shutdown_grace_seconds > longest_grace:
+        problems.append(f"SHUTDOWN_GRACE_SECONDS must be at most {longest_grace:g} in production (it is "
+                        f"{settings.shutdown_grace_seconds:g}): Cloud Run kills the process "
+                        f"{PLATFORM_STOP_SECONDS:g} s after SIGTERM, and run-log rows and events must be flushed")
     return problems
 
 

@@ -37,11 +37,18 @@ def test_every_problem_is_listed_at_once():
     ({"ca_root_api_key": "short-key"}, "at least 32 characters (it has 9)"),
     ({"kms_key_name": "my-key"}, "KMS_KEY_NAME must be projects/P"),
     ({"kms_endpoint": "127.0.0.1:9060"}, "KMS_ENDPOINT points at a local stand-in"),
+    # 10 s to SIGKILL, 1 s for the exit, 2 s for the flush: a longer grace would lose the flush
+    ({"shutdown_grace_seconds": 7.5}, "SHUTDOWN_GRACE_SECONDS must be at most 7 in production (it is 7.5)"),
 ])
 def test_single_problems(override, expected):
     problems = production_problems(load_settings(**{**GOOD, **override}))
     assert len(problems) == 1 and expected in problems[0]
     assert "short-key" not in problems[0]  # the key itself is never echoed
+
+
+def test_a_grace_of_7_s_still_fits_the_stop_window():
+    assert load_settings(**{**GOOD, "shutdown_grace_seconds": 7}).shutdown_grace_seconds == 7
+    assert production_problems(load_settings(**{**GOOD, "shutdown_grace_seconds": 7})) == []
 
 
 def test_other_environments_are_not_checked():
