@@ -3,7 +3,8 @@
 # external metrics"), a small Cloud Run service that polls a KEDA scaler and sets the pool's
 # manual_instance_count through the Cloud Run Admin API. Here it polls KEDA's gcp-pubsub scaler on the worker
 # subscription (Cloud Monitoring's subscription/num_undelivered_messages, so it sees the backlog a minute or
-# two late: Cloud Monitoring's ingestion delay).
+# two late: Cloud Monitoring's ingestion delay). Not on the overflow subscription, on purpose: its backlog is
+# runs of orgs already at their concurrency cap, which more instances would only run faster than the cap means.
 
 locals {
   # A worker holds up to 2 x CONSUMER_WORKERS messages (consumer/flow.py, max_messages): one instance per that
