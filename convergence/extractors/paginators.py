@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import urljoin, urlsplit
 
 from convergence.extractors.jsonpath import get_path
@@ -53,6 +53,13 @@ def _positive_int(spec: Mapping[str, Any], key: str, default: int | None, low: i
     return number
 
 
+def _page_size(spec: Mapping[str, Any], default_param: str) -> dict[str, Any]:
+    """`limit`, the page size, and `limit_param`, the query parameter that sends it (`default_param` when a
+    limit is set)."""
+    return {"limit_param": _param_name(spec, "limit_param", default_param if spec.get("limit") else None),
+            "limit": _positive_int(spec, "limit", None)}
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
@@ -66,9 +73,14 @@ class Paginator(ABC):
         self.has_more_path = has_more_path
 
     @classmethod
-    def from_config(cls, spec: Mapping[str, Any]) -> Paginator:
+    def from_config(cls, spec: Mapping[str, Any]) -> Self:
         """The paginator for a step's `pagination:` block (its `type` chose this class)."""
-        return cls(has_more_path=spec.get("has_more_path"))
+        return cls(**cls.options(spec), has_more_path=spec.get("has_more_path"))
+
+    @classmethod
+    def options(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor's arguments from the keys of `spec` this type reads besides `has_more_path`."""
+        return {}
 
     def start(self, request: PageRequest) -> None:
         """Set the first page's parameters."""
@@ -110,14 +122,11 @@ class CursorPaginator(Paginator):
         self._seen: set[str] = set()
 
     @classmethod
-    def from_config(cls, spec: Mapping[str, Any]) -> CursorPaginator:
-        return cls(
-            param=_param_name(spec, "param", "cursor"), response_path=str(spec.get("response_path") or "next_cursor"),
-            limit_param=_param_name(spec, "limit_param", "limit" if spec.get("limit") else None),
-            limit=_positive_int(spec, "limit", None), has_more_path=spec.get("has_more_path"),
-            stop_on_empty_page=bool(spec.get("stop_on_empty_page", False)),
-            require_cursor=bool(spec.get("require_cursor", False)),
-        )
+    def options(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return {"param": _param_name(spec, "param", "cursor"),
+                "response_path": str(spec.get("response_path") or "next_cursor"), **_page_size(spec, "limit"),
+                "stop_on_empty_page": bool(spec.get("stop_on_empty_page", False)),
+                "require_cursor": bool(spec.get("require_cursor", False))}
 
     def start(self, request: PageRequest) -> None:
         if self.limit_param and self.limit:
@@ -156,16 +165,12 @@ class OffsetPaginator(Paginator):
         self.total_path = total_path
 
     @classmethod
-    def from_config(cls, spec: Mapping[str, Any]) -> OffsetPaginator:
-        limit = _positive_int(spec, "limit", None)
-        if limit is None:
+    def options(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        if _positive_int(spec, "limit", None) is None:
             raise invalid("pagination type offset needs `limit` (the page size)")
-        return cls(
-            limit=limit, offset_param=_param_name(spec, "offset_param", spec.get("param", "offset")),
-            limit_param=_param_name(spec, "limit_param", "limit"),
-            start_offset=_positive_int(spec, "start", 0, low=0) or 0, total_path=spec.get("total_path"),
-            has_more_path=spec.get("has_more_path"),
-        )
+        return {"offset_param": _param_name(spec, "offset_param", spec.get("param", "offset")),
+                **_page_size(spec, "limit"), "start_offset": _positive_int(spec, "start", 0, low=0) or 0,
+                "total_path": spec.get("total_path")}
 
     def start(self, request: PageRequest) -> None:
         request.params[self.offset_param] = self.offset
@@ -200,14 +205,10 @@ class PageNumberPaginator(Paginator):
         self.total_pages_path = total_pages_path
 
     @classmethod
-    def from_config(cls, spec: Mapping[str, Any]) -> PageNumberPaginator:
-        return cls(
-            page_param=_param_name(spec, "page_param", spec.get("param", "page")),
-            start_page=_positive_int(spec, "start_page", 1, low=0) or 0,
-            limit_param=_param_name(spec, "limit_param", "per_page" if spec.get("limit") else None),
-            limit=_positive_int(spec, "limit", None), total_pages_path=spec.get("total_pages_path"),
-            has_more_path=spec.get("has_more_path"),
-        )
+    def options(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return {"page_param": _param_name(spec, "page_param", spec.get("param", "page")),
+                "start_page": _positive_int(spec, "start_page", 1, low=0) or 0, **_page_size(spec, "per_page"),
+                "total_pages_path": spec.get("total_pages_path")}
 
     def start(self, request: PageRequest) -> None:
         request.params[self.page_param] = self.page
@@ -262,10 +263,9 @@ class LinkPaginator(Paginator):
         self._seen: set[str] = set()
 
     @classmethod
-    def from_config(cls, spec: Mapping[str, Any]) -> LinkPaginator:
-        return cls(next_url_path=spec.get("next_url_path") or spec.get("response_path"),
-                   rel=str(spec.get("rel") or "next"), allow_other_hosts=bool(spec.get("allow_other_hosts", False)),
-                   has_more_path=spec.get("has_more_path"))
+    def options(cls, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return {"next_url_path": spec.get("next_url_path") or spec.get("response_path"),
+                "rel": str(spec.get("rel") or "next"), "allow_other_hosts": bool(spec.get("allow_other_hosts", False))}
 
     def start(self, request: PageRequest) -> None:
         self._origin = request.origin
@@ -293,7 +293,7 @@ class LinkPaginator(Paginator):
         return True
 
 
-# `pagination.type` -> class; each class reads its own keys in `from_config`.
+# `pagination.type` -> class; each class reads its own keys in `options`.
 PAGINATORS: dict[str, type[Paginator]] = {
     cls.type: cls
     for cls in (SinglePagePaginator, CursorPaginator, OffsetPaginator, PageNumberPaginator, LinkPaginator)

@@ -43,6 +43,29 @@ def test_build_uses_the_class_from_config():
     assert caught.value.code == "CREDENTIAL_NOT_FOUND"
 
 
+@pytest.mark.parametrize(("kind", "default_param"), [("cursor", "limit"), ("offset", "limit"), ("page", "per_page")])
+def test_every_sized_type_reads_the_page_size_the_same_way(kind, default_param):
+    paginator = build_paginator({"type": kind, "limit": "25", "has_more_path": "meta.more"})
+    assert (paginator.limit_param, paginator.limit, paginator.has_more_path) == (default_param, 25, "meta.more")
+    named = build_paginator({"type": kind, "limit": 5, "limit_param": "size"})
+    assert (named.limit_param, named.limit) == ("size", 5)
+    request = PageRequest("GET", "https://api.example/v1/r")
+    named.start(request)
+    assert request.params["size"] == 5
+    for bad, message in (({"limit": 0}, "pagination.limit must be at least 1"),
+                         ({"limit": "many"}, "pagination.limit 'many' is not a whole number"),
+                         ({"limit": 5, "limit_param": "a b"}, "pagination.limit_param 'a b' is not a valid")):
+        with pytest.raises(PermanentStepError, match=message):
+            build_paginator({"type": kind, **bad})
+
+
+def test_without_a_limit_no_page_size_is_sent():
+    for kind in ("cursor", "page"):
+        paginator = build_paginator({"type": kind})
+        assert (paginator.limit_param, paginator.limit) == (None, None)
+    assert build_paginator({"type": "link", "has_more_path": "more"}).has_more_path == "more"
+
+
 def test_a_cursor_that_must_follow_has_more():
     paginator = CursorPaginator(param="page", response_path="next_page", has_more_path="has_more", require_cursor=True)
     request = PageRequest("GET", "https://api.example/v1/r")
