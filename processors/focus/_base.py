@@ -26,6 +26,7 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.services import RunServices
 from convergence.processors._llm.bq import Warehouse, identifier, resolve_file
 from convergence.processors._llm.calc import TableSpec
 from convergence.processors._llm.params import date_range, invalid
@@ -60,7 +61,7 @@ class Branch:
     tail: str
 
 
-def focus_schema(services: Any, schema_file: str = FOCUS_SCHEMA) -> list[tuple[str, str]]:
+def focus_schema(services: RunServices, schema_file: str = FOCUS_SCHEMA) -> list[tuple[str, str]]:
     """(name, type) of every column of the FOCUS table, in schema order."""
     fields = json.loads(resolve_file(services, schema_file).read_text())
     return [(f["name"], str(f["type"]).upper()) for f in fields]

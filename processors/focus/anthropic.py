@@ -14,7 +14,7 @@ from typing import Any
 from convergence.pipeline.context import RunContext
 from convergence.processors._llm.client import http_client
 from convergence.processors._llm.names import listed_names
-from convergence.processors.anthropic.usage import admin_headers
+from convergence.processors.anthropic._api import admin_headers
 from convergence.processors.focus._llm import LlmFocusSource, TokenLine
 
 

@@ -45,7 +45,7 @@ from convergence.processors._llm.bq import Warehouse
 from convergence.processors._llm.calc import TableSpec
 from convergence.processors._llm.params import date_range, invalid
 from convergence.processors.focus._base import Branch, FocusSource, named, names_config, numeric, sql_text
-from convergence.processors.focus.conformance import SUBCATEGORIES, default_subcategory
+from convergence.processors.focus._spec import SUBCATEGORIES, default_subcategory
 from convergence.processors.gcp._auth import GoogleServiceAccountAuth, ServiceAccountKey
 
 log = structlog.get_logger(__name__)
@@ -67,7 +67,7 @@ _ACCOUNT_IDS = """SELECT DISTINCT IFNULL(billing_account_id, @billing_account_id
 WHERE org_slug = @org_slug AND usage_date BETWEEN @start_date AND @end_date"""
 
 # Cloud Billing service.description -> (FOCUS ServiceCategory, ServiceSubcategory), from FOCUS 1.2's allowed
-# values (processors/focus/conformance.py SUBCATEGORIES). Unmapped services: Other / Other (Other). The step
+# values (processors/focus/_spec.py SUBCATEGORIES). Unmapped services: Other / Other (Other). The step
 # config `services` adds or overrides entries.
 GCP_SERVICES: dict[str, tuple[str, str]] = {
     "Compute Engine": ("Compute", "Virtual Machines"),

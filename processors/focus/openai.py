@@ -17,7 +17,7 @@ from convergence.pipeline.context import RunContext
 from convergence.processors._llm.client import http_client
 from convergence.processors._llm.names import listed_names
 from convergence.processors.focus._llm import LlmFocusSource, TokenLine
-from convergence.processors.openai.usage import bearer_headers
+from convergence.processors.openai._api import bearer_headers
 
 
 class OpenAIFocus(LlmFocusSource):

@@ -35,7 +35,7 @@ from typing import Any
 from convergence.pipeline.context import RunContext
 from convergence.processors._llm.params import invalid
 from convergence.processors.focus._base import Branch, FocusSource, billing_account, numeric, sql_text
-from convergence.processors.focus.conformance import SERVICE_CATEGORIES, SUBCATEGORIES, default_subcategory
+from convergence.processors.focus._spec import SERVICE_CATEGORIES, SUBCATEGORIES, default_subcategory
 
 _MONTHS = """CASE LOWER(billing_cycle) WHEN 'annual' THEN 12 WHEN 'yearly' THEN 12 WHEN 'quarterly' THEN 3
       ELSE 1 END"""  # as calculate_subscription_cost
