@@ -36,7 +36,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 
 from convergence.pipeline.context import RunContext
-from convergence.pipeline.errors import PermanentStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.pipeline.models import StepConfig
 from convergence.processors.focus._base import FOCUS_TABLE
 from convergence.processors.focus._spec import (
@@ -338,7 +338,7 @@ class FocusConformance:
         # Recorded before failing the step: a nonconformant table's FAIL rows are the point of the record.
         written = await asyncio.to_thread(record, services.writer, services.settings, report, context.org_slug, run)
         if not report.ok:
-            raise PermanentStepError(format_report(report)[:900], code="FOCUS_NONCONFORMANT")
+            raise PermanentStepError(format_report(report)[:900], code=ErrorCode.FOCUS_NONCONFORMANT)
         return {"status": "SUCCESS", "rows_processed": report.rows_checked, "rules_checked": report.rules_checked,
                 "dq_results": written.rows_written, **dates.as_result()}
 
