@@ -20,13 +20,25 @@ def load_settings_or_exit():
     return get_settings()
 
 
+# Commands that check their endpoints at start-up themselves (consume, serve) or run the local stack (dev).
+LONG_RUNNING_COMMANDS = frozenset({"consume", "serve", "dev"})
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Convergence: cloud, LLM and SaaS usage into cost data in BigQuery, driven by Pub/Sub."""
     settings = load_settings_or_exit()
     from convergence.observability.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, settings.gcp_project_id)
+    if ctx.invoked_subcommand not in LONG_RUNNING_COMMANDS:
+        # A one-shot command asks BigQuery once, briefly, before its first call: the calls themselves retry
+        # an endpoint that does not answer for minutes.
+        from convergence.runtime.startup import check_bigquery_answers
+        from convergence.warehouse.client import check_before_first_use
+
+        ctx.with_resource(check_before_first_use(check_bigquery_answers))
 
 
 @cli.command()

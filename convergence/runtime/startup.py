@@ -21,6 +21,9 @@ from convergence.settings import Settings
 
 # How long start-up keeps asking an endpoint that does not answer (a local emulator still booting).
 STARTUP_CHECK_SECONDS = 10.0
+# The same for a one-shot command's first BigQuery client. Without it the client's defaults apply: its
+# DEFAULT_RETRY retries a refused connection for 600 s, with no timeout per request (DEFAULT_TIMEOUT None).
+ONE_SHOT_CHECK_SECONDS = 5.0
 _TRANSIENT = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded, ConnectionError, OSError)
 # Settings whose values are secrets: never echoed, whatever message would quote them.
 SECRET_SETTINGS = ("CA_ROOT_API_KEY", "SMTP_PASSWORD", "SLACK_WEBHOOK_URL")
@@ -148,6 +151,22 @@ def check_bigquery(settings: Settings, *, timeout: float = STARTUP_CHECK_SECONDS
     finally:
         client.close()
     return []
+
+
+def check_bigquery_answers(client: Any, settings: Settings, *, timeout: float = ONE_SHOT_CHECK_SECONDS) -> None:
+    """Raise StartupError when BigQuery does not answer `client` or refuses its credentials. Any answer
+    passes, a missing dataset too: that is the command's own business (`bootstrap` creates it)."""
+    where = settings.bigquery_endpoint or "bigquery.googleapis.com"
+    try:
+        client.get_dataset(f"{client.project}.{settings.central_dataset}", retry=_retry(timeout),
+                           timeout=min(5.0, timeout))
+    except (auth_exceptions.GoogleAuthError, api_exceptions.Unauthenticated) as error:
+        raise StartupError([credentials_problem(error)]) from None
+    except (api_exceptions.RetryError, *_TRANSIENT) as error:
+        cause = getattr(error, "cause", None) or error
+        raise StartupError([unreachable_problem("BigQuery", where, cause)]) from None
+    except api_exceptions.GoogleAPICallError:
+        return  # it answered (a 403 or 404 included): the command meets that itself
 
 
 def check_startup(settings: Settings, *, subscription: str | None, topic: str | None,
