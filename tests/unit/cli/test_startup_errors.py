@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,30 @@ def test_unreachable_emulators_end_within_a_bounded_time(tmp_path, command):
     result = run_cli(tmp_path, command, PUBSUB_EMULATOR_HOST=host, BIGQUERY_EMULATOR_HOST=host,
                      PUSH_VERIFY_TOKEN="false", **SECRETS)
     assert_cannot_start(result, f"Pub/Sub unreachable at {host}", f"BigQuery unreachable at http://{host}")
+
+
+# A one-shot command gives up on an unreachable BigQuery in seconds; the client's own retries take minutes.
+ONE_SHOT_BOUND_SECONDS = 30
+
+
+@pytest.mark.parametrize("command", [("runs", "list"), ("costs", "acme_corp"), ("bootstrap",)])
+def test_one_shot_commands_on_an_unreachable_bigquery_end_in_seconds(tmp_path, command):
+    host = f"127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    result = run_cli(tmp_path, *command, BIGQUERY_EMULATOR_HOST=host, **SECRETS)
+    elapsed = time.monotonic() - started
+    problems = assert_cannot_start(result, f"BigQuery unreachable at http://{host}")
+    assert len(problems) == 1
+    assert elapsed < ONE_SHOT_BOUND_SECONDS, elapsed
+
+
+@pytest.mark.emulator
+def test_one_shot_check_lets_bootstrap_create_the_missing_central_dataset(tmp_path, local_stack):
+    # The check passes on any answer: the dataset it asks for not existing yet is the command's business.
+    result = run_cli(tmp_path, "bootstrap", BIGQUERY_EMULATOR_HOST=local_stack.bigquery.host,
+                     GCP_PROJECT_ID=local_stack.project, CENTRAL_DATASET="startup_bootstrapped_dataset")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cannot start" not in result.stderr
 
 
 @pytest.mark.emulator
