@@ -24,6 +24,7 @@ from aiohttp import web
 
 from convergence.consumer.oidc import PushTokenVerifier
 from convergence.consumer.push import MessageHandler, PushEndpoint, push_budget_seconds
+from convergence.httpclient import AddressGuard
 from convergence.observability.metrics import metrics_handler
 from convergence.settings.model import Settings
 
@@ -145,7 +146,8 @@ def build_verifier(settings: Settings) -> PushTokenVerifier | None:
             f"push token verification needs {' and '.join(missing)} (the push subscription's OIDC "
             "audience and service account); set PUSH_VERIFY_TOKEN=false only outside production"
         )
-    return PushTokenVerifier(audience, email, certs_url=settings.push_certs_url)
+    guard = AddressGuard(enabled=settings.is_production, allowed_hosts=frozenset(settings.outbound_allowed_hosts))
+    return PushTokenVerifier(audience, email, certs_url=settings.push_certs_url, guard=guard)
 
 
 def _register_lifecycle(app: web.Application, state: ServingState, endpoint: PushEndpoint,

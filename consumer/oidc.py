@@ -28,6 +28,8 @@ from google.auth import jwt, transport
 from google.auth.exceptions import TransportError
 from google.oauth2 import id_token
 
+from convergence.httpclient import AddressGuard, BlockedAddress
+
 log = structlog.get_logger(__name__)
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
@@ -110,8 +112,12 @@ class CertsCache:
     """
 
     def __init__(self, url: str, *, default_ttl: float = 300.0, max_ttl: float = 86_400.0,
-                 min_refresh_interval: float = 30.0, fetch_timeout: float = 5.0) -> None:
+                 min_refresh_interval: float = 30.0, fetch_timeout: float = 5.0,
+                 guard: AddressGuard | None = None) -> None:
         self.url = url
+        # The outbound guard every provider call goes through: in production the certs URL, a setting, must
+        # be https and must not reach a private or metadata address.
+        self.guard = guard or AddressGuard(enabled=False)
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self.min_refresh_interval = min_refresh_interval
@@ -124,7 +130,7 @@ class CertsCache:
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.fetch_timeout))
+            self._session = self.guard.session(timeout=aiohttp.ClientTimeout(total=self.fetch_timeout))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -166,11 +172,14 @@ class CertsCache:
         assert self._session is not None
         self.fetches += 1
         try:
+            self.guard.check_url(self.url)
             async with self._session.get(self.url) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise CertsUnavailable(f"certs endpoint answered HTTP {response.status}")
                 ttl = self._ttl(response.headers)
+        except BlockedAddress as error:
+            raise CertsUnavailable(f"certs URL refused: {error}") from None
         except (aiohttp.ClientError, TimeoutError) as error:
             raise CertsUnavailable(f"cannot fetch certs: {type(error).__name__}: {error}") from None
         kids = _parse_certs(body)
@@ -236,7 +245,8 @@ class PushTokenVerifier:
     """Checks the `Authorization` header of a push request; returns the identity or raises PushAuthError."""
 
     def __init__(self, audience: str, service_account_email: str, certs_url: str = GOOGLE_CERTS_URL, *,
-                 clock_skew_seconds: int = 10, certs: CertsCache | None = None) -> None:
+                 clock_skew_seconds: int = 10, certs: CertsCache | None = None,
+                 guard: AddressGuard | None = None) -> None:
         if not audience:
             raise ValueError("an audience is required: without one google-auth does not check `aud`")
         if not service_account_email:
@@ -245,7 +255,7 @@ class PushTokenVerifier:
         self.service_account_email = service_account_email
         self.certs_url = certs_url
         self.clock_skew_seconds = clock_skew_seconds
-        self.certs = certs or CertsCache(certs_url)
+        self.certs = certs or CertsCache(certs_url, guard=guard)
 
     async def start(self) -> None:
         """Open the certs session and fetch the certs once, so a bad certs URL shows at boot."""

@@ -460,3 +460,20 @@ async def test_the_endpoint_works_on_a_plain_client_session(serve: Client) -> No
     assert str(client.make_url("/")).startswith("http://127.0.0.1:")
     assert len(handler.calls) == 1
     assert isinstance(client.app, web.Application)
+
+
+async def test_production_fetches_the_certs_through_the_outbound_guard(serve: Client, kit: OidcKit) -> None:
+    # The local certs URL is plain http on a loopback address: production refuses it unless allowed.
+    client = await serve(verifying(kit, environment="production"), RecordingHandler())
+    response = await client.post("/pubsub/push", json=envelope(), headers={"Authorization": kit.bearer()})
+    assert response.status == 503
+    body = await response.json()
+    assert body["error"] == "certs_unavailable"
+    assert "certs URL refused: plain http to 127.0.0.1 is refused in production" in body["detail"]
+    assert kit.fetches == 0
+
+    allowed = await serve(verifying(kit, environment="production", outbound_allowed_hosts=["127.0.0.1"]),
+                          RecordingHandler())
+    response = await allowed.post("/pubsub/push", json=envelope(), headers={"Authorization": kit.bearer()})
+    assert response.status == 204
+    assert kit.fetches == 1
