@@ -157,14 +157,42 @@ def test_every_source_package_is_packaged():
     assert all(path.is_dir() for path in listed), sorted(str(p) for p in listed if not p.is_dir())
 
 
+def package_data_files() -> set[Path]:
+    """The non-module files the wheel takes: each listed package's package-data patterns (those under "*" for
+    every package), globbed in the folder it is installed from, `**` reaching into subfolders as in setuptools."""
+    table = setuptools_table()
+    patterns = table["package-data"]
+    files: set[Path] = set()
+    for package in table["packages"]:
+        folder = source_dir(package)
+        for pattern in [*patterns.get("*", []), *patterns.get(package, [])]:
+            files.update(path for path in folder.glob(pattern) if path.is_file())
+    return files
+
+
+def test_every_data_file_of_a_package_is_package_data():
+    """include-package-data is off: a data file that no package-data pattern names would be missing from the
+    wheel and the image."""
+    tracked = subprocess.run(["git", "ls-files", "-z", "--", *source_roots()], cwd=REPO, capture_output=True,
+                             timeout=60)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    data = {REPO / name for name in tracked.stdout.decode().split("\0") if name and not name.endswith(".py")}
+    assert any(path.suffix == ".yml" for path in data) and any(path.suffix == ".avsc" for path in data)
+    missing = data - package_data_files()
+    assert not missing, sorted(str(path.relative_to(REPO)) for path in missing)
+
+
 @pytest.mark.slow
 def test_wheel_from_the_build_context_imports_in_isolation(tmp_path):
     context = build_context(tmp_path)
     wheels = tmp_path / "wheels"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), "."],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), "."],
         cwd=context, capture_output=True, text=True, timeout=240)
     assert build.returncode == 0, build.stderr[-2000:]
+    # configs/ subfolders are data: setuptools must not take them for unlisted packages
+    assert "Package would be ignored" not in build.stdout + build.stderr, (build.stdout + build.stderr)[-3000:]
     [wheel] = wheels.glob("convergence-*.whl")
     installed = tmp_path / "installed"
     with zipfile.ZipFile(wheel) as archive:
@@ -174,6 +202,9 @@ def test_wheel_from_the_build_context_imports_in_isolation(tmp_path):
     assert {name.split("/")[0] for name in names if not name.startswith("convergence-")} == {"convergence"}
     assert "convergence/consumer/__init__.py" in names and "convergence/schemas/run_request.v1.json" in names
     assert "convergence/configs/openai/cost/usage_cost.yml" in names
+    configs = context / "configs"
+    assert {f"convergence/configs/{path.relative_to(configs)}" for path in configs.rglob("*") if path.is_file()} <= set(
+        names)
     site_packages = sysconfig.get_paths()["purelib"]
     modules = ["convergence.cli", "convergence.commands", "convergence.api", "convergence.api.door",
                "convergence.consumer.service", "convergence.consumer.serving", "convergence.consumer.ticks",
