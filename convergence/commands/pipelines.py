@@ -33,11 +33,11 @@ context (org, parameters, services), and returns at least `status` and `rows_pro
 
 from __future__ import annotations
 
-from typing import Any
+from convergence.pipeline import RunContext, StepConfig, StepOutput
 
 
 class Processor:
-    async def execute(self, step: Any, context: Any) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         # Fetch from the provider, then write through context.services.writer (one write per step).
         return {{"status": "SUCCESS", "rows_processed": 0}}
 

@@ -16,12 +16,12 @@ from convergence.pipeline.executor import Executor, RunObserver
 from convergence.pipeline.loader import PipelineLoader, PipelineRef
 from convergence.pipeline.models import PipelineConfig, StepConfig
 from convergence.pipeline.registry import ProcessorRegistry
-from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
+from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepOutput, StepResult, StepStatus
 from convergence.pipeline.services import RunServices
 
 __all__ = [
     "ConfigError", "ConfigProblem", "ErrorInfo", "Executor", "PermanentStepError", "PipelineConfig",
     "PipelineLoader", "PipelineNotFound", "PipelineRef", "PipelineResult", "PlaceholderError",
     "ProcessorRegistry", "RunContext", "RunObserver", "RunServices", "RunStatus", "StepConfig", "StepError",
-    "StepResult", "StepStatus", "TransientStepError",
+    "StepOutput", "StepResult", "StepStatus", "TransientStepError",
 ]

@@ -19,8 +19,8 @@ from convergence.pipeline.dag import dag_problems
 from convergence.pipeline.errors import ConfigError, ErrorCode, StepError
 from convergence.pipeline.models import PipelineConfig, StepConfig
 from convergence.pipeline.redaction import redact
-from convergence.pipeline.registry import ProcessorRegistry
-from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepResult, StepStatus
+from convergence.pipeline.registry import Processor, ProcessorRegistry
+from convergence.pipeline.results import ErrorInfo, PipelineResult, RunStatus, StepOutput, StepResult, StepStatus
 
 ErrorClassifier = Callable[[BaseException], ErrorInfo | None]
 
@@ -145,14 +145,14 @@ class Executor:
             if not done[step.step_id].done():
                 done[step.step_id].set_result(result.status is StepStatus.SUCCESS)
 
-    async def _execute(self, step: StepConfig, engine, context: RunContext, result: StepResult) -> None:
+    async def _execute(self, step: StepConfig, engine: Processor, context: RunContext, result: StepResult) -> None:
         result.status = StepStatus.RUNNING
         result.started_at = datetime.now(UTC)
         clock = time.perf_counter()
         await self.observer.step_started(step, context)
         try:
             async with asyncio.timeout(step.timeout_seconds):
-                output = await engine.execute(step, context)
+                output: StepOutput = await engine.execute(step, context)
         except TimeoutError:
             self._finish(
                 result,
@@ -169,15 +169,15 @@ class Executor:
             info.message = redact(info.message, context.secrets)
             self._finish(result, StepStatus.FAILED, info, clock)
         else:
-            output = redact(dict(output or {}), context.secrets)
-            status = str(output.pop("status", "SUCCESS")).upper()
-            result.rows_processed = int(output.pop("rows_processed", 0) or 0)
-            result.result = output
+            fields: dict[str, Any] = redact(dict(output or {}), context.secrets)
+            status = str(fields.pop("status", "SUCCESS")).upper()
+            result.rows_processed = int(fields.pop("rows_processed", 0) or 0)
+            result.result = fields
             if status in ("SUCCESS", "COMPLETED", "OK"):
-                context.outputs[step.step_id] = {"rows_processed": result.rows_processed, **output}
+                context.outputs[step.step_id] = {"rows_processed": result.rows_processed, **fields}
                 self._finish(result, StepStatus.SUCCESS, None, clock)
             else:
-                message = str(output.get("error") or f"processor returned status {status}")
+                message = str(fields.get("error") or f"processor returned status {status}")
                 self._finish(result, StepStatus.FAILED, ErrorInfo(code=ErrorCode.STEP_FAILED, message=message), clock)
         await self.observer.step_finished(result, context)
 

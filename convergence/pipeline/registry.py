@@ -8,20 +8,21 @@ import inspect
 import re
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ConfigError, ErrorCode
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 
 _PS_TYPE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 
 
 @runtime_checkable
 class Processor(Protocol):
-    """What a processor's engine offers. It returns `{status, rows_processed, ...free fields}`."""
+    """What a processor's engine offers: `execute` returns the step's output (results.StepOutput)."""
 
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]: ...
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput: ...
 
 
 def _find(module_name: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, Field
 
@@ -24,6 +24,30 @@ class RunStatus(StrEnum):
     FAILED = "FAILED"
     TIMEOUT = "TIMEOUT"
     REJECTED = "REJECTED"
+
+
+class StepOutput(TypedDict, total=False):
+    """What a processor's `execute` returns. The executor takes `status` and `rows_processed` out; every
+    other key is the step's result (StepResult.result), readable by later steps as `{step_id.key}`.
+
+    Processors add keys of their own beyond the common ones listed here. mypy treats a TypedDict as closed,
+    so it reports such keys: that is why the processors are not in the mypy-checked packages."""
+
+    # SUCCESS (or COMPLETED, OK; any case): the step succeeded. Anything else fails the step with `error`.
+    status: str
+    rows_processed: int
+    error: str
+    # The table written (`destination_table` qualified, `table` a name in the org's dataset) and the mode.
+    destination_table: str
+    table: str
+    write_mode: str
+    # The run's date window, ISO dates (processors._dates.DateRange.as_result).
+    start_date: str
+    end_date: str
+    pages: int
+    batches: int
+    provider: str
+    query_job_id: str | None
 
 
 class ErrorInfo(BaseModel):

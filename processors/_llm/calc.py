@@ -17,6 +17,7 @@ import structlog
 
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors._llm.bq import Warehouse, identifier, schema_columns
 from convergence.processors._llm.params import DateRange, date_range
 from convergence.processors._llm.values import usd_text
@@ -127,7 +128,7 @@ class CostCalculation:
     def select_sql(self, raw: str, pricing: str) -> str:
         raise NotImplementedError
 
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         dates = date_range(config, context.parameters)
         warehouse = Warehouse(context.services, context.org_slug)

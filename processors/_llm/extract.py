@@ -20,6 +20,7 @@ import structlog
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import StepError
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors._llm.bq import identifier
 from convergence.processors._llm.client import MalformedPage, http_client, provider_secret, report_pages
 from convergence.processors._llm.params import DateRange, date_range
@@ -78,7 +79,7 @@ class Extraction:
         return dict(stats.totals)
 
     # -- the engine ---------------------------------------------------------------------------------------
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         dates = date_range(config, context.parameters)
         services = context.services

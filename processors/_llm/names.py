@@ -20,6 +20,8 @@ from typing import Any
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
+from convergence.pipeline.services import RunServices
 from convergence.processors._llm.bq import Warehouse, identifier
 from convergence.processors._llm.calc import TableSpec
 from convergence.processors._llm.client import MalformedPage, provider_secret
@@ -120,7 +122,7 @@ class AdminNamesStep:
     async def fetch(self, secret: str, config: Mapping[str, Any], context: RunContext) -> dict[str, list[dict]]:
         raise NotImplementedError
 
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         make_views = config.get("views", True)
         if not isinstance(make_views, bool):
@@ -171,7 +173,7 @@ class AdminNamesStep:
         return name
 
 
-async def _write(services: Any, dataset: str, table: str, rows: list[dict[str, Any]], schema_file: str,
+async def _write(services: RunServices, dataset: str, table: str, rows: list[dict[str, Any]], schema_file: str,
                  org_slug: str) -> int:
     """ONE overwrite write: the org's rows of the table become exactly these (an empty list clears them)."""
     result = await asyncio.to_thread(services.writer.write, dataset, table, rows, mode="overwrite",

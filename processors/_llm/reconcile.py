@@ -18,6 +18,7 @@ from typing import Any
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors._llm.bq import Warehouse
 from convergence.processors._llm.calc import TableSpec, run_replace
 from convergence.processors._llm.params import date_range, int_setting
@@ -82,7 +83,7 @@ class Reconciliation:
         """SELECT cost_date, model, token_type, cost: the billed cost on the same keys."""
         raise NotImplementedError
 
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         dates = date_range(config, context.parameters)
         try:

@@ -22,6 +22,8 @@ from typing import Any
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
+from convergence.pipeline.services import RunServices
 from convergence.processors._llm.bq import Warehouse, identifier, resolve_file
 from convergence.processors._llm.params import choice
 from convergence.processors._llm.values import now_iso, numeric_text
@@ -53,7 +55,7 @@ def _convert(value: str, kind: str, where: str) -> Any:
     return text
 
 
-def read_seed(services: Any, csv_file: str, schema_file: str, org_slug: str,
+def read_seed(services: RunServices, csv_file: str, schema_file: str, org_slug: str,
               unique: list[str] | None = None) -> list[dict[str, Any]]:
     fields = {f.name: f for f in load_schema(resolve_file(services, schema_file))}
     path = resolve_file(services, csv_file)
@@ -91,7 +93,7 @@ def read_seed(services: Any, csv_file: str, schema_file: str, org_slug: str,
 
 
 class SeedCsv:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         mode = choice(config, "mode", "if_empty", ("if_empty", "overwrite"))
         tables = config.get("tables")
@@ -127,7 +129,7 @@ class SeedCsv:
         return bool(rows and rows[0]["n"])
 
     @staticmethod
-    async def _write(services: Any, dataset: str, table: str, rows: list[dict[str, Any]], schema_file: str,
+    async def _write(services: RunServices, dataset: str, table: str, rows: list[dict[str, Any]], schema_file: str,
                      org_slug: str) -> None:
         writer = services.writer
         kwargs = {"mode": "overwrite", "org_slug": org_slug, "schema_path": schema_file}

@@ -19,6 +19,7 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors._dates import DateRange
 from convergence.processors._llm.bq import identifier
 from convergence.processors._llm.client import MalformedPage, http_client, provider_secret
@@ -72,7 +73,7 @@ def balance_rows(body: Any, context: RunContext, observed: datetime) -> list[dic
 
 
 class DeepSeekBalance:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         services = context.services
         destination = config.get("destination") or {}

@@ -15,10 +15,10 @@ Config (all optional): start_date/end_date, lookback_days, max_range_days, snaps
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors._llm.bq import Warehouse
 from convergence.processors._llm.calc import TableSpec, run_replace
 from convergence.processors._llm.params import date_range
@@ -76,7 +76,7 @@ ORDER BY currency, status"""
 
 
 class DeepSeekBalanceSpend:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         dates = date_range(config, context.parameters)
         warehouse = Warehouse(context.services, context.org_slug)

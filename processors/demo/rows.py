@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
+from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError
+from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 
 
 def synthetic_rows(org_slug: str, source: str, day: date, count: int) -> Iterator[dict]:
@@ -28,7 +31,7 @@ def synthetic_rows(org_slug: str, source: str, day: date, count: int) -> Iterato
 
 
 class Rows:
-    async def execute(self, step, context):
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         try:
             day = date.fromisoformat(str(config.get("date") or context.parameters.get("date")))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from convergence.pipeline.context import RunContext
+from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.warehouse.facade import Warehouse
 from convergence.warehouse.query import Typed
 
 
 class Summary:
-    async def execute(self, step, context):
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         services = context.services
         warehouse = Warehouse(services, context.org_slug)

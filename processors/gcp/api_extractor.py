@@ -28,6 +28,7 @@ from convergence.extractors.request import PageRequest
 from convergence.extractors.retry import http_limits
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors.gcp._auth import GoogleServiceAccountAuth, ServiceAccountKey
 from convergence.processors.generic._common import bool_option, int_option, invalid, section
 from convergence.processors.generic._extract import DEFAULT_RETRY, build_sink, extract_to_table
@@ -46,7 +47,7 @@ async def service_account(context: RunContext, spec: dict[str, Any]) -> tuple[Se
 
 
 class GcpApiExtractor:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         services = context.services
         settings = services.settings
         credential_spec = resolve_placeholders(dict(step.config.get("credential") or {}), context.lookup(),

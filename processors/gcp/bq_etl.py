@@ -45,6 +45,7 @@ from typing import Any
 from convergence.extractors.credentials import resolve_credential
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors._dates import run_dates
 from convergence.processors.gcp._auth import ServiceAccountKey, credentials_for
 from convergence.processors.generic._common import (
@@ -85,7 +86,7 @@ async def _partition_filter(source: Warehouse, table_ref: str, margin_days: int 
 
 
 class BigQueryEtl:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         services = context.services
         settings = services.settings
         source_raw = dict(step.config.get("source") or {})

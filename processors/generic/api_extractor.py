@@ -44,7 +44,6 @@ Config (placeholders such as `{start_date}` are resolved from the run first):
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit
 
 from convergence.extractors.auth import build_auth
@@ -54,6 +53,7 @@ from convergence.extractors.request import PageRequest
 from convergence.extractors.retry import http_limits
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors.generic._common import (
     bool_option,
     int_option,
@@ -66,7 +66,7 @@ METHODS = ("GET", "POST")
 
 
 class ApiExtractor:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         services = context.services
         url = config.get("url")

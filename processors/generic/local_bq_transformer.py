@@ -30,6 +30,8 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
+from convergence.pipeline.services import RunServices
 from convergence.processors._dates import run_dates
 from convergence.processors.generic._bq import sql_names
 from convergence.processors.generic._common import (
@@ -49,7 +51,7 @@ from convergence.processors.sql.templating import (
 from convergence.warehouse.facade import Warehouse
 
 
-def load_sql(services: Any, config: dict[str, Any]) -> str:
+def load_sql(services: RunServices, config: dict[str, Any]) -> str:
     if config.get("sql_file") and config.get("query"):
         raise invalid("give either sql_file or query, not both")
     if config.get("sql_file"):
@@ -89,7 +91,7 @@ async def _columns(warehouse: Warehouse, select: str, params: list[Any], dest_fi
 
 
 class LocalBqTransformer:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         services = context.services
         extra = sql_names(context)
         raw_sql = step.config.get("query")  # SQL text keeps its own {identifiers}: not resolved as values

@@ -26,6 +26,7 @@ from typing import Any
 
 from convergence.pipeline.context import RunContext, resolve_placeholders
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors._dates import run_dates
 from convergence.processors.generic._bq import sql_names
 from convergence.processors.generic._common import (
@@ -47,7 +48,7 @@ def _scalar(value: Any) -> Any:
 
 
 class ProcedureExecutor:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         services = context.services
         names = {**sql_names(context), **context.lookup()}
         dates_spec = resolve_placeholders(dict(step.config.get("dates") or {}), names, context.outputs)

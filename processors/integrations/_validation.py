@@ -11,12 +11,12 @@ Config:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from convergence.extractors.credentials import stored_credential
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError, TransientStepError
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.tenancy.validation import check_credential
 
 
@@ -24,7 +24,7 @@ class CredentialValidation:
     def __init__(self, provider: str):
         self.provider = provider
 
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         slot = config.get("secret_name")
         secret = context.secrets.get(str(slot)) if slot else None

@@ -13,7 +13,6 @@ Config:
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import structlog
 
@@ -21,6 +20,7 @@ from convergence.extractors.credentials import stored_credential
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 
 log = structlog.get_logger(__name__)
 _PROVIDER = re.compile(r"^[A-Z][A-Z0-9_]{1,49}$")
@@ -28,7 +28,7 @@ _SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 class KmsDecrypt:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         provider = str(config.get("provider") or "")
         if not _PROVIDER.match(provider):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 import structlog
 
@@ -24,6 +23,7 @@ from convergence.extractors.credentials import canonical
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.tenancy.credentials import fingerprint
 
 log = structlog.get_logger(__name__)
@@ -32,7 +32,7 @@ _SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 class KmsStore:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         raw = str(config.get("provider") or "")
         if not _PROVIDER.match(raw):

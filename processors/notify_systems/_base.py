@@ -9,12 +9,13 @@ from convergence.notifications.notifier import Delivery, step_trigger
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 
 
 class NotificationStep:
     channel = ""
 
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         try:
             trigger = step_trigger(step)
         except ValueError as error:

@@ -11,10 +11,9 @@ month UTC), source {table, schema_file}, destination {table, schema_file, partit
 
 from __future__ import annotations
 
-from typing import Any
-
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.results import StepOutput
 from convergence.processors._llm.bq import Warehouse
 from convergence.processors._llm.calc import TableSpec, run_replace
 from convergence.processors._llm.params import month_range
@@ -34,7 +33,7 @@ FROM {target} WHERE org_slug = @org_slug AND month = @month"""
 
 
 class OpenAISubscriptions:
-    async def execute(self, step: StepConfig, context: RunContext) -> dict[str, Any]:
+    async def execute(self, step: StepConfig, context: RunContext) -> StepOutput:
         config = context.resolve(step.config)
         month = month_range(config, context.parameters)
         warehouse = Warehouse(context.services, context.org_slug)
