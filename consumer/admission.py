@@ -28,13 +28,16 @@ from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from convergence.runtime.batching import MicroBatcher
 from convergence.tenancy.central import utcnow
 from convergence.tenancy.gate import GateDecision, OrgStanding
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +62,7 @@ class _Cached:
 
 
 class AdmissionControl:
-    def __init__(self, services: Any, *, cache_seconds: float, batch_delay: float, clock=time.monotonic,
+    def __init__(self, services: PlatformServices, *, cache_seconds: float, batch_delay: float, clock=time.monotonic,
                  wall_clock=utcnow):
         self.services = services  # runlog and gate are reached lazily: building this creates no client
         self.cache_seconds = cache_seconds
@@ -84,7 +87,7 @@ class AdmissionControl:
         self.calls: Counter[str] = Counter()  # BigQuery calls by kind (tests, benchmark)
 
     @classmethod
-    def from_settings(cls, services: Any) -> AdmissionControl:
+    def from_settings(cls, services: PlatformServices) -> AdmissionControl:
         s = services.settings
         return cls(services, cache_seconds=s.gate_cache_seconds, batch_delay=s.batch_delay_ms / 1000)
 

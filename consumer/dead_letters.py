@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,13 +20,16 @@ from convergence.observability.tracing import with_trace_id
 from convergence.schemas import EventType, MessageRejected, PipelineEvent, decode_run_request
 from convergence.schemas.events import EventError
 
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
+
 log = structlog.get_logger(__name__)
 DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 SOURCE_SUBSCRIPTION = "CloudPubSubDeadLetterSourceSubscription"
 
 
 class DeadLetterHandler:
-    def __init__(self, services: Any, notify: Notifier | None = None):
+    def __init__(self, services: PlatformServices, notify: Notifier | None = None):
         self.services = services
         self.notify = notify
 

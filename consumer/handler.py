@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -39,6 +39,9 @@ from convergence.schemas.events import EventError
 from convergence.schemas.signing import verify as verify_signature
 from convergence.tenancy.gate import ALREADY_RAN, INVALID_ORG_SLUG, ORG_NOT_FOUND
 
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
+
 log = structlog.get_logger(__name__)
 
 # Gate refusals that mean the request names no org that exists: filed under UNKNOWN_ORG, so a future org
@@ -54,7 +57,7 @@ class RunLogUnavailable(RuntimeError):
 
 
 class RunHandler:
-    def __init__(self, *, services: Any, loader: PipelineLoader, registry: ProcessorRegistry | None = None,
+    def __init__(self, *, services: PlatformServices, loader: PipelineLoader, registry: ProcessorRegistry | None = None,
                  notify: Notifier | None = None,
                  hand_off: Callable[[bytes, Mapping[str, str]], Awaitable[None]] | None = None):
         self.services = services

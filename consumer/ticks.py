@@ -12,11 +12,14 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from convergence.consumer.outcome import Outcome, OutcomeKind
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +109,7 @@ class TickHandler:
         return Outcome(OutcomeKind.SUCCEEDED, details=details)
 
 
-def tick_fanout(settings: Any, services: Any, loader: Any) -> Any:
+def tick_fanout(settings: Any, services: PlatformServices, loader: Any) -> Any:
     """The production fan-out: the service's request publisher, eligibility and ledger on BigQuery."""
     from convergence.publisher.fanout import TickFanOut
     from convergence.publisher.ledger import ExecutionLedger
@@ -122,7 +125,7 @@ def tick_fanout(settings: Any, services: Any, loader: Any) -> Any:
 class LazyFanOut:
     """Builds the fan-out (BigQuery and publisher clients) on the first tick, not when the worker starts."""
 
-    def __init__(self, settings: Any, services: Any, loader: Any):
+    def __init__(self, settings: Any, services: PlatformServices, loader: Any):
         self._args = (settings, services, loader)
         self._fanout: Any = None
 
@@ -132,7 +135,7 @@ class LazyFanOut:
         return self._fanout.fan_out(tick_at)
 
 
-def tick_pool(settings: Any, services: Any, loader: Any) -> Any:
+def tick_pool(settings: Any, services: PlatformServices, loader: Any) -> Any:
     """A streaming pull on the ticks subscription. Ticks are rare and short: one at a time, small lease."""
     from convergence.consumer.flow import FlowPlan
     from convergence.consumer.pool import SubscriberPool

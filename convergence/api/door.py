@@ -30,7 +30,7 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -48,6 +48,9 @@ from convergence.pipeline.errors import InvalidPipelineRef, PipelineNotFound, St
 from convergence.schemas import MessageRejected, RunRequest, Trigger
 from convergence.settings import Settings
 from convergence.tenancy.gate import ALREADY_RAN
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +79,7 @@ class ApiError(Exception):
 class ApiDoor:
     """Routes of the old HTTP API on the service's aiohttp app (`register`)."""
 
-    def __init__(self, settings: Settings, services: Any, loader: PipelineLoader | None = None, *,
+    def __init__(self, settings: Settings, services: PlatformServices, loader: PipelineLoader | None = None, *,
                  auth: OrgKeyAuth | None = None, limits: Limits | None = None, ledger: Any = None,
                  procedures: Callable[[], Any] | None = None):
         self.settings = settings

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from convergence.commands.output import output_options
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 
 @click.group()
@@ -54,7 +57,7 @@ def _services() -> Any:
     return Services(load_settings_or_exit())
 
 
-def _onboarded(services: Any, org: str) -> None:
+def _onboarded(services: PlatformServices, org: str) -> None:
     central = services.credentials.central
     found = central.queries.rows("SELECT COUNT(*) AS n FROM " + central.ref("org_profiles") +  # noqa: S608
                                  " WHERE `org_slug` = @org", {"org": org})
@@ -74,7 +77,7 @@ def _read_secret() -> str:
     return secret
 
 
-def _run(coro_factory: Any, services: Any) -> Any:
+def _run(coro_factory: Any, services: PlatformServices) -> Any:
     async def main() -> Any:
         try:
             return await coro_factory()

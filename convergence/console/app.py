@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import structlog
@@ -38,6 +38,9 @@ from convergence.console import views
 from convergence.console.session import ROOT, Session, Sessions
 from convergence.settings import Settings
 from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +111,7 @@ def session_secret(settings: Settings) -> bytes:
 
 
 class Console:
-    def __init__(self, settings: Settings, services: Any, *, auth: OrgKeyAuth | None = None,
+    def __init__(self, settings: Settings, services: PlatformServices, *, auth: OrgKeyAuth | None = None,
                  sessions: Sessions | None = None, sign_ins: RateLimiter | None = None):
         self.settings = settings
         self.services = services

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 
 class BackgroundConsumer:
-    def __init__(self, settings: Any, services: Any, notify: Any = None):
+    def __init__(self, settings: Any, services: PlatformServices, notify: Any = None):
         from convergence.consumer.service import ConsumerService
 
         self.service = ConsumerService(settings, services, notify=notify)

@@ -15,7 +15,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 DEMO_ORG = "acme_demo"
 SUSPENDED_ORG = "paused_demo"
@@ -77,7 +80,8 @@ def wait_for_runs(runlog: Any, run_ids: list[str], timeout: float, on_final: Cal
     return final
 
 
-def show_scheduling(echo: Callable[[str], None], services: Any, settings: Any, keys: dict[str, str]) -> None:
+def show_scheduling(echo: Callable[[str], None], services: PlatformServices, settings: Any,
+                    keys: dict[str, str]) -> None:
     """Tenants for real: the demo org moves one pipeline to its own time, and a third org whose OpenAI key
     was found INVALID is left out of the OpenAI pipelines by the scheduler (its Anthropic ones still run)."""
     from convergence.tenancy import pipeline_configs

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -18,6 +18,9 @@ from convergence.pipeline import ProcessorRegistry, RunContext, RunObserver
 from convergence.pipeline.models import PipelineConfig, StepConfig
 from convergence.pipeline.results import PipelineResult
 from convergence.schemas.errors import UNKNOWN_ORG
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -218,7 +221,7 @@ class NotificationObserver(RunObserver):
     run's final status, once the run has finished, whether the step itself ran, was deferred or was skipped
     because an upstream step failed. Add it to the executor's observers."""
 
-    def __init__(self, services: Any, registry: ProcessorRegistry | None = None):
+    def __init__(self, services: PlatformServices, registry: ProcessorRegistry | None = None):
         self.services = services
         self.registry = registry or ProcessorRegistry()
         self._pending: dict[int, list[StepConfig]] = {}

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import SecretStr
@@ -28,6 +28,9 @@ from convergence.tenancy.credentials import TABLE as CREDENTIALS_TABLE
 from convergence.tenancy.credentials import credential_aad
 from convergence.warehouse.identifiers import InvalidIdentifier, validate_org_slug
 from convergence.warehouse.runlog import RUNS_TABLE
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +126,8 @@ class OrgContacts:
     """Cached, batched `read_contacts` for the failure hook. `services` gives `bigquery`, `settings` and
     `cipher`, reached on the first read only (building this creates no client)."""
 
-    def __init__(self, services: Any, *, cache_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, services: PlatformServices, *, cache_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.services = services
         self.cache_seconds = cache_seconds
         self.clock = clock

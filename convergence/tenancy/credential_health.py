@@ -8,13 +8,16 @@ it opted out): later runs needing the provider are not scheduled, so no notice c
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from convergence.pipeline.errors import ErrorCode
 from convergence.pipeline.results import PipelineResult, RunStatus
 from convergence.tenancy.providers import load_registry
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +45,7 @@ def rejected_provider(result: PipelineResult, context: Any, integration: str | N
     return None
 
 
-async def mark_rejected_credential(services: Any, result: PipelineResult, context: Any,
+async def mark_rejected_credential(services: PlatformServices, result: PipelineResult, context: Any,
                                    integration: str | None = None) -> bool:
     """True when this run moved the credential to INVALID. Never raises (the run's outcome stands)."""
     try:
@@ -68,7 +71,8 @@ async def mark_rejected_credential(services: Any, result: PipelineResult, contex
         return False
 
 
-async def _tell_org(services: Any, result: PipelineResult, context: Any, provider: str, error: str) -> None:
+async def _tell_org(services: PlatformServices, result: PipelineResult, context: Any, provider: str,
+                   error: str) -> None:
     from convergence.notifications.messages import RunSummary
 
     notifier = getattr(services, "notifier", None)

@@ -8,7 +8,7 @@ Status changes go through the billing-status table in configs/setup/plans.yml (`
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions
 
@@ -17,6 +17,9 @@ from convergence.tenancy.onboarding import _EMAIL, OrgSpec, _checked
 from convergence.tenancy.plans import load_plans
 from convergence.warehouse.bootstrap import CENTRAL_TABLES
 from convergence.warehouse.identifiers import InvalidIdentifier
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 OPERATOR = "OPERATOR"
 
@@ -28,7 +31,7 @@ class Check:
     detail: str
 
 
-def dryrun(services: Any, org: str, plan: str, admin_email: str | None) -> list[Check]:
+def dryrun(services: PlatformServices, org: str, plan: str, admin_email: str | None) -> list[Check]:
     """The checks onboarding would fail on, without creating anything."""
     settings = services.settings
     plans = load_plans(settings)
@@ -64,7 +67,7 @@ def dryrun(services: Any, org: str, plan: str, admin_email: str | None) -> list[
     return checks
 
 
-def standing(services: Any, org: str) -> dict[str, Any]:
+def standing(services: PlatformServices, org: str) -> dict[str, Any]:
     """Profile, subscription and today's quota, as the gate sees them."""
     gate = services.gate
     decision = gate.check(org)
@@ -74,7 +77,7 @@ def standing(services: Any, org: str) -> dict[str, Any]:
             "gate": {"allowed": decision.allowed, "code": decision.code, "message": decision.message}}
 
 
-def change_status(services: Any, org: str, *, status: str | None = None, billing_status: str | None = None,
+def change_status(services: PlatformServices, org: str, *, status: str | None = None, billing_status: str | None = None,
                   reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
     """Set the org's subscription status (directly or through a billing status), audited."""
     from convergence.tenancy.subscriptions import Subscriptions

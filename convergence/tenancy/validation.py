@@ -10,14 +10,18 @@ masked; it never holds key material.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from convergence.httpclient import RetryPolicy
 from convergence.pipeline.errors import ErrorCode, StepError
 from convergence.pipeline.redaction import redact
+from convergence.pipeline.services import RunServices
 from convergence.tenancy.providers import Provider, load_registry
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +55,7 @@ def provider_for(settings: Any, name: str) -> Provider:
     return provider
 
 
-async def check_credential(services: Any, provider_name: str, secret: str) -> Verdict:
+async def check_credential(services: RunServices, provider_name: str, secret: str) -> Verdict:
     """One authenticated call to the provider with `secret`. Never raises for the provider's answer."""
     provider = provider_for(services.settings, provider_name)
     try:
@@ -68,7 +72,7 @@ async def check_credential(services: Any, provider_name: str, secret: str) -> Ve
     return Verdict(provider.name, "VALID")
 
 
-async def _check_header(services: Any, provider: Provider, secret: str) -> None:
+async def _check_header(services: RunServices, provider: Provider, secret: str) -> None:
     check = provider.validation
     assert check is not None
     client = services.http(provider.name, policy=CHECK_POLICY)
@@ -77,7 +81,7 @@ async def _check_header(services: Any, provider: Provider, secret: str) -> None:
                               headers=provider.auth_headers(secret))
 
 
-async def _check_google(services: Any, provider: Provider, secret: str) -> None:
+async def _check_google(services: RunServices, provider: Provider, secret: str) -> None:
     from convergence.processors.gcp._auth import ServiceAccountKey, credentials_for
 
     check = provider.validation
@@ -91,7 +95,7 @@ async def _check_google(services: Any, provider: Provider, secret: str) -> None:
                               headers={"Authorization": f"Bearer {credentials.token}"})
 
 
-async def validate_stored(services: Any, org_slug: str, provider_name: str) -> Verdict:
+async def validate_stored(services: PlatformServices, org_slug: str, provider_name: str) -> Verdict:
     """Check the org's stored credential and record the verdict on its row (one UPDATE)."""
     import asyncio
 

@@ -20,6 +20,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from convergence.pipeline.errors import invalid
+from convergence.pipeline.services import RunServices
 from convergence.warehouse.client import call_retry, job_retry
 from convergence.warehouse.errors import to_step_error
 from convergence.warehouse.identifiers import table_id
@@ -34,7 +35,7 @@ def scalar_parameters(specs: Sequence[tuple[str, str, Any]]) -> list[Any]:
 
 
 class Warehouse:
-    def __init__(self, services: Any, org_slug: str | None = None, *, dataset: str | None = None,
+    def __init__(self, services: RunServices, org_slug: str | None = None, *, dataset: str | None = None,
                  client: Any = None):
         self.services = services
         self.settings = services.settings
@@ -45,7 +46,7 @@ class Warehouse:
         self.jobs = 0
 
     @classmethod
-    def on_project(cls, services: Any, project: str, credentials: Any = None) -> Warehouse:
+    def on_project(cls, services: RunServices, project: str, credentials: Any = None) -> Warehouse:
         """A source project's warehouse (a customer's billing export), with its own credentials."""
         return cls(services, client=services.bigquery_for(project, credentials))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from convergence.pipeline.errors import ErrorCode, PermanentStepError, invalid
+from convergence.pipeline.services import RunServices
 from convergence.warehouse.facade import Warehouse as FacadeWarehouse
 from convergence.warehouse.identifiers import InvalidIdentifier, table_id, validate_column, validate_table
 from convergence.warehouse.tables import SchemaFileError
@@ -22,11 +23,11 @@ def identifier(name: Any, what: str = "table") -> str:
         raise invalid(f"{what} name: {error}", ErrorCode.INVALID_PARAMETERS) from None
 
 
-def repo_root(services: Any) -> Path:
+def repo_root(services: RunServices) -> Path:
     return Path(services.settings.configs_dir).resolve().parent
 
 
-def resolve_file(services: Any, relative: str) -> Path:
+def resolve_file(services: RunServices, relative: str) -> Path:
     """A file named in a step config, relative to the repository root (as `convergence validate` checks)."""
     root = repo_root(services)
     path = (root / relative).resolve()
@@ -37,7 +38,7 @@ def resolve_file(services: Any, relative: str) -> Path:
     return path
 
 
-def schema_columns(services: Any, schema_file: str) -> list[str]:
+def schema_columns(services: RunServices, schema_file: str) -> list[str]:
     try:
         return [f.name for f in warehouse_schema(resolve_file(services, schema_file))]
     except SchemaFileError as error:
@@ -48,7 +49,7 @@ class Warehouse(FacadeWarehouse):
     """The org's warehouse (convergence.warehouse.facade) with the LLM steps' names: tables are checked
     as step parameters (INVALID_PARAMETERS) and schema files are paths under the project."""
 
-    def __init__(self, services: Any, org_slug: str):
+    def __init__(self, services: RunServices, org_slug: str):
         super().__init__(services, org_slug)
 
     def table_id(self, table: str, dataset: str | None = None) -> str:

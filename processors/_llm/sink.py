@@ -18,6 +18,7 @@ import queue
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from convergence.pipeline.services import RunServices
 from convergence.processors._llm.params import DateRange
 
 _END = object()
@@ -29,7 +30,7 @@ class _Aborted(Exception):
 
 
 class StreamingWrite:
-    def __init__(self, services: Any, *, org_slug: str, dataset: str, table: str, schema_path: str,
+    def __init__(self, services: RunServices, *, org_slug: str, dataset: str, table: str, schema_path: str,
                  date_column: str, date_range: DateRange, partitioning: Any = None,
                  clustering: Sequence[str] | None = None, queue_pages: int = 1):
         self.writer = services.writer

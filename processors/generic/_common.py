@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from convergence.pipeline.errors import invalid
+from convergence.pipeline.services import RunServices
 from convergence.processors._dates import DateRange  # noqa: F401 - generic._sink imports it from here
 from convergence.warehouse.identifiers import identifier, project_id  # noqa: F401 - re-exported
 
@@ -71,11 +72,11 @@ def write_mode(value: Any, default: str = "append") -> str:
     return mode
 
 
-def repo_root(services: Any) -> Path:
+def repo_root(services: RunServices) -> Path:
     return Path(services.settings.configs_dir).resolve().parent
 
 
-def resolve_file(services: Any, relative: Any, what: str = "file") -> Path:
+def resolve_file(services: RunServices, relative: Any, what: str = "file") -> Path:
     """A file named in a step config, relative to the project root (as `convergence validate` checks it)."""
     if not isinstance(relative, str | Path) or not str(relative):
         raise invalid(f"{what} must be a path relative to the project")
@@ -104,8 +105,8 @@ def schema_fields(path: Path) -> tuple[dict[str, Any], ...]:
 # -- warehouse -----------------------------------------------------------------------------------------
 
 
-async def call_writer(services: Any, dataset: str, table: str, rows: list[dict[str, Any]], *, writer: Any = None,
-                      **options: Any) -> Any:
+async def call_writer(services: RunServices, dataset: str, table: str, rows: list[dict[str, Any]], *,
+                      writer: Any = None, **options: Any) -> Any:
     """One Writer call (the shared `services.writer` unless one is given), off the event loop when blocking."""
     writer = writer if writer is not None else services.writer
     if inspect.iscoroutinefunction(writer.write):

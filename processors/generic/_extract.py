@@ -17,6 +17,7 @@ from convergence.extractors.source import PageFetchError, iter_pages
 from convergence.httpclient import RetryPolicy
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.models import StepConfig
+from convergence.pipeline.services import RunServices
 from convergence.processors._dates import run_dates
 from convergence.processors.generic._common import int_option, invalid, resolve_file, write_mode
 from convergence.processors.generic._sink import TableSink
@@ -27,7 +28,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_RETRY = RetryPolicy(attempts=6)
 
 
-def build_sink(services: Any, context: RunContext, step: StepConfig, destination: dict[str, Any],
+def build_sink(services: RunServices, context: RunContext, step: StepConfig, destination: dict[str, Any],
                source_url: str, config: dict[str, Any]) -> TableSink:
     table = destination.get("table")
     if not table:

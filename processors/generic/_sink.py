@@ -38,6 +38,7 @@ import structlog
 
 from convergence.extractors.jsonpath import get_path
 from convergence.pipeline.context import RunContext
+from convergence.pipeline.services import RunServices
 from convergence.processors.generic._common import DateRange, identifier, invalid, repo_root, schema_fields
 
 log = structlog.get_logger(__name__)
@@ -76,8 +77,8 @@ def canonical_json(value: Any) -> str:
 
 
 class TableSink:
-    def __init__(self, services: Any, context: RunContext, step_id: str, *, table: str, schema_file: Path | None,
-                 mode: str, key_columns: Sequence[str] = (), date_column: str | None = None,
+    def __init__(self, services: RunServices, context: RunContext, step_id: str, *, table: str,
+                 schema_file: Path | None, mode: str, key_columns: Sequence[str] = (), date_column: str | None = None,
                  date_range: DateRange | None = None, field_map: Mapping[str, str] | None = None,
                  key_fields: Sequence[str] = (), source_url: str = "", partition_field: str | None = None,
                  cluster_fields: Sequence[str] = (), batch_size: int | None = None):
