@@ -105,7 +105,18 @@ def cannot_start_problems(error: BaseException) -> list[str] | None:
                   | requests.exceptions.Timeout):
         cause = getattr(error, "cause", None) or error
         return [f"a Google API did not answer: {type(cause).__name__}: {str(cause).strip()[:300]}"]
+    if isinstance(error, api_exceptions.NotFound):  # a dataset, table or topic the command reads is missing
+        return [f"not found: {_first_line(error)} (`convergence bootstrap` creates the central dataset and "
+                "tables, `convergence infra apply` the Pub/Sub topology)"]
+    if isinstance(error, api_exceptions.Forbidden):
+        return [f"permission denied: {_first_line(error)} (the identity running this command needs the roles "
+                "deploy/terraform grants)"]
     return None
+
+
+def _first_line(error: BaseException) -> str:
+    message = getattr(error, "message", None) or str(error)
+    return str(message).strip().splitlines()[0][:300] if str(message).strip() else type(error).__name__
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ def consume(no_dead_letters: bool) -> None:
     settings = load_settings_or_exit()
     validate_for_startup(settings)
     # Pub/Sub and BigQuery answer, credentials work: else exit 2 now rather than retry forever.
-    check_startup(settings, subscription=settings.requests_subscription, topic=settings.events_topic)
+    check_startup(settings, subscription=[settings.requests_subscription, settings.overflow_subscription],
+                  topic=settings.events_topic)
 
     from convergence.consumer.service import ConsumerService
     from convergence.runtime import Services

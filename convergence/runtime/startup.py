@@ -9,6 +9,7 @@ listing what is wrong; `convergence.cli.main` turns it into a short message and 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -83,30 +84,32 @@ def _call_problem(service: str, where: str, what: str, create: str, error: Excep
     return None
 
 
-def check_pubsub(settings: Settings, *, subscription: str | None, topic: str | None,
+def check_pubsub(settings: Settings, *, subscription: str | Sequence[str] | None, topic: str | None,
                  timeout: float = STARTUP_CHECK_SECONDS) -> list[str]:
-    """Problems reaching Pub/Sub: the subscription this process pulls, the topic it publishes to."""
+    """Problems reaching Pub/Sub: the subscriptions this process pulls, the topic it publishes to."""
     from convergence.infra.clients import publisher_client, subscriber_client
 
     where = settings.pubsub_emulator_host or "pubsub.googleapis.com"
     problems: list[str] = []
     clients: list[Any] = []
     try:
-        if subscription is not None:
+        names = [subscription] if isinstance(subscription, str) else list(subscription or ())
+        if names:
             subscriber = subscriber_client(settings)
             clients.append(subscriber)
-            path = settings.subscription_path(subscription)
-            try:
-                subscriber.get_subscription(request={"subscription": path}, retry=_retry(timeout),
-                                            timeout=min(5.0, timeout))
-            except Exception as error:  # noqa: BLE001 - sorted into problems below; unknown ones re-raised
-                problem = _call_problem("Pub/Sub", where, f"Pub/Sub subscription {path}",
-                                        "`convergence infra apply`", error)
-                if problem is None:
-                    raise
-                problems.append(problem)
-                if "unreachable" in problem or "credentials" in problem:
-                    return problems  # the topic would say the same
+            for name in names:
+                path = settings.subscription_path(name)
+                try:
+                    subscriber.get_subscription(request={"subscription": path}, retry=_retry(timeout),
+                                                timeout=min(5.0, timeout))
+                except Exception as error:  # noqa: BLE001 - sorted into problems below; unknown ones re-raised
+                    problem = _call_problem("Pub/Sub", where, f"Pub/Sub subscription {path}",
+                                            "`convergence infra apply`", error)
+                    if problem is None:
+                        raise
+                    problems.append(problem)
+                    if "unreachable" in problem or "credentials" in problem:
+                        return problems  # the topic would say the same
         if topic is not None:
             publisher = publisher_client(settings)
             clients.append(publisher)
@@ -169,7 +172,7 @@ def check_bigquery_answers(client: Any, settings: Settings, *, timeout: float = 
         return  # it answered (a 403 or 404 included): the command meets that itself
 
 
-def check_startup(settings: Settings, *, subscription: str | None, topic: str | None,
+def check_startup(settings: Settings, *, subscription: str | Sequence[str] | None, topic: str | None,
                   timeout: float = STARTUP_CHECK_SECONDS) -> None:
     """Raise StartupError listing every problem reaching Pub/Sub and BigQuery (nothing when all answer).
     Both are asked side by side: an unreachable pair costs one `timeout`, not two."""

@@ -133,10 +133,19 @@ def test_reachable_emulators_without_topology_say_what_to_create(tmp_path, local
     result = run_cli(tmp_path, "consume", PUBSUB_EMULATOR_HOST=local_stack.pubsub.host,
                      BIGQUERY_EMULATOR_HOST=local_stack.bigquery.host, GCP_PROJECT_ID=local_stack.project,
                      REQUESTS_SUBSCRIPTION="startup-absent-sub", EVENTS_TOPIC="startup-absent-topic",
-                     CENTRAL_DATASET="startup_absent_dataset")
+                     OVERFLOW_SUBSCRIPTION="startup-absent-overflow", CENTRAL_DATASET="startup_absent_dataset")
     assert_cannot_start(
         result,
         f"Pub/Sub subscription projects/{local_stack.project}/subscriptions/startup-absent-sub does not exist "
         "(`convergence infra apply` creates it)",
+        f"Pub/Sub subscription projects/{local_stack.project}/subscriptions/startup-absent-overflow does not exist",
         f"Pub/Sub topic projects/{local_stack.project}/topics/startup-absent-topic does not exist",
         "startup_absent_dataset does not exist (`convergence bootstrap` creates it)")
+
+
+@pytest.mark.emulator
+def test_a_one_shot_command_on_a_missing_central_dataset_says_to_bootstrap(tmp_path, local_stack):
+    result = run_cli(tmp_path, "runs", "list", BIGQUERY_EMULATOR_HOST=local_stack.bigquery.host,
+                     GCP_PROJECT_ID=local_stack.project, CENTRAL_DATASET="startup_never_bootstrapped")
+    [problem] = assert_cannot_start(result, "not found:", "`convergence bootstrap` creates the central dataset")
+    assert "startup_never_bootstrapped" in problem

@@ -59,7 +59,7 @@ def test_the_design_s_iam_is_there():
     assert "oidc_token" in pubsub and "google_service_account.push.email" in pubsub
     assert re.search(r'push_invokes_serve".*?roles/run.invoker', iam, re.DOTALL)
     # every consuming subscription retries with backoff; the request ones dead-letter
-    assert pubsub.count("retry_policy {") == 5 and pubsub.count("dead_letter_policy {") == 3
+    assert pubsub.count("retry_policy {") == 6 and pubsub.count("dead_letter_policy {") == 4
     assert 'pubsub_target {' in (TERRAFORM / "scheduler.tf").read_text()
 
 
