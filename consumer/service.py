@@ -16,7 +16,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,6 +33,9 @@ from convergence.pipeline.validation import pipeline_files
 from convergence.runtime.threads import in_daemon_thread
 from convergence.settings import Settings
 from convergence.settings.model import EXIT_MARGIN_SECONDS, PLATFORM_STOP_SECONDS
+
+if TYPE_CHECKING:
+    from convergence.runtime.services import PlatformServices
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +57,9 @@ def longest_timeout_seconds(loader: PipelineLoader) -> float:
 class ConsumerService:
     _stop_requested_at: float | None = None  # monotonic time of SIGTERM / stop()
 
-    def __init__(self, settings: Settings, services: Any, *, notify=None, with_dead_letters: bool = True,
-                 with_overflow: bool = True, extra_pools: list[SubscriberPool] | None = None, with_ticks: bool = True):
+    def __init__(self, settings: Settings, services: PlatformServices, *, notify=None,
+                 with_dead_letters: bool = True, with_overflow: bool = True,
+                 extra_pools: list[SubscriberPool] | None = None, with_ticks: bool = True):
         self.settings = settings
         self.services = services
         metrics.configure(settings)  # metrics_org_label_limit
