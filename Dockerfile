@@ -21,7 +21,6 @@ RUN set -eu; \
     rm -f /usr/local/bin/pip /usr/local/bin/pip3* /usr/local/bin/wheel /usr/bin/pip /usr/bin/pip3*
 RUN useradd --create-home --uid 10001 convergence
 COPY --from=build /opt/venv /opt/venv
-COPY docker/healthcheck.py /opt/healthcheck.py
 WORKDIR /app
 # serve answers /health on HTTP_PORT; consume on METRICS_PORT (its /metrics and /health server).
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 ENVIRONMENT=production \
@@ -31,6 +30,6 @@ EXPOSE 8080 9090
 # Unhealthy when /health does not answer 200 or, for consume, when a pool is not pulling (its stream not
 # open, Pub/Sub not answering): one line in the health log says which.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-  CMD ["/opt/venv/bin/python", "-I", "/opt/healthcheck.py"]
+  CMD ["/opt/venv/bin/python", "-I", "-m", "convergence.healthcheck"]
 ENTRYPOINT ["convergence"]
 CMD ["serve"]

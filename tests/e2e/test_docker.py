@@ -117,9 +117,9 @@ def test_dockerfile_is_multi_stage_non_root_with_health_check():
     user = re.search(r"^USER\s+(\S+)", final, flags=re.MULTILINE)
     assert user and user.group(1) not in ("root", "0")
     assert re.search(r"useradd .*--uid 10001", final)
-    assert "HEALTHCHECK" in final and "COPY docker/healthcheck.py /opt/healthcheck.py" in final
-    assert "/health" in (REPO / "docker" / "healthcheck.py").read_text()
-    assert not ignored("docker", dockerignore())  # the health check is copied from the build context
+    # the health check is a module of the installed package: nothing copied beside the venv
+    assert "HEALTHCHECK" in final and '"-m", "convergence.healthcheck"]' in final
+    assert "/health" in (REPO / "convergence" / "healthcheck.py").read_text()
     assert re.search(r'^ENTRYPOINT \["convergence"\]', final, flags=re.MULTILINE)
     assert re.search(r'^CMD \["serve"\]', final, flags=re.MULTILINE)  # `consume` is the other role
     assert "[dev]" not in DOCKERFILE and "[local]" not in DOCKERFILE  # no test or emulator extras
@@ -321,7 +321,7 @@ def test_image_builds_and_runs_both_roles(docker, image, box):
         health = docker("container", "inspect", created, "--format", "{{json .Config.Healthcheck}}", check=True)
     finally:
         docker("rm", created)
-    assert json.loads(health.stdout)["Test"][1:] == ["/opt/venv/bin/python", "-I", "/opt/healthcheck.py"]
+    assert json.loads(health.stdout)["Test"][1:] == ["/opt/venv/bin/python", "-I", "-m", "convergence.healthcheck"]
 
 
 NO_INSTALLER = r"""

@@ -1,5 +1,6 @@
 """The image's HEALTHCHECK: exit 0 when the container's role is healthy, else print one line saying why and
-exit 1. Standard library only (it runs beside the service, in the same venv).
+exit 1. Standard library only: `python -I -m convergence.healthcheck` imports nothing of the service but the
+package's own light `__init__`.
 
 serve: /health on HTTP_PORT answers 200.
 consume: /health on METRICS_PORT answers 200 and every pool in it is pulling: its stream open, Pub/Sub
