@@ -38,6 +38,7 @@ import structlog
 
 from convergence.extractors.jsonpath import get_path
 from convergence.pipeline.context import RunContext
+from convergence.pipeline.errors import ErrorCode
 from convergence.pipeline.services import RunServices
 from convergence.processors.generic._common import DateRange, identifier, invalid, repo_root, schema_fields
 
@@ -144,7 +145,7 @@ class TableSink:
     def _typed_row(self, record: Any) -> dict[str, Any]:
         if not isinstance(record, Mapping):
             raise invalid(f"a typed destination needs JSON objects as rows, got {type(record).__name__}",
-                          "PROVIDER_BAD_RESPONSE")
+                          ErrorCode.PROVIDER_BAD_RESPONSE)
         row: dict[str, Any] = {}
         for name, kind in self.columns.items():
             if name in self.field_map:

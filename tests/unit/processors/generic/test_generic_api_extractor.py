@@ -20,6 +20,7 @@ import pytest
 from convergence.devstack.providers.rest_server import ExpectedAuth, RestStandIn
 from convergence.pipeline import RunStatus
 from convergence.warehouse.writer import Writer
+from tests.paths import REPO_ROOT
 from tests.support.generic import (
     DictCredentials,
     TestServices,
@@ -383,6 +384,22 @@ async def test_typed_destination_from_a_schema_file_with_merge(env):
         "org_slug": org, "id": 4, "name": "record-0000004", "email": "user4@example.com", "amount": 0.04,
         "active": True, "tier": "pro", "tags": '["alpha"]', "ingested_at": None}
     assert result.steps[0].result["fields_not_in_schema"] == "attributes, created_at"
+
+
+async def test_a_typed_destination_refuses_a_row_that_is_not_an_object(env):
+    from convergence.pipeline import RunContext
+    from convergence.pipeline.errors import ErrorCode, PermanentStepError
+    from convergence.processors.generic._sink import TableSink
+
+    _, services = await env(RestStandIn(total=1))
+    context = RunContext(org_slug=new_org(), run_id="run_typed_rows", pipeline_id="p", services=services)
+    sink = TableSink(services, context, "extract_records", table="vendor_users", mode="append",
+                     schema_file=REPO_ROOT / "configs/example/usage/schemas/vendor_users.json")
+    assert sink.shape([{"id": 1, "name": "a"}])[0]["id"] == 1
+    with pytest.raises(PermanentStepError) as refused:
+        sink.shape([["not", "an", "object"]])
+    assert refused.value.code == ErrorCode.PROVIDER_BAD_RESPONSE and not refused.value.retryable
+    assert "needs JSON objects as rows, got list" in str(refused.value)
 
 
 async def test_small_typed_appends_and_the_raw_table_both_load(env):
