@@ -49,3 +49,13 @@ class FlowPlan:
             max_duration_per_lease_extension=self.max_lease_extension,
             min_duration_per_lease_extension=min(60, self.max_lease_extension),
         )
+
+
+# The dead-letter drain records each dead-lettered request (one run-log row): a few at a time is plenty, and a
+# 10-minute lease covers a row write that BigQuery is slow to take.
+DEAD_LETTER_PLAN = FlowPlan(max_messages=10, max_bytes=10 * 1024 * 1024, max_lease_duration=600,
+                            max_lease_extension=60, backlog_per_org=1000)
+# Ticks are rare (one per Cloud Scheduler period) and each fans out to every org: one at a time, a second
+# one leased behind it.
+TICKS_PLAN = FlowPlan(max_messages=2, max_bytes=1024 * 1024, max_lease_duration=600, max_lease_extension=60,
+                      backlog_per_org=100)

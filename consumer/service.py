@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from convergence.consumer.dead_letters import DeadLetterHandler
-from convergence.consumer.flow import FlowPlan
+from convergence.consumer.flow import DEAD_LETTER_PLAN, FlowPlan
 from convergence.consumer.handler import RunHandler
 from convergence.consumer.pool import SubscriberPool
 from convergence.consumer.slots import RunSlots, hand_off_count
@@ -90,12 +90,11 @@ class ConsumerService:
                 max_hand_offs=0,
             ))
         if with_dead_letters:
-            dead_letter_slots = RunSlots(2, 2, 1000)
+            # Two dead letters recorded at once, whatever their org: the drain is not a tenant's work.
+            dead_letter_slots = RunSlots(total=2, per_org=2, backlog_per_org=DEAD_LETTER_PLAN.backlog_per_org)
             self.pools.append(SubscriberPool(
                 settings.subscription_path(settings.dead_letter_subscription),
-                DeadLetterHandler(services, notify), dead_letter_slots,
-                FlowPlan(max_messages=10, max_bytes=10 * 1024 * 1024, max_lease_duration=600,
-                         max_lease_extension=60, backlog_per_org=1000),
+                DeadLetterHandler(services, notify), dead_letter_slots, DEAD_LETTER_PLAN,
                 grace_seconds=settings.shutdown_grace_seconds, subscriber=subscriber_client(settings),
             ))
         if with_ticks:  # scheduler ticks -> run requests (consumer/ticks.py)

@@ -137,7 +137,7 @@ class LazyFanOut:
 
 def tick_pool(settings: Any, services: PlatformServices, loader: Any) -> Any:
     """A streaming pull on the ticks subscription. Ticks are rare and short: one at a time, small lease."""
-    from convergence.consumer.flow import FlowPlan
+    from convergence.consumer.flow import TICKS_PLAN
     from convergence.consumer.pool import SubscriberPool
     from convergence.consumer.slots import RunSlots
     from convergence.infra.clients import subscriber_client
@@ -146,8 +146,7 @@ def tick_pool(settings: Any, services: PlatformServices, loader: Any) -> Any:
         settings.subscription_path(settings.ticks_subscription),
         TickHandler(LazyFanOut(settings, services, loader),
                     UsageRefresh(lambda: services.gate, timedelta(minutes=settings.tick_window_minutes))),
-        RunSlots(1, 1, 100),
-        FlowPlan(max_messages=2, max_bytes=1024 * 1024, max_lease_duration=600, max_lease_extension=60,
-                 backlog_per_org=100),
+        RunSlots(total=1, per_org=1, backlog_per_org=TICKS_PLAN.backlog_per_org),  # one fan-out at a time
+        TICKS_PLAN,
         grace_seconds=settings.shutdown_grace_seconds, subscriber=subscriber_client(settings),
     )
