@@ -270,7 +270,7 @@ def _col(name: str, kind: str = "STRING", mode: str = "NULLABLE") -> dict[str, A
     return {"name": name, "type": kind, "mode": mode}
 
 
-# The export's own nested schema (research notes, "Standard usage cost schema"), in BigQuery JSON form.
+# The export's own nested schema (Cloud Billing's "standard usage cost" export table), in BigQuery JSON form.
 BILLING_EXPORT_SCHEMA: list[dict[str, Any]] = [
     _col("billing_account_id"),
     _record("service", _col("id"), _col("description")),
