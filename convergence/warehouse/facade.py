@@ -35,20 +35,29 @@ def scalar_parameters(specs: Sequence[tuple[str, str, Any]]) -> list[Any]:
 
 
 class Warehouse:
-    def __init__(self, services: RunServices, org_slug: str | None = None, *, dataset: str | None = None,
-                 client: Any = None):
+    def __init__(self, services: RunServices | None, org_slug: str | None = None, *, dataset: str | None = None,
+                 client: Any = None, settings: Any = None):
+        """`services` is None only outside a run (`outside_run`): client and settings are then given."""
         self.services = services
-        self.settings = services.settings
-        self.client = client if client is not None else services.bigquery
+        if services is not None:
+            settings = settings if settings is not None else services.settings
+            client = client if client is not None else services.bigquery
+        self.settings = settings
+        self.client = client
         self.project = self.client.project
         self.org_slug = org_slug
-        self.dataset = dataset or (services.org_dataset(org_slug) if org_slug else "")
+        self.dataset = dataset or (services.org_dataset(org_slug) if services is not None and org_slug else "")
         self.jobs = 0
 
     @classmethod
     def on_project(cls, services: RunServices, project: str, credentials: Any = None) -> Warehouse:
         """A source project's warehouse (a customer's billing export), with its own credentials."""
         return cls(services, client=services.bigquery_for(project, credentials))
+
+    @classmethod
+    def outside_run(cls, client: Any, settings: Any, dataset: str) -> Warehouse:
+        """One dataset through a client of the caller's (a CLI command has no run services)."""
+        return cls(None, dataset=dataset, client=client, settings=settings)
 
     # -- names ------------------------------------------------------------------------------------------
     def table_id(self, table: str, dataset: str | None = None) -> str:
@@ -72,6 +81,15 @@ class Warehouse:
         except gexc.GoogleAPIError as error:
             raise to_step_error(error, f"reading {full_id}") from error
         return True
+
+    def find_table_blocking(self, full_id: str) -> Any | None:
+        """The table's metadata, or None when it does not exist."""
+        try:
+            return self.client.get_table(full_id)
+        except gexc.NotFound:
+            return None
+        except gexc.GoogleAPIError as error:
+            raise to_step_error(error, f"reading {full_id}") from error
 
     async def ensure_table(self, table: str, schema_path: Path, *, dataset: str | None = None,
                            partitioning: Any = None, clustering: Sequence[str] | None = None,
@@ -97,17 +115,23 @@ class Warehouse:
     # -- queries ----------------------------------------------------------------------------------------
     async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], Any]:
         """One query job with named parameters (values, `Typed`); returns (rows as dicts, job)."""
-        runner = QueryRunner(self.client, self.settings)
-
-        def run() -> tuple[list[dict[str, Any]], Any]:
-            job, result = runner.run(sql, params)
-            return [dict(row.items()) for row in result], job
-
         self.jobs += 1
         try:
-            return await asyncio.to_thread(run)
+            return await asyncio.to_thread(self._query, sql, params)
         except gexc.GoogleAPIError as error:
             raise to_step_error(error, f"query on {self.dataset or self.project}") from error
+
+    def query_blocking(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """`query` on the caller's thread; returns the rows as dicts."""
+        self.jobs += 1
+        try:
+            return self._query(sql, params)[0]
+        except gexc.GoogleAPIError as error:
+            raise to_step_error(error, f"query on {self.dataset or self.project}") from error
+
+    def _query(self, sql: str, params: Mapping[str, Any] | None) -> tuple[list[dict[str, Any]], Any]:
+        job, result = QueryRunner(self.client, self.settings).run(sql, params)
+        return [dict(row.items()) for row in result], job
 
     async def run(self, sql: str, parameters: Sequence[Any] = (), *, dry_run: bool = False) -> Any:
         """One statement with prepared parameters (`scalar_parameters`), run to completion (a dry run only

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from google.api_core import exceptions as gexc
-
 from convergence.pipeline.context import RunContext
 from convergence.pipeline.errors import ErrorCode, PermanentStepError
 from convergence.pipeline.models import StepConfig
@@ -46,8 +44,8 @@ from convergence.processors.focus._spec import (
     SERVICE_CATEGORIES,
     SUBCATEGORIES,
 )
-from convergence.warehouse.identifiers import table_id, validate_table
-from convergence.warehouse.query import QueryRunner
+from convergence.warehouse.facade import Warehouse
+from convergence.warehouse.identifiers import validate_table
 from convergence.warehouse.runlog import pipeline_logging_id
 
 MANDATORY = (
@@ -191,14 +189,20 @@ def _scope(org_slug: str, start: date | None, end: date | None, source: str | No
 def check(client: Any, settings: Any, org_slug: str, *, dataset: str | None = None, table: str = FOCUS_TABLE,
           start: date | None = None, end: date | None = None, source: str | None = None) -> Report:
     """Run every rule on the org's rows (optionally one source, dates on x_ChargeDate). Blocking."""
-    dataset = dataset or settings.org_dataset(org_slug)
-    full = table_id(client.project, dataset, validate_table(table))
+    warehouse = Warehouse.outside_run(client, settings, dataset or settings.org_dataset(org_slug))
+    return check_in(warehouse, org_slug, table=table, start=start, end=end, source=source)
+
+
+def check_in(warehouse: Warehouse, org_slug: str, *, table: str = FOCUS_TABLE, start: date | None = None,
+             end: date | None = None, source: str | None = None) -> Report:
+    """`check` on a warehouse (its dataset). Blocking: a step runs it on a worker thread."""
+    full = warehouse.table_id(validate_table(table))
     report = Report(table=full)
-    try:
-        columns = {f.name for f in client.get_table(full).schema}
-    except gexc.NotFound:
+    found = warehouse.find_table_blocking(full)
+    if found is None:
         report.missing_table = True
         return report
+    columns = {f.name for f in found.schema}
     report.rules_checked = 1
     report.rules_run.append("presence")
     missing = [c for c in MANDATORY if c not in columns]
@@ -210,9 +214,8 @@ def check(client: Any, settings: Any, org_slug: str, *, dataset: str | None = No
     for rule_id in skipped:  # a rule on a missing column is a presence violation already; note it
         report.violations.append(Violation(rule_id, "rule not run: its columns are missing", 0))
     where, params = _scope(org_slug, start, end, source)
-    runner = QueryRunner(client, settings)
     ref = f"`{full}`"
-    count = runner.rows(f"SELECT COUNT(*) AS n FROM {ref} WHERE {where}", params)  # noqa: S608 - validated
+    count = warehouse.query_blocking(f"SELECT COUNT(*) AS n FROM {ref} WHERE {where}", params)  # noqa: S608 - validated
     report.rows_checked = int(next(iter(count[0].values()))) if count else 0
     if rules:
         branches = "\nUNION ALL\n".join(
@@ -222,7 +225,7 @@ def check(client: Any, settings: Any, org_slug: str, *, dataset: str | None = No
         sql = (f"SELECT rule_id, COUNT(*) AS violating_rows, MIN(sample) AS sample FROM ({branches}) AS v "  # noqa: S608
                "GROUP BY rule_id ORDER BY rule_id")
         by_id = {r.rule_id: r for r in rules}
-        for row in runner.rows(sql, params):
+        for row in warehouse.query_blocking(sql, params):
             rule = by_id[row["rule_id"]]
             report.violations.append(Violation(rule.rule_id, rule.description, int(row["violating_rows"]),
                                                str(row["sample"] or "")[:120]))
@@ -329,8 +332,8 @@ class FocusConformance:
         config: Mapping[str, Any] = context.resolve(step.config)
         dates = date_range(config, context.parameters)
         services = context.services
-        report = await asyncio.to_thread(check, services.bigquery, services.settings, context.org_slug,
-                                         dataset=services.org_dataset(context.org_slug),
+        warehouse = Warehouse(services, context.org_slug)
+        report = await asyncio.to_thread(check_in, warehouse, context.org_slug,
                                          table=str(config.get("table", FOCUS_TABLE)), start=dates.start,
                                          end=dates.end, source=config.get("source"))
         run = CheckRun(context.run_id, context.pipeline_id, step.step_id,
