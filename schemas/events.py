@@ -172,9 +172,10 @@ def _event_id_of(data: dict[str, Any]) -> str:
     error = data.get("error")
     code = error.get("code") if isinstance(error, dict) else getattr(error, "code", None)
     status = data.get("status")
+    event_type: Any = data.get("event_type")  # anything: event_id_for rejects what is not an EventType
     try:
         return event_id_for(
-            data.get("event_type"), data.get("run_id"), step_id=data.get("step_id"), attempt=data.get("attempt"),
+            event_type, data.get("run_id"), step_id=data.get("step_id"), attempt=data.get("attempt"),
             status=getattr(status, "value", status), error_code=getattr(code, "value", code),
         )
     except (TypeError, ValueError):  # not an event at all: the field validators say why

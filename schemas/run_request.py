@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal, Self
+from typing import Any, Final, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -19,7 +19,7 @@ from convergence.schemas.errors import MessageRejected, RejectCode
 from convergence.schemas.registry import RUN_REQUEST_V1, preview, problems, reject, schema
 from convergence.schemas.strict_json import loads_object
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION: Final = "1"
 MAX_RUN_REQUEST_BYTES = 64 * 1024
 # Attribute keys a consumer may rely on (filters, log correlation).
 IDENTITY_ATTRIBUTES = ("org_slug", "pipeline", "run_id")

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 
@@ -216,6 +216,12 @@ class FailureNotifier:
         return False
 
 
+class NotificationStep(Protocol):
+    """A notify_systems engine: besides `execute`, it delivers a run's summary once the run has finished."""
+
+    async def deliver(self, step: StepConfig, context: RunContext, summary: RunSummary) -> Delivery: ...
+
+
 class NotificationObserver(RunObserver):
     """Runs the notification steps whose trigger (on_failure, on_success, on_completion, always) matches the
     run's final status, once the run has finished, whether the step itself ran, was deferred or was skipped
@@ -254,7 +260,7 @@ class NotificationObserver(RunObserver):
             if not trigger_matches(step_trigger(step), result.status.value):
                 continue
             try:
-                engine = self.registry.resolve(step.ps_type)
+                engine = cast(NotificationStep, self.registry.resolve(step.ps_type))
                 delivery = await engine.deliver(step, context, summary)
             except Exception:  # noqa: BLE001 - a notification never changes the run's result
                 log.exception("notification step failed", step_id=step.step_id)

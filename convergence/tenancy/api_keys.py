@@ -84,7 +84,7 @@ class OrgApiKeys:
         if self.cipher is not None:
             encrypted = base64.b64encode(self.cipher.encrypt(api_key.encode(), aad=api_key_aad(org_slug))).decode()
         key_id = uuid.uuid4().hex
-        row = {
+        row: dict[str, object] = {
             "org_api_key_id": key_id, "org_slug": org_slug, "org_api_key_hash": hash_api_key(api_key),
             "encrypted_org_api_key": encrypted, "key_fingerprint": api_key[-4:], "scopes": list(scopes),
             "is_active": True, "created_at": utcnow(), "expires_at": expires_at,

@@ -26,13 +26,14 @@ def rejected_provider(result: PipelineResult, context: Any, integration: str | N
     """(provider, error) when a step failed with PROVIDER_AUTH_FAILED using a stored credential of the run."""
     if result.status is not RunStatus.FAILED or not context.credentials_read:
         return None
-    failed = [s for s in result.steps if s.error is not None and s.error.code == ErrorCode.PROVIDER_AUTH_FAILED]
+    failed = [(s, s.error) for s in result.steps
+              if s.error is not None and s.error.code == ErrorCode.PROVIDER_AUTH_FAILED]
     if not failed:
         return None
     settings = getattr(context.services, "settings", None)
     registry = load_registry(getattr(settings, "configs_dir", None))
     read = context.credentials_read
-    step = failed[0]
+    step, step_error = failed[0]
     candidates = [registry.canonical(integration)] if integration else []
     prefix = registry.get(step.ps_type.split(".", 1)[0])
     if prefix is not None:
@@ -41,7 +42,7 @@ def rejected_provider(result: PipelineResult, context: Any, integration: str | N
         candidates.append(next(iter(read)))
     for provider in candidates:
         if provider in read:
-            return provider, f"{step.step_id}: {step.error.message}"
+            return provider, f"{step.step_id}: {step_error.message}"
     return None
 
 

@@ -30,7 +30,7 @@ from convergence.kms import Cipher
 from convergence.schemas.errors import UNKNOWN_ORG
 from convergence.settings import Settings
 from convergence.tenancy import api_keys, subscriptions
-from convergence.tenancy.api_keys import OrgApiKeys
+from convergence.tenancy.api_keys import IssuedApiKey, OrgApiKeys
 from convergence.tenancy.central import Central, audit_row, utcnow
 from convergence.tenancy.plans import Plans, load_plans
 from convergence.warehouse.client import call_retry
@@ -119,8 +119,9 @@ def onboard_orgs(client: bigquery.Client, settings: Settings, cipher: Cipher, or
     keys = OrgApiKeys(client, settings, cipher)
     subscription_rows = subscriptions.Subscriptions(client, settings, plans)
     now = utcnow()
-    issued, tables = [], {"org_api_keys": [], "org_subscriptions": [], "org_usage_quotas": [], "org_kms_keys": [],
-                          "org_profiles": []}
+    issued: list[IssuedApiKey] = []
+    tables: dict[str, list[dict[str, object]]] = {
+        "org_api_keys": [], "org_subscriptions": [], "org_usage_quotas": [], "org_kms_keys": [], "org_profiles": []}
     for spec in specs:
         plan_limits = plans.plan(spec.plan)
         assert plan_limits is not None

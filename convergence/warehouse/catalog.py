@@ -16,6 +16,7 @@ without a file are reported, never deleted by sync.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from dataclasses import dataclass
@@ -182,7 +183,8 @@ class ProcedureCatalog:
             return False
         return True
 
-    def sync(self, force: bool = False) -> dict[str, list[str]]:
+    # builtins.list in signatures: in the class body `list` names the method above.
+    def sync(self, force: bool = False) -> dict[str, builtins.list[str]]:
         """Create missing procedures, re-create changed ones (all with `force`), leave the rest alone."""
         report: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": [], "failed": [],
                                         "without_file": []}
@@ -205,7 +207,7 @@ class ProcedureCatalog:
         report["without_file"] = sorted(n for n in existing if n not in names)
         return report
 
-    def call(self, name: str, arguments: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
+    def call(self, name: str, arguments: builtins.list[tuple[str, str, Any]]) -> builtins.list[dict[str, Any]]:
         """CALL the procedure with its (name, type, value) arguments, already coerced to their types; they
         become literals that cannot carry SQL (CALL takes no query parameters on the emulator). Returns
         the rows of the procedure's last statement."""

@@ -282,7 +282,7 @@ def _parameter_types(spec: Any, names: Mapping[str, Any]) -> dict[str, str]:
     """Types of a step's `parameters`, as templating.parameter_specs gives them at run time."""
     from convergence.processors.sql.templating import infer_type, normalise_type
 
-    items: list[tuple[str, Any]] = []
+    items: list[tuple[Any, Any]] = []  # names are checked below
     if isinstance(spec, Mapping):
         items = list(spec.items())
     elif isinstance(spec, list):
@@ -741,13 +741,14 @@ def body_statements(tree: Any, script: _Sql) -> tuple[list[_Sql], list[str]]:
             name = _name(source, first) if first is not None else ""
             if name in temp_tables:
                 skip = skip or f"it reads the script's table {name}"
-            if name not in variables or any(r[0] == first.parse_location_range.start - start for r in replacements):
+            if (first is None or name not in variables
+                    or any(r[0] == first.parse_location_range.start - start for r in replacements)):
                 continue
-            kind = variables[name]
-            if kind not in _PARAMETER_TYPES:
+            declared = variables[name]
+            if declared is None or declared not in _PARAMETER_TYPES:
                 skip = skip or f"variable {name} has no simple declared type"
                 continue
-            parameters[name] = {"type": kind}
+            parameters[name] = {"type": declared}
             span = first.parse_location_range
             replacements.append((span.start - start, span.end - start, f"@{name}"))
         if skip:

@@ -81,7 +81,7 @@ class RunRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
-        values = {f.name: row.get(f.name) for f in fields(cls)}
+        values: dict[str, Any] = {f.name: row.get(f.name) for f in fields(cls)}
         values["parameters"] = _loads(values["parameters"])
         return cls(**values)
 
@@ -109,7 +109,8 @@ class StepRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> StepRecord:
-        return cls(**{f.name: row.get(f.name) for f in fields(cls)})
+        values: dict[str, Any] = {f.name: row.get(f.name) for f in fields(cls)}
+        return cls(**values)
 
 
 _RUN_COLUMNS = ", ".join(f"`{f.name}`" for f in fields(RunRecord))

@@ -597,7 +597,7 @@ class _Sql:
         source = (f"SELECT {cols} FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY {keys} "  # noqa: S608
                   f"ORDER BY `{_SEQ}` DESC) AS `_cv_rn` FROM {staging_ref}) WHERE `_cv_rn` = 1")
         on = [f"{self._q(k, 'T')} = {self._q(k, 'S')}" for k in t.keys]
-        params: dict[str, Any] = {}
+        params = {}
         if t.org_column and "org_slug" not in t.keys:
             on.insert(0, f"{self._q('org_slug', 'T')} = @org_slug")  # never match another org's row
             params["org_slug"] = t.org_slug
