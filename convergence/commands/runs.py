@@ -178,7 +178,8 @@ def list_runs(org: str | None, status: str | None, pipeline: str | None, since: 
     status = status.upper() if status else None
     error_code = None
     if status == "DEAD_LETTERED":  # recorded as FAILED with that reason by the dead-letter drain
-        status, error_code = "FAILED", "DEAD_LETTERED"
+        from convergence.warehouse.runlog import DEAD_LETTERED
+        status, error_code = "FAILED", DEAD_LETTERED
     records = _runlog().list_runs(org_slug=org, status=status, since=since, limit=limit, pipeline=pipeline,
                                   error_code=error_code)
     if as_json:

@@ -15,6 +15,7 @@ from convergence.notifications.email import EmailSender, NotificationError, vali
 from convergence.notifications.messages import RunSummary, email_body, render_template, slack_payload
 from convergence.notifications.slack import SlackSender
 from convergence.pipeline import ProcessorRegistry, RunContext, RunObserver
+from convergence.pipeline.errors import ErrorCode
 from convergence.pipeline.models import PipelineConfig, StepConfig
 from convergence.pipeline.results import PipelineResult
 from convergence.schemas.errors import UNKNOWN_ORG
@@ -26,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 TRIGGERS = ("immediate", "on_failure", "on_success", "on_completion", "always")
 _FAILED = ("FAILED", "TIMEOUT")
-DEAD_LETTERED = "DEAD_LETTERED"  # the code of a dead-lettered run's outcome
+DEAD_LETTERED = ErrorCode.DEAD_LETTERED  # the code of a dead-lettered run's outcome
 
 
 def step_trigger(step: StepConfig) -> str:

@@ -23,6 +23,7 @@ import structlog
 from google.cloud import bigquery
 
 from convergence.kms import Cipher, CipherError
+from convergence.pipeline.errors import ErrorCode
 from convergence.settings import Settings
 from convergence.tenancy.central import Central, utcnow
 from convergence.tenancy.providers import load_registry
@@ -37,11 +38,11 @@ _ERROR_CHARS = 500
 
 
 class CredentialNotFound(LookupError):
-    code = "CREDENTIAL_NOT_FOUND"
+    code = ErrorCode.CREDENTIAL_NOT_FOUND
 
 
 class CredentialDecryptError(RuntimeError):
-    code = "CREDENTIAL_DECRYPT_FAILED"
+    code = ErrorCode.CREDENTIAL_DECRYPT_FAILED
 
 
 def validate_provider(provider: str) -> str:

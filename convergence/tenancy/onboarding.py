@@ -27,6 +27,7 @@ import structlog
 from google.cloud import bigquery
 
 from convergence.kms import Cipher
+from convergence.pipeline.errors import ErrorCode
 from convergence.schemas.errors import UNKNOWN_ORG
 from convergence.settings import Settings
 from convergence.tenancy import api_keys, subscriptions
@@ -44,7 +45,7 @@ _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}")
 
 
 class OrgAlreadyExists(ValueError):
-    code = "ORG_ALREADY_EXISTS"
+    code = ErrorCode.ORG_ALREADY_EXISTS
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class Verdict:
 
 
 class UnknownProvider(LookupError):
-    code = "PROVIDER_UNKNOWN"
+    code = ErrorCode.PROVIDER_UNKNOWN
 
 
 def provider_for(settings: Any, name: str) -> Provider:

@@ -34,6 +34,7 @@ import structlog
 from google.cloud import bigquery
 
 from convergence.observability import metrics
+from convergence.pipeline.errors import ErrorCode
 from convergence.pipeline.results import PipelineResult, RunStatus, StepResult, StepStatus
 from convergence.schemas.errors import UNKNOWN_ORG
 from convergence.settings import Settings
@@ -45,7 +46,7 @@ log = structlog.get_logger(__name__)
 
 RUNS_TABLE = "org_meta_pipeline_runs"
 STEPS_TABLE = "org_meta_step_logs"
-DEAD_LETTERED = "DEAD_LETTERED"
+DEAD_LETTERED = ErrorCode.DEAD_LETTERED
 _NAMESPACE = uuid.UUID("6f1c1f0e-5a43-4d0c-9a51-3c0b7b1e2a10")
 _RANK_RUNNING, _RANK_FINAL, _RANK_DEAD = 0, 1, 2
 _MAX_MESSAGE = 4000

@@ -52,7 +52,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from convergence.observability import metrics
-from convergence.pipeline.errors import PermanentStepError, StepError, TransientStepError
+from convergence.pipeline.errors import ErrorCode, PermanentStepError, StepError, TransientStepError
 from convergence.settings import Settings
 from convergence.warehouse.client import call_retry
 from convergence.warehouse.errors import to_step_error
@@ -146,7 +146,7 @@ def _as_date(value: Any, what: str) -> date:
         return date.fromisoformat(str(value))
     except ValueError:
         raise PermanentStepError(f"{what} {value!r} is not an ISO date (YYYY-MM-DD)",
-                                 code="INVALID_PARAMETERS") from None
+                                 code=ErrorCode.INVALID_PARAMETERS) from None
 
 
 # -- rows ------------------------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def _dumps(row: Mapping[str, Any]) -> str:
     try:
         return json.dumps(row, default=_json_default, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as error:  # e.g. an object, or NaN in a strict field
-        raise PermanentStepError(f"a row cannot be written: {error}", code="INVALID_ROW") from None
+        raise PermanentStepError(f"a row cannot be written: {error}", code=ErrorCode.INVALID_ROW) from None
 
 
 class _RowChecker:
@@ -196,7 +196,7 @@ class _RowChecker:
                 row = {**row, "org_slug": t.org_slug}
             elif owner != t.org_slug:
                 raise PermanentStepError(f"row {index} belongs to org {str(owner)[:60]!r}, not {t.org_slug!r}: "
-                                         "a write never crosses orgs", code="ORG_MISMATCH")
+                                         "a write never crosses orgs", code=ErrorCode.ORG_MISMATCH)
         missing = [k for k in self.required if row.get(k) is None]
         if missing:
             raise self._bad(index, f"has no value for REQUIRED columns {missing}")
@@ -217,7 +217,7 @@ class _RowChecker:
         if not start <= day <= end:
             raise PermanentStepError(
                 f"row {index}: {t.date_column} {day} is outside the write's range {start}..{end}; the next "
-                "run's replace would not remove it", code="ROW_OUTSIDE_RANGE")
+                "run's replace would not remove it", code=ErrorCode.ROW_OUTSIDE_RANGE)
 
     def _day(self, value: Any) -> date | None:
         if value is None:
@@ -237,7 +237,7 @@ class _RowChecker:
         return value if isinstance(value, date) else None
 
     def _bad(self, index: int, what: str) -> PermanentStepError:
-        return PermanentStepError(f"row {index} for {self.target.table_id} {what}", code="INVALID_ROW")
+        return PermanentStepError(f"row {index} for {self.target.table_id} {what}", code=ErrorCode.INVALID_ROW)
 
 
 def _batched(rows: Iterable[Any], size: int, checker: _RowChecker) -> Iterator[list[dict[str, Any]]]:
@@ -312,9 +312,9 @@ class Writer:
         except StepError:
             raise
         except InvalidIdentifier as error:
-            raise PermanentStepError(str(error), code="INVALID_IDENTIFIER") from None
+            raise PermanentStepError(str(error), code=ErrorCode.INVALID_IDENTIFIER) from None
         except SchemaFileError as error:
-            raise PermanentStepError(str(error), code="CONFIG_INVALID") from None
+            raise PermanentStepError(str(error), code=ErrorCode.CONFIG_INVALID) from None
         except (gexc.GoogleAPIError, OSError) as error:
             raise to_step_error(error, doing) from error
         result = replace(result, bigquery_calls=calls.count, duration_ms=int((time.perf_counter() - started) * 1000),
@@ -333,7 +333,7 @@ class Writer:
             write_mode = WriteMode(str(getattr(mode, "value", mode)).lower())
         except ValueError:
             raise PermanentStepError(f"unknown write mode {mode!r}; one of {[m.value for m in WriteMode]}",
-                                     code="CONFIG_INVALID") from None
+                                     code=ErrorCode.CONFIG_INVALID) from None
         validate_dataset(dataset)
         validate_table(table)
         if org_slug is not None:
@@ -341,32 +341,33 @@ class Writer:
             owned = {self.settings.org_dataset(org_slug), self.settings.central_dataset}
             if dataset not in owned:
                 raise PermanentStepError(f"org {org_slug} may not write to dataset {dataset}: only to "
-                                         f"{sorted(owned)}", code="DATASET_NOT_OWNED")
+                                         f"{sorted(owned)}", code=ErrorCode.DATASET_NOT_OWNED)
         keys = [validate_column(k) for k in key_columns or []]
         if date_column is not None:
             validate_column(date_column)
         if write_mode is WriteMode.RANGE_REPLACE and (date_column is None or date_range is None):
-            raise PermanentStepError("range_replace needs date_column and date_range", code="CONFIG_INVALID")
+            raise PermanentStepError("range_replace needs date_column and date_range", code=ErrorCode.CONFIG_INVALID)
         if write_mode is WriteMode.MERGE and not keys:
-            raise PermanentStepError("merge needs key_columns", code="CONFIG_INVALID")
+            raise PermanentStepError("merge needs key_columns", code=ErrorCode.CONFIG_INVALID)
         dates = None
         if date_range is not None:
             if date_column is None:
-                raise PermanentStepError("date_range needs date_column", code="CONFIG_INVALID")
+                raise PermanentStepError("date_range needs date_column", code=ErrorCode.CONFIG_INVALID)
             dates = (_as_date(date_range[0], "date_range start"), _as_date(date_range[1], "date_range end"))
             if dates[0] > dates[1]:
                 raise PermanentStepError(f"date_range {dates[0]}..{dates[1]} ends before it starts",
-                                         code="INVALID_PARAMETERS")
+                                         code=ErrorCode.INVALID_PARAMETERS)
         cached = self._table(dataset, table, schema_path, partitioning, clustering, calls)
         schema = list(cached.table.schema)
         types = {f.name: canonical_type(f.field_type) for f in schema}
         for column in [*keys, *([date_column] if date_column else [])]:
             if column not in types:
-                raise PermanentStepError(f"column {column!r} is not in {dataset}.{table}", code="CONFIG_INVALID")
+                raise PermanentStepError(f"column {column!r} is not in {dataset}.{table}",
+                                         code=ErrorCode.CONFIG_INVALID)
         date_type = types.get(date_column) if date_column else None
         if date_type is not None and date_type not in ("DATE", "TIMESTAMP", "DATETIME"):
             raise PermanentStepError(f"date_column {date_column} is {date_type}, not DATE/TIMESTAMP/DATETIME",
-                                     code="CONFIG_INVALID")
+                                     code=ErrorCode.CONFIG_INVALID)
         return _Target(self.client.project, dataset, table, write_mode, schema, org_slug, date_column, date_type,
                        dates, keys, cached.added, cached.problems)
 
@@ -386,7 +387,7 @@ class Writer:
                 cached = _CachedTable(self.client.get_table(f"{self.client.project}.{dataset}.{table}", retry=retry))
             except gexc.NotFound:
                 raise PermanentStepError(f"table {dataset}.{table} does not exist and no schema_path was given",
-                                         code="TABLE_NOT_FOUND") from None
+                                         code=ErrorCode.TABLE_NOT_FOUND) from None
         else:
             calls.add(2)
             ensure_dataset(self.client, dataset, location=self.settings.bigquery_location, retry=retry)
@@ -405,7 +406,7 @@ class Writer:
         if not path.is_absolute():
             path = Path(self.settings.configs_dir).resolve().parent / path
         if not path.is_file():
-            raise PermanentStepError(f"schema file not found: {schema_path}", code="CONFIG_INVALID")
+            raise PermanentStepError(f"schema file not found: {schema_path}", code=ErrorCode.CONFIG_INVALID)
         return path.resolve()
 
     # -- append ------------------------------------------------------------------------------------------
@@ -503,8 +504,8 @@ def _insert_errors(table_id: str, errors: Sequence[Mapping[str, Any]]) -> StepEr
                        for item in errors[:3] for e in item.get("errors", [])[:1])
     message = f"streaming insert into {table_id} refused {len(errors)} row(s): {sample}"
     if reasons & {"backendError", "internalError", "timeout", "rateLimitExceeded", "quotaExceeded"}:
-        return TransientStepError(message, code="GOOGLE_API_UNAVAILABLE")
-    return PermanentStepError(message, code="INVALID_ROW")
+        return TransientStepError(message, code=ErrorCode.GOOGLE_API_UNAVAILABLE)
+    return PermanentStepError(message, code=ErrorCode.INVALID_ROW)
 
 
 class _Staging:
