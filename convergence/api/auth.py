@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from convergence.api.errors import ApiErrorCode
 from convergence.settings import Settings
 from convergence.tenancy.api_keys import hash_api_key, org_slug_from_api_key
 
@@ -56,17 +57,17 @@ class OrgKeyAuth:
     async def authenticate(self, api_key: str | None, org_slug: str | None = None) -> OrgKey:
         """The key's org, verified. With `org_slug`, the key must belong to that org (else 403)."""
         if not api_key:
-            raise AuthError(401, "API_KEY_MISSING", "X-API-Key header is required")
+            raise AuthError(401, ApiErrorCode.API_KEY_MISSING, "X-API-Key header is required")
         claimed = org_slug_from_api_key(api_key)
         if claimed is None:
-            raise AuthError(401, "API_KEY_INVALID", "invalid API key")
+            raise AuthError(401, ApiErrorCode.API_KEY_INVALID, "invalid API key")
         if org_slug is not None and not hmac.compare_digest(claimed.encode(), org_slug.encode()):
-            raise AuthError(403, "API_KEY_WRONG_ORG", f"this API key does not belong to org {org_slug}")
+            raise AuthError(403, ApiErrorCode.API_KEY_WRONG_ORG, f"this API key does not belong to org {org_slug}")
         digest = hash_api_key(api_key)
         if not self._cached(digest, claimed):
             self.lookups += 1
             if not await asyncio.to_thread(self.verify, claimed, api_key):
-                raise AuthError(401, "API_KEY_INVALID", "invalid, revoked or expired API key")
+                raise AuthError(401, ApiErrorCode.API_KEY_INVALID, "invalid, revoked or expired API key")
             self._remember(digest, claimed)
         return OrgKey(claimed, api_key[-4:])
 
@@ -104,10 +105,11 @@ def check_root_key(settings: Settings, presented: str | None) -> None:
     """Raise AuthError unless `presented` is the CA root key (constant-time on the SHA256 digests)."""
     expected = settings.ca_root_api_key.get_secret_value() if settings.ca_root_api_key else ""
     if not expected:
-        raise AuthError(403, "ROOT_KEY_NOT_CONFIGURED", "CA_ROOT_API_KEY is not set: root routes are disabled")
+        raise AuthError(403, ApiErrorCode.ROOT_KEY_NOT_CONFIGURED,
+                        "CA_ROOT_API_KEY is not set: root routes are disabled")
     if not presented:
-        raise AuthError(401, "ROOT_KEY_MISSING", "X-CA-Root-Key header is required")
+        raise AuthError(401, ApiErrorCode.ROOT_KEY_MISSING, "X-CA-Root-Key header is required")
     given = hashlib.sha256(presented.encode("utf-8")).digest()
     wanted = hashlib.sha256(expected.encode("utf-8")).digest()
     if not hmac.compare_digest(given, wanted):
-        raise AuthError(403, "ROOT_KEY_INVALID", "invalid X-CA-Root-Key")
+        raise AuthError(403, ApiErrorCode.ROOT_KEY_INVALID, "invalid X-CA-Root-Key")

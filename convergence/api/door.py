@@ -38,13 +38,14 @@ from pydantic import BaseModel, ValidationError
 from structlog.contextvars import bound_contextvars
 
 from convergence.api.auth import AuthError, OrgKey, OrgKeyAuth, bigquery_verifier, check_root_key
+from convergence.api.errors import ApiErrorCode
 from convergence.api.models import EmptyBody, RunBody, SyncBody
 from convergence.api.ratelimit import Limits
 from convergence.api.standing import DoorGate, DoorOnce, refusal_status, retry_after
 from convergence.observability import otel
 from convergence.observability.tracing import trace_id_from_headers
 from convergence.pipeline import ConfigError, PipelineLoader
-from convergence.pipeline.errors import InvalidPipelineRef, PipelineNotFound, StepError
+from convergence.pipeline.errors import ErrorCode, InvalidPipelineRef, PipelineNotFound, StepError
 from convergence.schemas import MessageRejected, RunRequest, Trigger
 from convergence.settings import Settings
 from convergence.tenancy.gate import ALREADY_RAN
@@ -151,11 +152,11 @@ class ApiDoor:
                     otel.caller_context(request.headers):  # tracing on: the caller's span parents the publish
                 try:
                     if given is not None and not valid:
-                        raise ApiError(400, "INVALID_REQUEST_ID",
+                        raise ApiError(400, ApiErrorCode.INVALID_REQUEST_ID,
                                        "X-Request-ID must be 1-128 characters of A-Z, a-z, 0-9, _, -, . and :")
                     wait = self.limits.check_global()
                     if wait:
-                        raise ApiError(429, "RATE_LIMITED", "too many requests to this service; retry later",
+                        raise ApiError(429, ApiErrorCode.RATE_LIMITED, "too many requests to this service; retry later",
                                        {"Retry-After": str(int(wait))})
                     response = await handler(request)
                 except ApiError as error:
@@ -164,7 +165,7 @@ class ApiDoor:
                     response = self._error(ApiError(error.status, error.code, error.message), request_id)
                 except Exception:  # noqa: BLE001 - never a stack trace to the caller
                     log.exception("api request failed", path=request.path)
-                    response = self._error(ApiError(500, "INTERNAL_ERROR", "internal error"), request_id)
+                    response = self._error(ApiError(500, ApiErrorCode.INTERNAL_ERROR, "internal error"), request_id)
                 if response.status >= 400:
                     log.info("api request refused", method=request.method, path=request.path,
                              status=response.status)
@@ -183,7 +184,7 @@ class ApiDoor:
     def _org_limit(self, org_slug: str) -> None:
         wait = self.limits.check_org(org_slug)
         if wait:
-            raise ApiError(429, "RATE_LIMITED", f"too many requests for org {org_slug}; retry later",
+            raise ApiError(429, ApiErrorCode.RATE_LIMITED, f"too many requests for org {org_slug}; retry later",
                            {"Retry-After": str(int(wait))})
 
     async def _org_key(self, request: web.Request, org_slug: str | None) -> OrgKey | None:
@@ -194,14 +195,14 @@ class ApiDoor:
     @staticmethod
     async def _body(request: web.Request, model: type[BaseModel]) -> Any:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
+            raise ApiError(413, ApiErrorCode.BODY_TOO_LARGE, f"request body is larger than {MAX_BODY_BYTES} bytes")
         raw = await request.content.read(MAX_BODY_BYTES + 1)
         if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, "BODY_TOO_LARGE", f"request body is larger than {MAX_BODY_BYTES} bytes")
+            raise ApiError(413, ApiErrorCode.BODY_TOO_LARGE, f"request body is larger than {MAX_BODY_BYTES} bytes")
         # Any content type: `curl -d '{...}'` sends JSON as application/x-www-form-urlencoded.
         data = parse_json_body(raw) if raw.strip() else {}
         if not isinstance(data, dict):
-            raise ApiError(422, "INVALID_BODY", "request body must be a JSON object")
+            raise ApiError(422, ApiErrorCode.INVALID_BODY, "request body must be a JSON object")
         try:
             return model.model_validate(data)
         except ValidationError as error:
@@ -209,7 +210,7 @@ class ApiDoor:
                         "problem": "unknown field" if item["type"] == "extra_forbidden" else item["msg"]}
                        for item in error.errors()]
             summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
-            raise ApiError(422, "INVALID_BODY", summary, details=details) from None
+            raise ApiError(422, ApiErrorCode.INVALID_BODY, summary, details=details) from None
 
     # -- pipelines ---------------------------------------------------------------------------------------
     async def run(self, request: web.Request) -> web.Response:
@@ -225,7 +226,7 @@ class ApiDoor:
         try:
             parameters = body.run_parameters()
         except ValueError as error:
-            raise ApiError(422, "INVALID_BODY", str(error)) from None
+            raise ApiError(422, ApiErrorCode.INVALID_BODY, str(error)) from None
         try:
             config = self.loader.load(ref)
         except (InvalidPipelineRef, PipelineNotFound) as error:
@@ -255,7 +256,7 @@ class ApiDoor:
             await asyncio.wait_for(asyncio.wrap_future(future), PUBLISH_TIMEOUT_SECONDS)
         except Exception as error:  # noqa: BLE001 - the caller may retry: nothing was queued
             log.error("run request not published", error=f"{type(error).__name__}: {error}"[:300])
-            raise ApiError(503, "PUBLISH_FAILED", "the run request could not be queued; retry later",
+            raise ApiError(503, ApiErrorCode.PUBLISH_FAILED, "the run request could not be queued; retry later",
                            {"Retry-After": "5"}) from None
         self.gate.queued(org)
         if once.run_once:
@@ -286,7 +287,7 @@ class ApiDoor:
         if org is not None:
             self._org_limit(org)
         if not re.fullmatch(r"[A-Za-z0-9_\-:.]{1,200}", run_id):
-            raise ApiError(404, "RUN_NOT_FOUND", "no such run")
+            raise ApiError(404, ApiErrorCode.RUN_NOT_FOUND, "no such run")
         runlog = self.services.runlog
         record = await asyncio.to_thread(runlog.latest_run, run_id, org)
         if record is not None:
@@ -298,7 +299,7 @@ class ApiDoor:
                 "run_id": run_id, "org_slug": queued["org_slug"], "pipeline": queued["pipeline_id"],
                 "status": "QUEUED", "queued_at": _iso(queued["created_at"]), "steps": [],
             })
-        raise ApiError(404, "RUN_NOT_FOUND", "no such run for this org")
+        raise ApiError(404, ApiErrorCode.RUN_NOT_FOUND, "no such run for this org")
 
     # -- procedures (X-CA-Root-Key; the same catalog as `convergence procedures`) -------------------------
     async def _catalog_call(self, request: web.Request, call: Callable[[Any], Any]) -> Any:
@@ -310,7 +311,7 @@ class ApiDoor:
         try:
             return await asyncio.to_thread(work)
         except StepError as error:
-            status = 404 if error.code == "PROCEDURE_NOT_FOUND" else 400 if not error.retryable else 503
+            status = 404 if error.code == ErrorCode.PROCEDURE_NOT_FOUND else 400 if not error.retryable else 503
             raise ApiError(status, error.code, str(error)) from None
 
     async def procedures_list(self, request: web.Request) -> web.Response:
@@ -341,7 +342,7 @@ class ApiDoor:
         name = _procedure_name(request)
         deleted = await self._catalog_call(request, lambda c: c.delete(name))
         if not deleted:
-            raise ApiError(404, "PROCEDURE_NOT_FOUND", f"procedure {name} does not exist")
+            raise ApiError(404, ApiErrorCode.PROCEDURE_NOT_FOUND, f"procedure {name} does not exist")
         return web.json_response({"deleted": name})
 
 
@@ -384,19 +385,19 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:  # parsers disagree on which copy wins: refuse rather than guess
-            raise ApiError(400, "DUPLICATE_KEY", f"request body repeats the key {key[:40]!r}")
+            raise ApiError(400, ApiErrorCode.DUPLICATE_KEY, f"request body repeats the key {key[:40]!r}")
         result[key] = value
     return result
 
 
 def _no_constant(name: str) -> Any:
-    raise ApiError(400, "NON_FINITE_NUMBER", f"{name} is not a JSON number")
+    raise ApiError(400, ApiErrorCode.NON_FINITE_NUMBER, f"{name} is not a JSON number")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400 reads as infinity
-        raise ApiError(400, "NON_FINITE_NUMBER", f"{text[:40]} is too large for a JSON number")
+        raise ApiError(400, ApiErrorCode.NON_FINITE_NUMBER, f"{text[:40]} is too large for a JSON number")
     return value
 
 
@@ -409,31 +410,34 @@ def parse_json_body(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ApiError(400, "INVALID_JSON", f"request body is not valid UTF-8 (bad byte at offset {error.start})") \
-            from None
+        raise ApiError(400, ApiErrorCode.INVALID_JSON,
+                       f"request body is not valid UTF-8 (bad byte at offset {error.start})") from None
     if _json_depth(text) > MAX_JSON_DEPTH:
-        raise ApiError(400, "JSON_TOO_DEEP", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+        raise ApiError(400, ApiErrorCode.JSON_TOO_DEEP, f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
                           parse_float=_finite_float)
     except json.JSONDecodeError as error:
-        raise ApiError(400, "INVALID_JSON", f"request body is not valid JSON: {error.msg} (line {error.lineno}, "
-                                            f"column {error.colno})") from None
+        raise ApiError(400, ApiErrorCode.INVALID_JSON,
+                       f"request body is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})") \
+            from None
     except RecursionError:  # not reachable below MAX_JSON_DEPTH; kept so it can never be a 500
-        raise ApiError(400, "JSON_TOO_DEEP", f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+        raise ApiError(400, ApiErrorCode.JSON_TOO_DEEP,
+                       f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as error:  # an integer past Python's digit limit
-        raise ApiError(400, "INVALID_JSON", f"request body is not valid JSON: {str(error)[:120]}") from None
+        raise ApiError(400, ApiErrorCode.INVALID_JSON, f"request body is not valid JSON: {str(error)[:120]}") from None
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # "\ud800": valid JSON text, but no UTF-8 can carry it on to Pub/Sub
-        raise ApiError(400, "INVALID_JSON", "request body holds a lone UTF-16 surrogate (\\uD800-\\uDFFF)") from None
+        raise ApiError(400, ApiErrorCode.INVALID_JSON,
+                       "request body holds a lone UTF-16 surrogate (\\uD800-\\uDFFF)") from None
     return data
 
 
 def _procedure_name(request: web.Request) -> str:
     name = request.match_info["name"]
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,255}", name):
-        raise ApiError(404, "PROCEDURE_NOT_FOUND", "no such procedure")
+        raise ApiError(404, ApiErrorCode.PROCEDURE_NOT_FOUND, "no such procedure")
     return name
 
 
