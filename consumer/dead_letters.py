@@ -17,6 +17,7 @@ from convergence.consumer.outcome import Outcome, OutcomeKind
 from convergence.observability import metrics
 from convergence.observability.logging import run_context
 from convergence.observability.tracing import with_trace_id
+from convergence.pipeline.errors import ErrorCode
 from convergence.schemas import EventType, MessageRejected, PipelineEvent, decode_run_request
 from convergence.schemas.events import EventError
 
@@ -62,11 +63,11 @@ class DeadLetterHandler:
             self.services.events.publish_event(PipelineEvent(
                 event_type=EventType.DEAD_LETTERED, run_id=run_id, org_slug=org, pipeline=pipeline,
                 trace_id=trace_id, status="FAILED", attempt=count or None,
-                error=EventError(code="DEAD_LETTERED", message=message),
+                error=EventError(code=ErrorCode.DEAD_LETTERED, message=message),
                 details={"delivery_count": count or 0},
             ))
             await asyncio.to_thread(self.services.events.flush, 30)
-        outcome = Outcome(OutcomeKind.FAILED, run_id, org, code="DEAD_LETTERED", message=message)
+        outcome = Outcome(OutcomeKind.FAILED, run_id, org, code=ErrorCode.DEAD_LETTERED, message=message)
         if self.notify is not None:
             try:
                 await self.notify(outcome)

@@ -25,7 +25,7 @@ from convergence.consumer.observers import (
     publish_confirmed,
     success_event_from_record,
 )
-from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.consumer.outcome import Outcome, OutcomeCode, OutcomeKind
 from convergence.notifications.notifier import NotificationObserver
 from convergence.observability.logging import run_context
 from convergence.observability.metrics import ADMISSION_WAIT, RUNLOG_COMMIT, MetricsObserver
@@ -47,7 +47,6 @@ log = structlog.get_logger(__name__)
 # Gate refusals that mean the request names no org that exists: filed under UNKNOWN_ORG, so a future org
 # of that name never inherits rows anyone could have written under its name.
 _NO_SUCH_ORG = frozenset({INVALID_ORG_SLUG, ORG_NOT_FOUND})
-_EVENTS_UNAVAILABLE = "EVENTS_UNAVAILABLE"
 
 Notifier = Callable[[Outcome], Awaitable[None]]
 
@@ -99,8 +98,8 @@ class RunHandler:
             try:
                 return await self._reject_undecodable(attributes, message_id, attempt, error)
             except RunLogUnavailable as unavailable:  # the rejection is not recorded yet: it must come back
-                return Outcome(OutcomeKind.RETRY, f"msg_{message_id}", UNKNOWN_ORG, code="INFRASTRUCTURE_ERROR",
-                               message=str(unavailable))
+                return Outcome(OutcomeKind.RETRY, f"msg_{message_id}", UNKNOWN_ORG,
+                               code=OutcomeCode.INFRASTRUCTURE_ERROR, message=str(unavailable))
         request = with_trace_id(request, attributes)  # body, else attributes, else derived from run_id
         with run_context(run_id=request.run_id, org_slug=request.org_slug, trace_id=request.trace_id,
                          pipeline=request.pipeline, attempt=attempt):
@@ -111,7 +110,7 @@ class RunHandler:
                 log.info("duplicate delivery of a running run", first_outcome=first.kind.value)
                 if first.kind is OutcomeKind.RETRY:
                     return first
-                return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code="DUPLICATE_RUN")
+                return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code=OutcomeCode.DUPLICATE_RUN)
             future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             self._inflight[request.run_id] = future
             try:
@@ -119,7 +118,7 @@ class RunHandler:
             except Exception as error:  # noqa: BLE001 - infrastructure trouble: retry later, never lose it
                 log.exception("run request failed before the run finished; nacking")
                 outcome = Outcome(OutcomeKind.RETRY, request.run_id, request.org_slug,
-                                  code="INFRASTRUCTURE_ERROR", message=f"{type(error).__name__}: {error}")
+                                  code=OutcomeCode.INFRASTRUCTURE_ERROR, message=f"{type(error).__name__}: {error}")
             finally:
                 self._inflight.pop(request.run_id, None)
             future.set_result(outcome)
@@ -152,7 +151,8 @@ class RunHandler:
         if deadline_seconds is not None and config.timeout_seconds > deadline_seconds and self.hand_off:
             # Push must answer within the ack deadline: long pipelines go to the pull topic, same run_id.
             await self.hand_off(data, attributes)
-            return Outcome(OutcomeKind.HANDED_OFF, request.run_id, request.org_slug, code="HANDED_OFF_TO_PULL")
+            return Outcome(OutcomeKind.HANDED_OFF, request.run_id, request.org_slug,
+                           code=OutcomeCode.HANDED_OFF_TO_PULL)
 
         if attempt == 1:
             self.admission.count_run(request.org_slug, request.run_id)
@@ -179,7 +179,7 @@ class RunHandler:
         if result.status is RunStatus.SUCCESS:
             return Outcome(OutcomeKind.SUCCEEDED, request.run_id, request.org_slug)
         failure = result.error
-        code = failure.code if failure else "UNKNOWN"
+        code = failure.code if failure else OutcomeCode.UNKNOWN
         message = failure.message if failure else ""
         if result.retryable:
             return Outcome(OutcomeKind.RETRY, request.run_id, request.org_slug, code=code, message=message)
@@ -199,7 +199,7 @@ class RunHandler:
                 record, "status", None))
         elif not await publish_confirmed(self.services.events, success_event_from_record(request, record)):
             return self._events_unavailable(request.run_id, request.org_slug)
-        return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code="ALREADY_SUCCEEDED")
+        return Outcome(OutcomeKind.DUPLICATE, request.run_id, request.org_slug, code=OutcomeCode.ALREADY_SUCCEEDED)
 
     async def _reject(self, request: RunRequest, attempt: int, code: str, message: str) -> Outcome:
         log.warning("run request rejected", code=code, reason=message)
@@ -243,7 +243,7 @@ class RunHandler:
     @staticmethod
     def _events_unavailable(run_id: str, org: str) -> Outcome:
         """The outcome is recorded but its event is not out: nacked, the redelivery publishes it (same id)."""
-        return Outcome(OutcomeKind.RETRY, run_id, org, code=_EVENTS_UNAVAILABLE,
+        return Outcome(OutcomeKind.RETRY, run_id, org, code=OutcomeCode.EVENTS_UNAVAILABLE,
                        message="the final event could not be published; the message comes back")
 
     async def _notify(self, outcome: Outcome) -> None:

@@ -25,6 +25,19 @@ class Disposition(StrEnum):
     NACK = "nack"
 
 
+class OutcomeCode(StrEnum):
+    """Codes of outcomes the consumer decides itself (a failed run or a rejection carries the ErrorCode or
+    RejectCode it failed with). Logs and the push response carry these values, so a value never changes."""
+
+    INFRASTRUCTURE_ERROR = "INFRASTRUCTURE_ERROR"  # the run log or a queue failed before the run finished
+    EVENTS_UNAVAILABLE = "EVENTS_UNAVAILABLE"  # the outcome is recorded but its final event is not out
+    DUPLICATE_RUN = "DUPLICATE_RUN"  # the same run_id is already running in this process
+    ALREADY_SUCCEEDED = "ALREADY_SUCCEEDED"  # a redelivery of a run that finished with success
+    HANDED_OFF_TO_PULL = "HANDED_OFF_TO_PULL"  # too long for push: republished for the pull consumer
+    FANOUT_FAILED = "FANOUT_FAILED"  # a schedule tick could not fan out its runs
+    UNKNOWN = "UNKNOWN"  # the run failed without saying why
+
+
 class OutcomeKind(StrEnum):
     SUCCEEDED = "succeeded"
     REJECTED = "rejected"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from convergence.consumer.outcome import Outcome, OutcomeKind
+from convergence.consumer.outcome import Outcome, OutcomeCode, OutcomeKind
 
 if TYPE_CHECKING:
     from convergence.runtime.services import PlatformServices
@@ -94,7 +94,8 @@ class TickHandler:
                 report = await asyncio.to_thread(self.fanout.fan_out, at)
         except Exception as error:  # noqa: BLE001 - nack: the tick comes back and the ledger skips what went out
             log.exception("tick fan-out failed; nacking", tick_at=at.isoformat())
-            return Outcome(OutcomeKind.RETRY, code="FANOUT_FAILED", message=f"{type(error).__name__}: {error}")
+            return Outcome(OutcomeKind.RETRY, code=OutcomeCode.FANOUT_FAILED,
+                           message=f"{type(error).__name__}: {error}")
         log.info(report.summary())
         details: dict[str, Any] = {"published": report.published}
         if self.usage is not None:
