@@ -129,6 +129,20 @@ class Warehouse:
         except gexc.GoogleAPIError as error:
             raise to_step_error(error, f"query on {self.dataset or self.project}") from error
 
+    def dml_blocking(self, sql: str, params: Mapping[str, Any] | None = None, *,
+                     missing_table_ok: bool = False) -> int:
+        """An INSERT/UPDATE/DELETE/MERGE on the caller's thread: its affected row count (with
+        `missing_table_ok`, 0 when a table it names does not exist)."""
+        self.jobs += 1
+        try:
+            return QueryRunner(self.client, self.settings).dml(sql, params)
+        except gexc.NotFound as error:
+            if missing_table_ok:
+                return 0
+            raise to_step_error(error, f"query on {self.dataset or self.project}") from error
+        except gexc.GoogleAPIError as error:
+            raise to_step_error(error, f"query on {self.dataset or self.project}") from error
+
     def _query(self, sql: str, params: Mapping[str, Any] | None) -> tuple[list[dict[str, Any]], Any]:
         job, result = QueryRunner(self.client, self.settings).run(sql, params)
         return [dict(row.items()) for row in result], job

@@ -215,20 +215,16 @@ class TableSink:
         return await asyncio.to_thread(self._delete_run_rows)
 
     def _delete_run_rows(self) -> int:
-        from google.api_core.exceptions import NotFound
+        from convergence.warehouse.facade import Warehouse
 
-        from convergence.warehouse.query import QueryRunner
-
-        client = self.services.bigquery
-        sql = f"DELETE FROM `{client.project}.{self.dataset}.{self.table}` WHERE run_id = @run_id"  # noqa: S608
+        warehouse = Warehouse(self.services, dataset=self.dataset)
+        sql = f"DELETE FROM {warehouse.ref(self.table)} WHERE run_id = @run_id"  # noqa: S608 - validated names
         params = {"run_id": self.context.run_id}
         if "org_slug" in self.columns:
             sql += " AND org_slug = @org_slug"
             params["org_slug"] = self.context.org_slug
-        try:
-            deleted = QueryRunner(client, self.services.settings).dml(sql, params)
-        except NotFound:
-            return 0
+        # A first attempt that never created the table left nothing to delete.
+        deleted = warehouse.dml_blocking(sql, params, missing_table_ok=True)
         log.info("rows of an earlier attempt removed", table=self.qualified, rows=deleted)
         return deleted
 

@@ -54,3 +54,17 @@ def test_blocking_reads_turn_google_errors_into_step_errors(env):
     with pytest.raises(StepError) as bad:
         warehouse.query_blocking("SELEC 1")
     assert bad.value.code == ErrorCode.GOOGLE_API_INVALID_REQUEST
+
+
+def test_dml_blocking_counts_rows_and_may_accept_a_missing_table(env):
+    settings, client, dataset = env
+    warehouse = Warehouse.outside_run(client, settings, dataset)
+    missing = f"DELETE FROM {warehouse.ref('missing')} WHERE TRUE"
+    assert warehouse.dml_blocking(missing, missing_table_ok=True) == 0
+    with pytest.raises(StepError) as not_found:
+        warehouse.dml_blocking(missing)
+    assert not_found.value.code == ErrorCode.GOOGLE_API_NOT_FOUND
+
+    client.create_table(bigquery.Table(warehouse.table_id("t"), schema=[bigquery.SchemaField("n", "INT64")]))
+    assert warehouse.dml_blocking(f"INSERT INTO {warehouse.ref('t')} (n) VALUES (1), (2), (3)") == 3
+    assert warehouse.dml_blocking(f"DELETE FROM {warehouse.ref('t')} WHERE n <= @n", {"n": 2}) == 2

@@ -402,6 +402,18 @@ async def test_a_typed_destination_refuses_a_row_that_is_not_an_object(env):
     assert "needs JSON objects as rows, got list" in str(refused.value)
 
 
+async def test_a_redelivery_whose_first_attempt_created_no_table_deletes_nothing(env):
+    from convergence.pipeline import RunContext
+    from convergence.processors.generic._sink import TableSink
+
+    _, services = await env(RestStandIn(total=1))
+    context = RunContext(org_slug=new_org(), run_id="run_never_wrote", pipeline_id="p", services=services,
+                         attempt=2)
+    sink = TableSink(services, context, "extract_records", table="vendor_records_raw", schema_file=None,
+                     mode="append")
+    assert await sink.prepare() == 0
+
+
 async def test_small_typed_appends_and_the_raw_table_both_load(env):
     server = RestStandIn(total=40, page_size=40)
     base, services = await env(server)
