@@ -273,7 +273,8 @@ def test_rate_limits_answer_429_with_retry_after(platform):
         statuses = [server.call("POST", path, {}, key_of(platform))[0] for _ in range(2)]
         assert statuses == [202, 202]
         got, headers, answer = server.call("POST", path, {}, key_of(platform))
-        assert (got, answer["code"]) == (429, "RATE_LIMITED") and int(headers["Retry-After"]) == 30
+        # a token every 30 s at 2/min, less the seconds a loaded machine took since the first call
+        assert (got, answer["code"]) == (429, "RATE_LIMITED") and 25 <= int(headers["Retry-After"]) <= 30
         assert server.call("POST", run_path("other_door"), {}, key_of(platform, "other_door"))[0] == 202
         assert len(stub.published) == 3  # the refused call published nothing
         # 4 requests so far (the refused one counts globally); the global limit (4/min) refuses the 5th

@@ -48,4 +48,5 @@ def test_a_hung_flush_does_not_hold_the_exit_past_the_stop_window(local_stack, t
     assert services.flush_started.is_set()
     assert code == 0
     assert took < PLATFORM_STOP_SECONDS - EXIT_MARGIN_SECONDS + 0.5, took
-    assert "gave up waiting to close" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "gave up waiting to close" in captured.out + captured.err  # the log goes to either, by log format
